@@ -1,0 +1,65 @@
+"""dipnet: Distributional Input Projection Networks for any PyTorch model.
+
+Core API (needs only torch and safetensors)::
+
+    model = dipnet.project(model, dipnet.DIPConfig(placement="layers"))
+    loss_fn = dipnet.DIPLoss(num_train=len(train_set))
+    parts = loss_fn(model, x, y); parts.total.backward()
+    pred = dipnet.predict(model, x, k=0)      # deterministic; k=8 averages 8 samples
+
+The Hugging Face integration lives in `dipnet.hf` and is imported on demand.
+"""
+
+from .config import DIPConfig, DIPConfigError
+from .inject import (
+    AlreadyProjectedError,
+    NotProjectedError,
+    ProjectionFileError,
+    deterministic,
+    get_config,
+    load_projections,
+    project,
+    projections,
+    remove,
+    sampling,
+    save_projections,
+    variance_parameters,
+    variances,
+)
+from .objective import DIPLoss, LossParts, barrier, repeat_batch, stability
+from .predict import Prediction, mc_logits, predict
+from .projection import GaussianProjection, ProjectionShapeError
+from .targeting import Target, TargetError, resolve_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyProjectedError",
+    "DIPConfig",
+    "DIPConfigError",
+    "DIPLoss",
+    "GaussianProjection",
+    "LossParts",
+    "NotProjectedError",
+    "Prediction",
+    "ProjectionFileError",
+    "ProjectionShapeError",
+    "Target",
+    "TargetError",
+    "barrier",
+    "deterministic",
+    "get_config",
+    "load_projections",
+    "mc_logits",
+    "predict",
+    "project",
+    "projections",
+    "remove",
+    "repeat_batch",
+    "resolve_targets",
+    "sampling",
+    "save_projections",
+    "stability",
+    "variance_parameters",
+    "variances",
+]

@@ -1,0 +1,181 @@
+"""`DIPConfig`: every knob of a DIPNet, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+Placement = Literal["layers", "blocks", "input", "custom"]
+Parameterization = Literal["softplus", "exp"]
+BarrierScaling = Literal["elbo", "unscaled"]
+StabilityOn = Literal["logits", "probs"]
+
+PLACEMENTS: tuple[str, ...] = ("layers", "blocks", "input", "custom")
+
+
+class DIPConfigError(ValueError):
+    """A `DIPConfig` field holds a value DIPNet cannot use. The message names the field."""
+
+
+@dataclass
+class DIPConfig:
+    """Configuration of a Distributional Input Projection Network.
+
+    Placement (where a learned Gaussian projection is inserted):
+        placement: ``"layers"`` puts one before every Linear / Conv / recurrent / attention
+            layer (PEFT's "all-linear" analogue, the paper's literal "before each layer");
+            ``"blocks"`` before each repeated block (the residual stream of each transformer
+            layer or residual block, detected as the elements of a ModuleList / Sequential whose
+            elements share one class); ``"input"`` on the network input only (for token models
+            the output of the input embedding, never the token ids); ``"custom"`` uses only
+            ``target_modules`` / ``target_types``.
+            Default ``"layers"``.
+        target_modules: with any placement, extra modules to project. A string is a regular
+            expression matched against the full module name (``re.fullmatch``); a list matches a
+            name exactly or as a dotted suffix (``"fc1"`` matches ``"encoder.fc1"``).
+        target_types: extra modules to project, by class or class name (``"LayerNorm"``).
+        exclude_modules: modules never projected, same format as ``target_modules``; checked
+            first. Default: none.
+
+    Variances (one per input feature of each projected layer):
+        init_variance: the variance every projection starts at, > 0. Default 1e-2, i.e. a noise
+            standard deviation of 0.1: about a tenth of a unit-scale activation, small enough that
+            training starts from (almost) the plain network and large enough that the data term
+            and the barrier, not the initialisation, decide where the variance goes.
+        parameterization: ``"softplus"`` (variance = softplus(raw) + floor, gradients stay
+            bounded for large variances) or ``"exp"`` (variance = exp(raw) + floor, i.e. a learned
+            log-variance). Default ``"softplus"``.
+        variance_floor: added to every variance, >= 0, so that ln(variance) stays finite.
+            Default 1e-6.
+
+    Objective (paper Eq. 3-4; gamma is the paper's "lambda"):
+        alpha: weight of sum(variance) in the barrier, > 0. Default 0.1 (paper).
+        beta: weight of -sum(ln variance) in the barrier, > 0. Default 0.2 (paper). Alone, the
+            barrier is minimised at variance = beta / alpha.
+        gamma: weight of the stability penalty (unbiased variance of the outputs over the m
+            trajectories, summed over outputs, averaged over examples), >= 0. Default 0.0, the
+            paper's choice for fine-tuning; the paper uses about 0.05 from scratch.
+        barrier_scaling: ``"elbo"`` divides the barrier by the training-set size N (the barrier is
+            a prior over the whole data set, the NLL a per-example mean), ``"unscaled"`` adds it
+            per mini-batch as the paper's equation is written, which with a mean NLL drives every
+            variance to beta / alpha. Default ``"elbo"``.
+        stability_on: compute the stability penalty on ``"logits"`` or ``"probs"``.
+        m: sampled trajectories per example in training, >= 1, run as one batched forward pass.
+            Default 1.
+        k: sampled trajectories averaged for Monte Carlo prediction, >= 1. Default 8. Ignored by
+            the deterministic prediction (the default prediction mode).
+
+    Raises:
+        DIPConfigError: at construction, for any invalid value; the message names the field.
+    """
+
+    placement: Placement = "layers"
+    target_modules: str | list[str] | None = None
+    target_types: list[Any] | None = None
+    exclude_modules: str | list[str] | None = None
+    init_variance: float = 1e-2
+    parameterization: Parameterization = "softplus"
+    variance_floor: float = 1e-6
+    alpha: float = 0.1
+    beta: float = 0.2
+    gamma: float = 0.0
+    barrier_scaling: BarrierScaling = "elbo"
+    stability_on: StabilityOn = "logits"
+    m: int = 1
+    k: int = 8
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> DIPConfigError:
+            return DIPConfigError(
+                f"DIPConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}."
+            )
+
+        if self.placement not in PLACEMENTS:
+            raise bad("placement", f"one of {PLACEMENTS}")
+        if self.placement == "custom" and not (self.target_modules or self.target_types):
+            raise DIPConfigError(
+                "DIPConfig.placement='custom' needs target_modules or target_types; "
+                "set one, or choose placement='layers' / 'blocks' / 'input'."
+            )
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                try:
+                    re.compile(value)
+                except re.error as err:
+                    raise bad(name, f"a valid regular expression ({err})") from None
+            elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+                setattr(self, name, list(value))
+            else:
+                raise bad(name, "a regex string or a list of module names / suffixes")
+        if self.target_types is not None:
+            if isinstance(self.target_types, (str, type)):
+                self.target_types = [self.target_types]
+            if not all(isinstance(t, (str, type)) for t in self.target_types):
+                raise bad("target_types", "a list of classes or class names")
+            self.target_types = list(self.target_types)
+        for name in ("init_variance", "alpha", "beta"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0 or not math.isfinite(value):
+                raise bad(name, "a finite number > 0")
+        for name in ("variance_floor", "gamma"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value >= 0 or not math.isfinite(value):
+                raise bad(name, "a finite number >= 0")
+        if self.init_variance <= self.variance_floor:
+            raise DIPConfigError(
+                f"DIPConfig.init_variance={self.init_variance} must exceed "
+                f"variance_floor={self.variance_floor}."
+            )
+        if self.parameterization not in ("softplus", "exp"):
+            raise bad("parameterization", "'softplus' or 'exp'")
+        if self.barrier_scaling not in ("elbo", "unscaled"):
+            raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
+        if self.stability_on not in ("logits", "probs"):
+            raise bad("stability_on", "'logits' or 'probs'")
+        for name in ("m", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "an integer >= 1")
+        if self.gamma > 0 and self.m < 2:
+            raise DIPConfigError(
+                f"DIPConfig.gamma={self.gamma} needs m >= 2 trajectories (got m={self.m}): the "
+                "stability penalty is a variance across trajectories. Set m >= 2 or gamma = 0."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON/YAML-serialisable values (classes become names)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "target_types" and value is not None:
+                value = [v if isinstance(v, str) else v.__name__ for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DIPConfig":
+        """Build a config from `to_dict` output.
+
+        Raises:
+            DIPConfigError: on an unknown key or an invalid value.
+        """
+        known = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DIPConfigError(
+                f"unknown DIPConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

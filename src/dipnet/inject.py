@@ -1,0 +1,252 @@
+"""Insert projections into a model, find them, switch their mode, and take them out again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import DIPConfig
+from .projection import ATTR, GaussianProjection
+from .targeting import resolve_targets
+
+_CONFIG_ATTR = "_dipnet_config"
+
+
+class AlreadyProjectedError(RuntimeError):
+    """`project` was called on a model that already holds DIPNet projections."""
+
+
+class NotProjectedError(RuntimeError):
+    """An operation needs DIPNet projections but the model has none."""
+
+
+class ProjectionFileError(ValueError):
+    """A projections file is missing, corrupt, or does not fit the model."""
+
+
+def projections(model: nn.Module) -> dict[str, GaussianProjection]:
+    """Map from host-module name to the projection inserted before (or after) that module.
+
+    Projections are found by type, not by name, so a user's module called ``dip_projection``
+    is never mistaken for one. Returns an empty dict for a model without projections.
+    """
+    out: dict[str, GaussianProjection] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, GaussianProjection):
+            host = name.rsplit(".", 1)[0] if "." in name else ""
+            out[host] = module
+    return out
+
+
+def get_config(model: nn.Module) -> DIPConfig | None:
+    """The `DIPConfig` a model was projected with, or None."""
+    return getattr(model, _CONFIG_ATTR, None)
+
+
+def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
+    """Insert a learned Gaussian projection before each targeted layer of ``model``, in place.
+
+    Every check runs before the model is touched. The model's own parameters, and their
+    state_dict keys, are untouched; each projection adds ``<layer>.dip_projection.raw_variance``.
+    In ``eval()`` mode the projected model computes exactly what the original did.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        config: a `DIPConfig`; default ``DIPConfig()`` (every Linear/Conv input).
+    Returns:
+        ``model`` itself, now projected.
+    Raises:
+        AlreadyProjectedError: if ``model`` already holds projections.
+        TargetError: if the config's targets match nothing usable (names candidates).
+    """
+    config = config if config is not None else DIPConfig()
+    if not isinstance(config, DIPConfig):
+        raise TypeError(f"config must be a dipnet.DIPConfig, got {type(config).__name__}")
+    existing = projections(model)
+    if existing:
+        raise AlreadyProjectedError(
+            f"model already holds {len(existing)} DIPNet projections (e.g. on "
+            f"'{next(iter(existing))}'); call dipnet.remove(model) first."
+        )
+    targets = resolve_targets(model, config)
+    modules = dict(model.named_modules())
+    ref = next(model.parameters(), None)
+    for t in targets:
+        proj = GaussianProjection(
+            t.num_features,
+            feature_dim=t.feature_dim,
+            init_variance=config.init_variance,
+            parameterization=config.parameterization,
+            variance_floor=config.variance_floor,
+            on=t.on,
+        )
+        if ref is not None:
+            # Variances stay float32 even in a half-precision model: they are tiny numbers
+            # whose logarithm enters the loss.
+            proj.to(device=ref.device)
+        proj.attach(modules[t.name])
+    object.__setattr__(model, _CONFIG_ATTR, config)
+    return model
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Take every projection out of ``model``, in place; returns the plain model.
+
+    Its outputs and state_dict are then those of the model before `project` (with the
+    original weights as they are now).
+    """
+    for proj in projections(model).values():
+        proj.detach()
+    if _CONFIG_ATTR in model.__dict__:
+        del model.__dict__[_CONFIG_ATTR]
+    return model
+
+
+def variance_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The raw variance parameters of all projections (for a separate optimizer group)."""
+    return [p.raw_variance for p in projections(model).values()]
+
+
+def variances(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Current variances per projected module, detached copies."""
+    return {name: p.variance.detach().clone() for name, p in projections(model).items()}
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    projs = projections(model)
+    if not projs:
+        raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
+    before = {name: p.mode for name, p in projs.items()}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    if mode == "sample":
+        # nn.TransformerEncoderLayer's inference fast path skips its submodules' hooks; sampling
+        # must go through them.
+        torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        for p in projs.values():
+            p.set_mode(mode)  # type: ignore[arg-type]
+        yield model
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for name, p in projs.items():
+            p.set_mode(before[name])  # type: ignore[arg-type]
+
+
+def sampling(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Context manager: projections sample even in ``eval()`` mode (Monte Carlo prediction).
+
+    Raises:
+        NotProjectedError: if the model has no projections.
+    """
+    return _mode(model, "sample")
+
+
+def deterministic(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Context manager: projections are off even in ``train()`` mode (the paper's Algorithm 3).
+
+    Raises:
+        NotProjectedError: if the model has no projections.
+    """
+    return _mode(model, "off")
+
+
+# ---------------------------------------------------------------------- saving and loading
+def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save only the projections (their variances and the config) to a safetensors file.
+
+    The write is atomic: a crash leaves either the old file or the new one, never half of one.
+
+    Raises:
+        NotProjectedError: if the model has no projections.
+    """
+    from safetensors.torch import save_file
+
+    projs = projections(model)
+    if not projs:
+        raise NotProjectedError("model has no DIPNet projections to save.")
+    config = get_config(model) or DIPConfig()
+    tensors = {
+        f"{name}.{ATTR}.raw_variance" if name else f"{ATTR}.raw_variance":
+            p.raw_variance.detach().cpu().contiguous()
+        for name, p in projs.items()
+    }
+    layout = {
+        name: {"num_features": p.num_features, "feature_dim": p.feature_dim, "on": p.on}
+        for name, p in projs.items()
+    }
+    metadata = {
+        "format": "dipnet-projections-v1",
+        "config": json.dumps(config.to_dict()),
+        "layout": json.dumps(layout),
+    }
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load projections saved by `save_projections` into ``model``.
+
+    If the model has no projections yet, it is first projected with the saved config. Loading
+    happens only after every tensor has been checked, so a bad file leaves the model unchanged.
+
+    Returns:
+        ``model``.
+    Raises:
+        ProjectionFileError: if the file is missing, not a dipnet projections file, or its
+            projections do not match the model's.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ProjectionFileError(f"projections file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise ProjectionFileError(f"cannot read projections file {path}: {err}") from None
+    if metadata.get("format") != "dipnet-projections-v1":
+        raise ProjectionFileError(f"{path} is not a dipnet projections file (no format tag).")
+    was_projected = bool(projections(model))
+    if not was_projected:
+        project(model, DIPConfig.from_dict(json.loads(metadata["config"])))
+    projs = projections(model)
+    expected = {
+        (f"{name}.{ATTR}.raw_variance" if name else f"{ATTR}.raw_variance"): p
+        for name, p in projs.items()
+    }
+    problems = []
+    if set(expected) != set(tensors):
+        missing = sorted(set(expected) - set(tensors))[:3]
+        extra = sorted(set(tensors) - set(expected))[:3]
+        problems.append(f"missing {missing}, unexpected {extra}")
+    else:
+        for key, p in expected.items():
+            if tensors[key].shape != p.raw_variance.shape:
+                problems.append(f"{key}: file {tuple(tensors[key].shape)} vs model "
+                                f"{tuple(p.raw_variance.shape)}")
+    if problems:
+        if not was_projected:
+            remove(model)
+        raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
+    with torch.no_grad():
+        for key, p in expected.items():
+            p.raw_variance.copy_(tensors[key])
+    return model

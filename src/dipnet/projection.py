@@ -1,0 +1,235 @@
+"""`GaussianProjection`: the learned distribution u ~ N(v, diag(lambda)) in front of one layer."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The name under which a projection is attached to its host module. Original parameters and
+# their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".
+ATTR = "dip_projection"
+
+Mode = Literal["auto", "sample", "off"]
+
+
+def _inverse_softplus(y: float) -> float:
+    # softplus^-1(y) = log(exp(y) - 1), written to stay finite for large y.
+    return y + math.log(-math.expm1(-y))
+
+
+class ProjectionShapeError(ValueError):
+    """A projected layer received an input whose feature axis does not match the projection."""
+
+
+class GaussianProjection(nn.Module):
+    """One learned Gaussian input projection: ``u = v + sqrt(lambda) * eps``, eps ~ N(0, I).
+
+    ``lambda`` holds one variance per input feature (channel of a conv, hidden unit of a token
+    stream), shared over examples, positions and tokens, independent of the input.
+
+    The projection is attached to its host layer as a child module (so its parameter is in the
+    host's state_dict and moves with ``.to()``) and acts through a forward pre-hook on the host,
+    or a forward hook for ``on="output"`` (the embedding output of a token model).
+
+    NB: the hook is registered only while the projection samples. In ``eval()`` mode (and under
+    `dipnet.deterministic`) it is removed, so a projected model in eval mode runs exactly the
+    code path of the original model, with no per-call hook overhead. ``train()``/``eval()`` on
+    any ancestor reaches this module and re-synchronises the hook.
+
+    Args:
+        num_features: number of features (size of the feature axis).
+        feature_dim: the axis of the input that holds the features (1 for conv inputs, -1 for
+            Linear inputs and token streams).
+        init_variance, parameterization, variance_floor: see `DIPConfig`.
+        on: ``"input"`` (project the host's first input) or ``"output"`` (project its output).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        feature_dim: int = -1,
+        init_variance: float = 1e-2,
+        parameterization: str = "softplus",
+        variance_floor: float = 1e-6,
+        on: str = "input",
+    ) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        self.num_features = int(num_features)
+        self.feature_dim = int(feature_dim)
+        self.parameterization = parameterization
+        self.variance_floor = float(variance_floor)
+        self.on = on
+        if parameterization == "softplus":
+            raw0 = _inverse_softplus(init_variance - variance_floor)
+        elif parameterization == "exp":
+            raw0 = math.log(init_variance - variance_floor)
+        else:
+            raise ValueError(f"unknown parameterization {parameterization!r}")
+        self.raw_variance = nn.Parameter(torch.full((num_features,), float(raw0)))
+        self.mode: Mode = "auto"
+        # Set by `attach`; kept in __dict__ (not _modules) so the host is not a child of its
+        # own projection. deepcopy/pickle follow it through the memo, so copies stay consistent.
+        object.__setattr__(self, "_host", None)
+
+    # ------------------------------------------------------------------ variances
+    @property
+    def variance(self) -> torch.Tensor:
+        """The current per-feature variances lambda (differentiable), shape (num_features,)."""
+        if self.parameterization == "softplus":
+            return F.softplus(self.raw_variance) + self.variance_floor
+        return torch.exp(self.raw_variance) + self.variance_floor
+
+    @property
+    def log_variance(self) -> torch.Tensor:
+        """ln(lambda), differentiable."""
+        return torch.log(self.variance)
+
+    def variance_summary(self) -> dict[str, float]:
+        """Mean, min and max of the current variances as plain floats."""
+        with torch.no_grad():
+            v = self.variance
+            return {"mean": v.mean().item(), "min": v.min().item(), "max": v.max().item()}
+
+    def extra_repr(self) -> str:
+        s = self.variance_summary()
+        return (
+            f"num_features={self.num_features}, feature_dim={self.feature_dim}, on={self.on}, "
+            f"variance_mean={s['mean']:.3g}"
+        )
+
+    # ------------------------------------------------------------------ sampling
+    @property
+    def sampling(self) -> bool:
+        """Whether this projection currently draws noise."""
+        if self.mode == "sample":
+            return True
+        if self.mode == "off":
+            return False
+        return self.training
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + sqrt(lambda) * eps`` with fresh independent noise for every element.
+
+        Raises:
+            ProjectionShapeError: if ``x``'s feature axis does not have ``num_features`` entries.
+        """
+        if not torch.is_floating_point(x):
+            raise ProjectionShapeError(
+                f"DIPNet projection got a {x.dtype} tensor; token ids cannot be projected. "
+                "Project the embedding output instead (placement='input' or 'blocks')."
+            )
+        dim = self.feature_dim if self.feature_dim >= 0 else x.dim() + self.feature_dim
+        if x.dim() == 0 or dim >= x.dim() or x.shape[dim] != self.num_features:
+            raise ProjectionShapeError(
+                f"DIPNet projection expected {self.num_features} features on axis "
+                f"{self.feature_dim}\n  got input of shape {tuple(x.shape)}"
+            )
+        std = self.variance.sqrt().to(x.dtype)
+        shape = [1] * x.dim()
+        shape[dim] = self.num_features
+        noise = torch.randn_like(x)
+        # addcmul is one fused kernel; its gradient w.r.t. std is sum(noise * grad_out).
+        return torch.addcmul(x, noise, std.view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project ``x`` if sampling, else return it unchanged."""
+        return self.project(x) if self.sampling else x
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            first = args[0]
+            if isinstance(first, torch.Tensor):
+                u = self.project(first)
+                # Same tensor passed several times (self-attention's query, key, value) gets the
+                # same sample: it is one input, projected once.
+                new_args = tuple(u if a is first else a for a in args)
+                new_kwargs = {k: (u if v is first else v) for k, v in kwargs.items()}
+                return new_args, new_kwargs
+            raise ProjectionShapeError(
+                f"DIPNet projection on {type(module).__name__}: its first input is a "
+                f"{type(first).__name__}, not a tensor; target a module that takes a tensor."
+            )
+        for key in ("hidden_states", "x", "input", "inputs_embeds", "pixel_values", "src"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
+                kwargs = dict(kwargs)
+                kwargs[key] = self.project(value)
+                return args, kwargs
+        raise ProjectionShapeError(
+            f"DIPNet projection on {type(module).__name__}: no tensor input found "
+            f"(keyword arguments: {sorted(kwargs)})."
+        )
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return self.project(output)
+        raise ProjectionShapeError(
+            f"DIPNet output projection on {type(module).__name__}: output is a "
+            f"{type(output).__name__}, not a tensor."
+        )
+
+    def _hook_fn(self) -> Any:
+        return self._post_hook if self.on == "output" else self._pre_hook
+
+    def _registered(self, host: nn.Module) -> bool:
+        store = host._forward_hooks if self.on == "output" else host._forward_pre_hooks
+        return any(getattr(h, "__self__", None) is self for h in store.values())
+
+    def _unregister(self, host: nn.Module) -> None:
+        stores = [host._forward_hooks, host._forward_pre_hooks]
+        for store in stores:
+            for key in [k for k, h in store.items() if getattr(h, "__self__", None) is self]:
+                del store[key]
+                host._forward_hooks_with_kwargs.pop(key, None)
+                host._forward_pre_hooks_with_kwargs.pop(key, None)
+                host._forward_hooks_always_called.pop(key, None)
+
+    def sync_hook(self) -> None:
+        """Register the hook on the host if the projection samples, remove it otherwise."""
+        host = self._host
+        if host is None:
+            return
+        want = self.sampling
+        has = self._registered(host)
+        if want and not has:
+            if self.on == "output":
+                host.register_forward_hook(self._post_hook)
+            else:
+                host.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        elif has and not want:
+            self._unregister(host)
+
+    def set_mode(self, mode: Mode) -> None:
+        """``"auto"`` samples in train mode only; ``"sample"`` always; ``"off"`` never."""
+        if mode not in ("auto", "sample", "off"):
+            raise ValueError(f"mode must be 'auto', 'sample' or 'off', got {mode!r}")
+        self.mode = mode
+        self.sync_hook()
+
+    def train(self, mode: bool = True) -> "GaussianProjection":
+        super().train(mode)
+        self.sync_hook()
+        return self
+
+    def attach(self, host: nn.Module) -> None:
+        """Make this projection the child ``dip_projection`` of ``host`` and hook it in."""
+        host.add_module(ATTR, self)
+        object.__setattr__(self, "_host", host)
+        self.train(host.training)
+
+    def detach(self) -> None:
+        """Unhook from the host and remove the child; the host is as before `attach`."""
+        host = self._host
+        if host is None:
+            return
+        self._unregister(host)
+        if getattr(host, ATTR, None) is self:
+            delattr(host, ATTR)
+        object.__setattr__(self, "_host", None)
