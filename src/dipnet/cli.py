@@ -20,7 +20,8 @@ from .targeting import TargetError
 
 # Order is the order shown in --help.
 SUBCOMMAND_MODULES = (
-    "dipnet.experiments.cli",     # train, compare, report, demo
+    "dipnet.experiments.cli",     # train
+    "dipnet.experiments.sweep_cli",  # compare, report, demo
     "dipnet.evaluation.cli",      # evaluate
     "dipnet.hf_experiments.cli",  # text / math experiments with Hugging Face models
 )
