@@ -134,6 +134,10 @@ def find_input_embedding(model: nn.Module) -> str | None:
             emb = getter()
         except (NotImplementedError, AttributeError):
             emb = None
+    # Vision models answer get_input_embeddings() with a patch embedding (a conv): their input
+    # is pixels, projected in front of the first layer like any other float input.
+    if emb is not None and not isinstance(emb, nn.Embedding):
+        return None
     for name, module in model.named_modules():
         if emb is not None and module is emb:
             return name
@@ -185,7 +189,7 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
     if config.placement == "layers":
         opaque: list[str] = []
         for name, module in modules.items():
-            if not name or any(name.startswith(o + ".") for o in opaque):
+            if any(o == "" or name.startswith(o + ".") for o in opaque):
                 continue
             if isinstance(module, _OPAQUE_TYPES):
                 opaque.append(name)
@@ -206,7 +210,7 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
         if emb_name is not None:
             add(emb_name, on="output")
         else:
-            first = next((n for n, m in modules.items() if n and is_layer(m)), None)
+            first = next((n for n, m in modules.items() if is_layer(m)), None)
             if first is None:
                 raise TargetError(
                     "placement='input' found no Linear/Conv/recurrent/attention layer to project "
@@ -217,8 +221,6 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
     explicit_hits = 0
     if config.target_modules is not None or config.target_types:
         for name, module in modules.items():
-            if not name:
-                continue
             if _matches(name, config.target_modules) or _type_matches(module, config.target_types):
                 explicit_hits += 1
                 if name not in chosen:
