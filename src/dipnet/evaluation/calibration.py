@@ -1,0 +1,61 @@
+"""Calibration of predictive probabilities: expected calibration error, Brier score, NLL.
+
+Hand-written (a few lines each) rather than taken from torchmetrics / netcal: those would add a
+dependency (and torchmetrics a lightning one) for three formulas; the tests check them against
+cases computed by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins (Guo et al. 2017, 15 bins by default).
+
+    ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b| over bins (lo, hi] of the top-class
+    probability; a confidence of exactly 0 falls in the first bin.
+
+    Args:
+        probs: predictive probabilities, shape (N, C).
+        y: labels, shape (N,).
+        bins: number of equal-width bins on [0, 1].
+    Returns:
+        the ECE, in [0, 1].
+    Raises:
+        ValueError: if shapes disagree or ``bins`` < 1.
+    """
+    if probs.dim() != 2 or y.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be (N, C) and y (N,), got {tuple(probs.shape)} and {tuple(y.shape)}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    conf, pred = probs.float().max(-1)
+    correct = (pred == y).float()
+    # bucketize with right=False puts conf in bin i where edges[i-1] < conf <= edges[i].
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)[1:-1]
+    idx = torch.bucketize(conf, edges)
+    n = conf.numel()
+    ece = torch.zeros((), device=probs.device)
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.sum() / n * (correct[mask].mean() - conf[mask].mean()).abs()
+    return ece.item()
+
+
+def brier_score(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Multi-class Brier score: mean over examples of sum_c (p_c - onehot_c)^2, in [0, 2]."""
+    onehot = F.one_hot(y, probs.shape[-1]).float()
+    return ((probs.float() - onehot) ** 2).sum(-1).mean().item()
+
+
+def calibration_metrics(log_probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, float]:
+    """ECE (``bins`` bins), Brier score and NLL of a prediction given as log-probabilities (N, C)."""
+    probs = log_probs.float().exp()
+    return {
+        "ece": expected_calibration_error(probs, y, bins),
+        "brier": brier_score(probs, y),
+        "nll": F.nll_loss(log_probs.float(), y).item(),
+        "ece_bins": bins,
+    }

@@ -1,0 +1,182 @@
+"""What every evaluation attacks and measures: a *prediction*, not a model.
+
+A `Predictor` wraps a callable ``x -> logits`` (deterministic, differentiable) or a callable
+``x -> one sampled trajectory's logits`` (stochastic, differentiable) together with the number
+of trajectories ``k`` that the prediction averages. Every function in `dipnet.evaluation` takes
+a `Predictor`, so the suite works for DIPNet, for any baseline method, and for small models
+built in tests, without knowing where the logits come from.
+
+Sampled predictions average probabilities over k trajectories (log of the mean softmax), the
+same rule as `dipnet.predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Predictor:
+    """A prediction to evaluate.
+
+    Attributes:
+        name: ``"deterministic"`` or ``"sampled"`` (used as the ``prediction`` field of results).
+        logits_fn: for a deterministic prediction, ``x (B, ...) -> logits (B, C)``; for a
+            stochastic one, one sampled trajectory per row, with independent noise in every
+            row (true for DIPNet projections, Gaussian input noise, dropout).
+        stochastic: whether ``logits_fn`` draws noise.
+        k: trajectories averaged by the prediction (1 for a deterministic one).
+        chunk: at most this many rows per forward pass when stacking trajectories (memory bound).
+    """
+
+    name: str
+    logits_fn: LogitsFn
+    stochastic: bool = False
+    k: int = 1
+    chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not self.stochastic:
+            self.k = 1
+
+    def sample_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Logits of ``n`` trajectories (default ``k``), shape (n, B, C); differentiable.
+
+        The n copies of the batch are stacked along the batch axis (rows draw independent
+        noise), in passes of at most ``chunk`` rows. A deterministic predictor returns its
+        logits once, shape (1, B, C), whatever ``n``.
+        """
+        if not self.stochastic:
+            return self.logits_fn(x).unsqueeze(0)
+        n = self.k if n is None else n
+        b = x.shape[0]
+        per_pass = max(1, self.chunk // max(b, 1))
+        outs = []
+        done = 0
+        while done < n:
+            m = min(per_pass, n - done)
+            stacked = x.repeat(m, *([1] * (x.dim() - 1)))  # (m*B, ...)
+            out = self.logits_fn(stacked)
+            outs.append(out.reshape(m, b, *out.shape[1:]))
+            done += m
+        return torch.cat(outs, 0)
+
+    def log_probs(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Log predictive probabilities, shape (B, C): log of the mean softmax over trajectories."""
+        logits = self.sample_logits(x, n).float()
+        log_ps = torch.log_softmax(logits, -1)
+        return torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
+
+    def mean_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Mean logits over trajectories, shape (B, C) (the MC-averaged function of section 4)."""
+        return self.sample_logits(x, n).mean(0)
+
+
+def deterministic_predictor(fn: LogitsFn) -> Predictor:
+    """A deterministic prediction from ``x -> logits``."""
+    return Predictor("deterministic", fn, stochastic=False, k=1)
+
+
+def sampled_predictor(fn: LogitsFn, k: int) -> Predictor:
+    """A k-trajectory Monte Carlo prediction from ``x -> one sampled trajectory's logits``."""
+    return Predictor("sampled", fn, stochastic=True, k=k)
+
+
+@contextlib.contextmanager
+def fixed_noise(seed: int) -> Iterator[None]:
+    """Run the block with the global torch RNG seeded to ``seed``, restoring it afterwards.
+
+    Two calls of a stochastic predictor on same-shaped batches inside ``fixed_noise(s)`` draw the
+    same noise (common random numbers). The smoothness measures use it so that they measure one
+    fixed smoothed function and not the difference between two noise draws.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def frozen(predictor: Predictor, seed: int, n: int | None = None) -> LogitsFn:
+    """The MC-averaged logits ``x -> mean_j f(x; eps_j)`` with the noise eps fixed by ``seed``.
+
+    For a deterministic predictor this is just its logits function. Inputs of the same shape
+    always see the same noise, so the returned function is deterministic and differentiable:
+    gradients, Hessian-vector products and Lipschitz ratios are those of one fixed function.
+    """
+    if not predictor.stochastic:
+        return predictor.logits_fn
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with fixed_noise(seed):
+            return predictor.mean_logits(x, n)
+
+    return fn
+
+
+def frozen_log_probs(predictor: Predictor, seed: int, n: int | None = None) -> LogitsFn:
+    """Like `frozen`, but returns the log predictive probabilities (log of the mean softmax)."""
+    if not predictor.stochastic:
+        return lambda x: torch.log_softmax(predictor.logits_fn(x), -1)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with fixed_noise(seed):
+            return predictor.log_probs(x, n)
+
+    return fn
+
+
+@torch.no_grad()
+def predict_log_probs(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Log predictive probabilities for a whole set, in batches, without gradients; (N, C)."""
+    out = [predictor.log_probs(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def predict_samples(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The k trajectories' logits for a whole set, in batches, without gradients; (k, N, C)."""
+    out = [predictor.sample_logits(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out, 1)
+
+
+def accuracy(log_probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    return (log_probs.argmax(-1) == y).float().mean().item()
+
+
+def nll(log_probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the labels."""
+    return F.nll_loss(log_probs.float(), y).item()
+
+
+def model_predictors(model: torch.nn.Module, k: int = 8) -> list[Predictor]:
+    """Predictors of a plain or DIPNet-projected model, in eval mode.
+
+    Returns ``[deterministic]`` for a model without projections, ``[deterministic, sampled]``
+    for a projected one (the sampled one runs the projections under `dipnet.sampling`).
+    """
+    from .. import inject  # the core; imported here to keep this module torch-only
+
+    model.eval()
+
+    def det(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    out = [deterministic_predictor(det)]
+    if inject.projections(model):
+        def one_sample(x: torch.Tensor) -> torch.Tensor:
+            with inject.sampling(model):
+                return model(x)
+
+        out.append(sampled_predictor(one_sample, k))
+    return out
