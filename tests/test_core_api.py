@@ -199,3 +199,18 @@ def test_loading_a_bad_projections_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(dipnet.ProjectionFileError, match="does not fit"):
         dipnet.load_projections(other, path)
     assert dipnet.projections(other) == {}  # left unchanged
+
+
+def test_parameter_groups_exempt_variances_from_weight_decay() -> None:
+    model = dipnet.project(mlp())
+    groups = dipnet.parameter_groups(model, variance_lr=0.05)
+    assert groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.05
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.5)
+    before = dipnet.variances(model)
+    for _ in range(20):  # zero gradients: only weight decay could move anything
+        opt.zero_grad()
+        sum(p.sum() * 0 for p in model.parameters()).backward()
+        opt.step()
+    for name, v in dipnet.variances(model).items():
+        assert torch.equal(v, before[name])

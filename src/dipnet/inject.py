@@ -113,6 +113,31 @@ def variance_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p.raw_variance for p in projections(model).values()]
 
 
+def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups: the model's own parameters, then the variances.
+
+    The variance group has ``weight_decay=0``: weight decay on the raw parameter would pull
+    every variance towards softplus(0) = 0.69 (or exp(0) = 1), a prior nobody asked for. The
+    barrier is the variances' only regulariser.
+
+    Args:
+        model: a projected model.
+        variance_lr: learning rate of the variances; None keeps the optimizer's default lr.
+    Returns:
+        A list of two dicts for ``torch.optim.X(groups, lr=..., weight_decay=...)``.
+    Raises:
+        NotProjectedError: if the model has no projections.
+    """
+    var = variance_parameters(model)
+    if not var:
+        raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
+    ids = {id(p) for p in var}
+    group: dict = {"params": var, "weight_decay": 0.0}
+    if variance_lr is not None:
+        group["lr"] = variance_lr
+    return [{"params": [p for p in model.parameters() if id(p) not in ids]}, group]
+
+
 def variances(model: nn.Module) -> dict[str, torch.Tensor]:
     """Current variances per projected module, detached copies."""
     return {name: p.variance.detach().clone() for name, p in projections(model).items()}
