@@ -1,0 +1,880 @@
+"""The sweep report: results tables, paired tests against standard, plots, HTML.
+
+:func:`build_report` reads what a sweep left on disk (``runs/*/config.yaml``, ``metrics.json``
+and, when present, ``evaluation.json``), and writes beside it:
+
+- ``results.json``: one record per run, one aggregated record per (condition, method), every
+  paired test against standard, and the provenance;
+- ``results.csv``: the same runs and aggregates as flat rows (``row_type`` = run | aggregate);
+- ``report.md`` with PNGs under ``figures/``, and ``report.html``: the same content as one
+  self-contained page (images embedded as base64), so it can be mailed or attached.
+
+Everything is recomputed from the run folders, so ``dipnet report DIR`` after a partial or
+resumed sweep always shows the current state. Accuracies are stored as fractions in the JSON
+and shown as percentages in the tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from ..errors import UserError
+from .stats import (LOW_POWER_NOTE, format_mean_std, format_p, paired_test, summarize)
+from .sweep import METHODS, PERTURBATIONS, atomic_write_text
+
+__all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
+           "summary_table", "markdown_to_html", "ReportPaths", "RESULTS_SCHEMA_VERSION"]
+
+RESULTS_SCHEMA_VERSION = 1
+BASELINE = "standard"
+#: Per-run scalars aggregated over seeds: (key in metrics.json, label, unit scale, higher is better)
+RUN_METRICS: tuple[tuple[str, str, float, bool | None], ...] = (
+    ("test_accuracy", "test accuracy (%)", 100.0, True),
+    ("test_accuracy_deterministic", "test accuracy, deterministic prediction (%)", 100.0, True),
+    ("test_accuracy_mc", "test accuracy, Monte Carlo prediction (%)", 100.0, True),
+    ("val_accuracy", "validation accuracy (%)", 100.0, True),
+    ("final_train_loss", "final training loss", 1.0, False),
+    ("time_per_epoch_s", "time per epoch (s)", 1.0, False),
+    ("peak_memory_mb", "peak memory (MB)", 1.0, False),
+    ("wall_clock_s", "wall clock (s)", 1.0, False),
+)
+_PERT_LABEL = {"none": "none", "gaussian": "Gaussian", "fgsm": "FGSM"}
+
+
+@dataclass
+class RunRecord:
+    """One finished run as read from disk: its folder, config, metrics and evaluation."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics.get("method") or self.config.get("method"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.metrics.get("seed", self.config.get("seed", 0)))
+
+    @property
+    def perturbation(self) -> str:
+        return str(self.metrics.get("train_perturbation")
+                   or self.config.get("train_perturbation") or "none")
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """(dataset, model, train perturbation): runs in a group are directly comparable."""
+        return (str(self.metrics.get("dataset") or self.config.get("dataset")),
+                str(self.metrics.get("model") or self.config.get("model")),
+                self.perturbation)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
+    """Read every finished run under ``sweep_dir/runs`` (or ``sweep_dir`` itself).
+
+    Returns (records sorted by group, method and seed; names of run folders that are not
+    finished: still running, interrupted or failed). Raises UserError when the folder holds no
+    run at all.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder: give the --out folder of a dipnet compare")
+    runs_dir = root / "runs" if (root / "runs").is_dir() else root
+    records: list[RunRecord] = []
+    unfinished: list[str] = []
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        metrics = _read_json(d / "metrics.json")
+        if metrics is None or metrics.get("status") != "finished":
+            if (d / "config.yaml").is_file() or (d / "metrics.json").is_file():
+                unfinished.append(d.name)
+            continue
+        config: dict[str, Any] = {}
+        if (d / "config.yaml").is_file():
+            try:
+                config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                config = {}
+        records.append(RunRecord(d.name, d, config, metrics, _read_json(d / "evaluation.json")))
+    if not records and not unfinished:
+        raise UserError(f"no runs found under {runs_dir}: run dipnet compare --out {root} "
+                        f"first")
+    records.sort(key=lambda r: (r.group, _method_order(r.method), r.seed))
+    return records, unfinished
+
+
+def _method_order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def _pert_order(pert: str) -> int:
+    return PERTURBATIONS.index(pert) if pert in PERTURBATIONS else len(PERTURBATIONS)
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, float)) and math.isfinite(float(x)):
+        return float(x)
+    return None
+
+
+# --- evaluation.json -> flat scalars ---------------------------------------------------------
+_ID_NUMERIC = {"eps", "epsilon", "severity", "k", "steps", "samples", "m"}
+_SKIP_KEY = re.compile(r"(time|seconds|wall|_s$)")
+
+
+def flatten_evaluation(ev: dict[str, Any] | None) -> dict[str, float]:
+    """Flatten an evaluation.json into ``{"section/…/key": value}`` numeric scalars.
+
+    Dicts are walked by key; a list of dicts (attacks, corruptions, OOD pairs) becomes one name
+    per entry built from its identifying fields (strings and eps/severity-like numbers) and one
+    scalar per remaining numeric field. Timing fields are left out (they are not outcomes).
+    """
+    out: dict[str, float] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if _SKIP_KEY.search(str(k)):
+                    continue
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        elif isinstance(obj, list):
+            for item in obj:
+                if not isinstance(item, dict):
+                    continue
+                ids = [f"{k}={v}" if k in _ID_NUMERIC else str(v) for k, v in item.items()
+                       if isinstance(v, str) or (k in _ID_NUMERIC and _num(v) is not None)]
+                base = "/".join([prefix, *ids]) if prefix else "/".join(ids)
+                for k, v in item.items():
+                    if k in _ID_NUMERIC or isinstance(v, str) or _SKIP_KEY.search(str(k)):
+                        continue
+                    walk(v, f"{base}/{k}")
+        else:
+            val = _num(obj)
+            if val is not None and prefix:
+                out[prefix] = val
+
+    if ev:
+        walk({k: v for k, v in ev.items() if k not in ("config", "provenance", "suite",
+                                                         "run_dir", "meta")}, "")
+    return out
+
+
+def _run_row(r: RunRecord) -> dict[str, Any]:
+    m = r.metrics
+    hist = m.get("history") or []
+    final_loss = _num(hist[-1].get("train_loss")) if hist and isinstance(hist[-1], dict) else None
+    row: dict[str, Any] = {
+        "run": r.name, "dataset": r.group[0], "model": r.group[1], "train_perturbation":
+        r.perturbation, "method": r.method, "seed": r.seed,
+        "epochs": r.config.get("epochs", len(hist)), "max_train": r.config.get("max_train"),
+        "test_accuracy": _num(m.get("test_accuracy")),
+        "test_accuracy_deterministic": _num(m.get("test_accuracy_deterministic")),
+        "test_accuracy_mc": _num(m.get("test_accuracy_mc")),
+        "prediction": m.get("prediction"),
+        "val_accuracy": _num(m.get("val_accuracy")),
+        "final_train_loss": final_loss,
+        "time_per_epoch_s": _num(m.get("time_per_epoch_s")),
+        "peak_memory_mb": _num(m.get("peak_memory_mb")),
+        "wall_clock_s": _num(m.get("wall_clock_s")),
+        "num_params": m.get("num_params"), "extra_params": m.get("extra_params"),
+        "evaluated": r.evaluation is not None,
+    }
+    for k, v in flatten_evaluation(r.evaluation).items():
+        row[f"eval/{k}"] = v
+    return row
+
+
+def _variances(m: dict[str, Any]) -> dict[str, float]:
+    """Per-layer mean learned variance from metrics.json (tolerates a few layouts)."""
+    raw = m.get("variances") or {}
+    out: dict[str, float] = {}
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if isinstance(v, dict):
+                v = v.get("mean")
+            if _num(v) is not None:
+                out[str(k)] = float(v)
+    return out
+
+
+def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | None = None,
+                  sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate runs over seeds and test every method against standard, paired by seed.
+
+    Takes the run records (from :func:`load_runs`) and optional provenance / sweep dicts to
+    embed. Returns the ``results.json`` dict: ``runs`` (one flat row per run), ``aggregates``
+    (per dataset, model, condition and method: a Summary per metric), ``paired_tests`` (per
+    metric, method != standard, condition, plus the mean over conditions like the paper's
+    last column), ``variances`` (dipnet: per-layer learned variance over seeds), ``notes``.
+    """
+    rows = [_run_row(r) for r in records]
+    by_group: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_group[(row["dataset"], row["model"], row["train_perturbation"])][row["method"]].append(row)
+    metric_keys = [k for k, *_ in RUN_METRICS] + sorted(
+        {k for row in rows for k in row if k.startswith("eval/")})
+
+    aggregates: list[dict[str, Any]] = []
+    tests: list[dict[str, Any]] = []
+    for group in sorted(by_group, key=lambda g: (g[0], g[1], _pert_order(g[2]))):
+        methods = by_group[group]
+        base = {row["seed"]: row for row in methods.get(BASELINE, [])}
+        for method in sorted(methods, key=_method_order):
+            mrows = methods[method]
+            agg: dict[str, Any] = {"dataset": group[0], "model": group[1],
+                                   "train_perturbation": group[2], "method": method,
+                                   "n": len(mrows), "seeds": sorted(r["seed"] for r in mrows)}
+            for key in metric_keys:
+                vals = [r.get(key) for r in mrows]
+                if any(_num(v) is not None for v in vals):
+                    agg[key] = summarize([v for v in vals if _num(v) is not None]).to_dict()
+            agg["num_params"] = mrows[0].get("num_params")
+            agg["extra_params"] = mrows[0].get("extra_params")
+            aggregates.append(agg)
+            if method == BASELINE or not base:
+                continue
+            seeds = sorted(set(base) & {r["seed"] for r in mrows})
+            mine = {r["seed"]: r for r in mrows}
+            for key in metric_keys:
+                a = [mine[s].get(key) for s in seeds]
+                b = [base[s].get(key) for s in seeds]
+                if sum(_num(x) is not None and _num(y) is not None for x, y in zip(a, b)) < 1:
+                    continue
+                t = paired_test([_num(x) for x in a], [_num(y) for y in b])
+                wins = sum(1 for x, y in zip(a, b) if _num(x) is not None and _num(y) is not None
+                           and x > y)
+                tests.append({"dataset": group[0], "model": group[1],
+                              "train_perturbation": group[2], "method": method,
+                              "metric": key, "baseline": BASELINE, "seeds": seeds,
+                              "wins": wins, **t.to_dict()})
+
+    # The paper's last column: mean over the training-input conditions, per seed, then paired.
+    per_dm: dict[tuple, dict[str, dict[int, dict[str, float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict)))
+    for row in rows:
+        acc = _num(row["test_accuracy"])
+        if acc is not None:
+            per_dm[(row["dataset"], row["model"])][row["method"]][row["seed"]][
+                row["train_perturbation"]] = acc
+    condition_means: list[dict[str, Any]] = []
+    for (ds, model), methods in sorted(per_dm.items()):
+        conds = sorted({p for mm in methods.values() for s in mm.values() for p in s},
+                       key=_pert_order)
+        if len(conds) < 2:
+            continue
+        seed_means = {method: {seed: sum(v[c] for c in conds) / len(conds)
+                               for seed, v in seeds.items() if all(c in v for c in conds)}
+                      for method, seeds in methods.items()}
+        base = seed_means.get(BASELINE, {})
+        for method in sorted(seed_means, key=_method_order):
+            sm = seed_means[method]
+            entry = {"dataset": ds, "model": model, "conditions": conds, "method": method,
+                     "test_accuracy": summarize(list(sm.values())).to_dict()}
+            if method != BASELINE and base:
+                seeds = sorted(set(sm) & set(base))
+                t = paired_test([sm[s] for s in seeds], [base[s] for s in seeds])
+                entry["vs_standard"] = {"seeds": seeds,
+                                        "wins": sum(sm[s] > base[s] for s in seeds),
+                                        **t.to_dict()}
+            condition_means.append(entry)
+
+    variances: list[dict[str, Any]] = []
+    var_acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for layer, v in _variances(r.metrics).items():
+            var_acc[(*r.group, r.method)][layer].append(v)
+    for (ds, model, pert, method), layers in sorted(var_acc.items(),
+                                                    key=lambda kv: _pert_order(kv[0][2])):
+        for layer, vals in layers.items():
+            variances.append({"dataset": ds, "model": model, "train_perturbation": pert,
+                              "method": method, "layer": layer,
+                              "variance": summarize(vals).to_dict()})
+
+    notes = []
+    ns = sorted({a["n"] for a in aggregates})
+    if ns and max(ns) <= 5:
+        notes.append(LOW_POWER_NOTE.replace("n seeds", f"{max(ns)} seeds"))
+    if not any(a["method"] == BASELINE for a in aggregates):
+        notes.append("standard training is not in this sweep, so no paired tests were run.")
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "baseline": BASELINE,
+        "accuracy_unit": "fraction (tables show %)",
+        "runs": rows,
+        "aggregates": aggregates,
+        "paired_tests": tests,
+        "condition_means": condition_means,
+        "variances": variances,
+        "notes": notes,
+        "sweep": sweep,
+        "provenance": provenance,
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _json_clean(obj: Any) -> Any:
+    """NaN/inf -> None so results.json is strict JSON (readable by any parser)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write results.json and results.csv (atomically); returns their paths."""
+    jpath, cpath = out_dir / "results.json", out_dir / "results.csv"
+    atomic_write_text(jpath, json.dumps(_json_clean(results), indent=1,
+                                        default=_json_default, allow_nan=False))
+    flat: list[dict[str, Any]] = []
+    for row in results["runs"]:
+        flat.append({"row_type": "run", **row})
+    for agg in results["aggregates"]:
+        r: dict[str, Any] = {"row_type": "aggregate"}
+        for k, v in agg.items():
+            if isinstance(v, dict):
+                for sk in ("mean", "std", "sem", "ci_low", "ci_high"):
+                    r[f"{k}" if sk == "mean" else f"{k}_{sk}"] = v.get(sk)
+            elif isinstance(v, list):
+                r[k] = " ".join(map(str, v))
+            else:
+                r[k] = v
+        flat.append(r)
+    cols: list[str] = []
+    for r in flat:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in flat:
+        writer.writerow({k: ("" if (isinstance(v, float) and not math.isfinite(v)) or v is None
+                             else v) for k, v in r.items()})
+    atomic_write_text(cpath, buf.getvalue())
+    return jpath, cpath
+
+
+# --- tables ----------------------------------------------------------------------------------
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def _agg_index(results: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    return {(a["dataset"], a["model"], a["train_perturbation"], a["method"]): a
+            for a in results["aggregates"]}
+
+
+def _test_index(results: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    return {(t["dataset"], t["model"], t["train_perturbation"], t["method"], t["metric"]): t
+            for t in results["paired_tests"]}
+
+
+def _stars(p: float | None) -> str:
+    if p is None or not isinstance(p, float) or not math.isfinite(p):
+        return ""
+    return "*" if p < 0.05 else ""
+
+
+def summary_table(results: dict[str, Any], dataset: str, model: str) -> str:
+    """Markdown table like the paper's Table 1: test accuracy (%) per method and condition.
+
+    Cells are mean ± std over seeds; a column per training-input condition present, plus
+    "mean" over conditions when there are several; Δ is the mean paired difference against
+    standard (percentage points) of the last column, with its paired t-test p-value.
+    """
+    idx = _agg_index(results)
+    conds = sorted({a["train_perturbation"] for a in results["aggregates"]
+                    if a["dataset"] == dataset and a["model"] == model}, key=_pert_order)
+    methods = sorted({a["method"] for a in results["aggregates"]
+                      if a["dataset"] == dataset and a["model"] == model}, key=_method_order)
+    cmeans = {c["method"]: c for c in results["condition_means"]
+              if c["dataset"] == dataset and c["model"] == model}
+    tests = _test_index(results)
+    header = ["method", "n"] + [_PERT_LABEL.get(c, c) for c in conds]
+    if len(conds) > 1:
+        header.append("mean")
+    header += ["Δ vs standard (pp)", "paired t p", "Wilcoxon p", "wins"]
+    rows = []
+    for m in methods:
+        cells = [m]
+        ns = [idx[(dataset, model, c, m)]["n"] for c in conds if (dataset, model, c, m) in idx]
+        cells.append(str(min(ns)) if ns else "0")
+        for c in conds:
+            a = idx.get((dataset, model, c, m), {})
+            cells.append(format_mean_std(a.get("test_accuracy", {}), 100.0))
+        if len(conds) > 1:
+            cm = cmeans.get(m, {})
+            cells.append(format_mean_std(cm.get("test_accuracy", {}), 100.0))
+            t = cm.get("vs_standard")
+        else:
+            t = tests.get((dataset, model, conds[0], m, "test_accuracy"))
+        if m == BASELINE or not t:
+            cells += ["-", "-", "-", "-"]
+        else:
+            d = t.get("mean_diff")
+            cells += [f"{d * 100:+.2f}" if _num(d) is not None else "-",
+                      format_p(t.get("t_p")) + _stars(t.get("t_p")), format_p(t.get("wilcoxon_p")),
+                      f"{t.get('wins', 0)}/{t.get('n', 0)}"]
+        rows.append(cells)
+    return _md_table(header, rows)
+
+
+def _paired_table(results: dict[str, Any], dataset: str, model: str, metric: str,
+                  scale: float, unit: str) -> str:
+    tests = [t for t in results["paired_tests"] if t["dataset"] == dataset
+             and t["model"] == model and t["metric"] == metric]
+    tests.sort(key=lambda t: (_pert_order(t["train_perturbation"]), _method_order(t["method"])))
+    rows = []
+    for t in tests:
+        d, sd = t.get("mean_diff"), t.get("std_diff")
+        rows.append([_PERT_LABEL.get(t["train_perturbation"], t["train_perturbation"]),
+                     t["method"], t["n"],
+                     f"{d * scale:+.3f}" if _num(d) is not None else "-",
+                     f"{sd * scale:.3f}" if _num(sd) is not None else "-",
+                     format_p(t.get("t_p")) + _stars(t.get("t_p")),
+                     format_p(t.get("wilcoxon_p")), f"{t['wins']}/{t['n']}"])
+    return _md_table(["condition", "method", "pairs", f"mean Δ ({unit})", f"std Δ ({unit})",
+                      "paired t p", "Wilcoxon p", "method > standard"], rows)
+
+
+def _cost_table(results: dict[str, Any], dataset: str, model: str) -> str:
+    idx = _agg_index(results)
+    tests = _test_index(results)
+    rows = []
+    for a in results["aggregates"]:
+        if a["dataset"] != dataset or a["model"] != model:
+            continue
+        pert, m = a["train_perturbation"], a["method"]
+        base = idx.get((dataset, model, pert, BASELINE), {})
+
+        def rel(key: str) -> str:
+            mine, ref = a.get(key, {}).get("mean"), base.get(key, {}).get("mean")
+            if _num(mine) is None or not _num(ref):
+                return "-"
+            return f"{mine / ref:.2f}x"
+
+        t = tests.get((dataset, model, pert, m, "time_per_epoch_s"), {})
+        rows.append([_PERT_LABEL.get(pert, pert), m,
+                     format_mean_std(a.get("time_per_epoch_s", {}), 1.0, 3), rel("time_per_epoch_s"),
+                     format_p(t.get("t_p")) if m != BASELINE else "-",
+                     format_mean_std(a.get("peak_memory_mb", {}), 1.0, 1), rel("peak_memory_mb"),
+                     a.get("num_params") if a.get("num_params") is not None else "-",
+                     a.get("extra_params") if a.get("extra_params") is not None else "-",
+                     format_mean_std(a.get("wall_clock_s", {}), 1.0, 1)])
+    return _md_table(["condition", "method", "time/epoch (s)", "x standard", "paired t p",
+                      "peak memory (MB)", "x standard", "params", "extra params",
+                      "wall clock (s)"], rows)
+
+
+def _variance_table(results: dict[str, Any], dataset: str, model: str) -> str:
+    rows = []
+    for v in results["variances"]:
+        if v["dataset"] != dataset or v["model"] != model:
+            continue
+        s = v["variance"]
+        rows.append([_PERT_LABEL.get(v["train_perturbation"], v["train_perturbation"]),
+                     v["method"], f"`{v['layer']}`",
+                     f"{s['mean']:.4g}" if _num(s.get("mean")) is not None else "-",
+                     f"{s['std']:.2g}" if _num(s.get("std")) is not None else "-", s["n"]])
+    return _md_table(["condition", "method", "layer (projection host)",
+                      "mean learned variance", "std over seeds", "n"], rows)
+
+
+def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) -> str:
+    idx = _agg_index(results)
+    tests = _test_index(results)
+    methods = sorted({a["method"] for a in results["aggregates"] if a["dataset"] == dataset
+                      and a["model"] == model and a["train_perturbation"] == pert},
+                     key=_method_order)
+    keys = sorted({k for a in results["aggregates"] if a["dataset"] == dataset
+                   and a["model"] == model and a["train_perturbation"] == pert
+                   for k in a if k.startswith("eval/")})
+    rows = []
+    for k in keys:
+        cells = [f"`{k[5:]}`"]
+        for m in methods:
+            a = idx.get((dataset, model, pert, m), {})
+            s = a.get(k)
+            if not s:
+                cells.append("-")
+                continue
+            cell = format_mean_std(s, 1.0, 3)
+            t = tests.get((dataset, model, pert, m, k))
+            if t and m != BASELINE:
+                cell += f" (p={format_p(t.get('t_p'))}{_stars(t.get('t_p'))})"
+            cells.append(cell)
+        rows.append(cells)
+    return _md_table(["metric"] + methods, rows)
+
+
+# --- plots -----------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    tmp.replace(path)
+    _plt().close(fig)
+    return path
+
+
+def _plot_accuracy(results: dict[str, Any], ds: str, model: str, path: Path) -> Path:
+    plt = _plt()
+    import numpy as np
+    aggs = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
+    conds = sorted({a["train_perturbation"] for a in aggs}, key=_pert_order)
+    methods = sorted({a["method"] for a in aggs}, key=_method_order)
+    idx = _agg_index(results)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) * max(1, len(conds)) ** 0.5), 3.6))
+    width = 0.8 / len(conds)
+    x = np.arange(len(methods))
+    for i, c in enumerate(conds):
+        means, errs = [], []
+        for m in methods:
+            s = idx.get((ds, model, c, m), {}).get("test_accuracy", {})
+            means.append(100 * s["mean"] if _num(s.get("mean")) is not None else np.nan)
+            errs.append(100 * s["std"] if _num(s.get("std")) is not None else 0.0)
+        ax.bar(x + (i - (len(conds) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
+               label=f"train input: {_PERT_LABEL.get(c, c)}")
+    ax.set_xticks(x, methods, rotation=30, ha="right")
+    ax.set_ylabel("clean test accuracy (%)")
+    lo = np.nanmin([100 * idx[(ds, model, c, m)]["test_accuracy"]["mean"] for c in conds
+                    for m in methods if (ds, model, c, m) in idx
+                    and "test_accuracy" in idx[(ds, model, c, m)]] or [0])
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.set_title(f"{ds} / {model}: mean ± std over seeds")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_curves(records: Sequence[RunRecord], ds: str, model: str, pert: str,
+                 path: Path) -> Path | None:
+    plt = _plt()
+    import numpy as np
+    recs = [r for r in records if r.group == (ds, model, pert) and r.metrics.get("history")]
+    if not recs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    by_m: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in recs:
+        by_m[r.method].append(r)
+    for m in sorted(by_m, key=_method_order):
+        for ax, key in zip(axes, ("train_loss", "val_accuracy")):
+            curves = [[_num(h.get(key)) for h in r.metrics["history"]] for r in by_m[m]]
+            length = min(len(c) for c in curves)
+            arr = np.array([[np.nan if v is None else v for v in c[:length]] for c in curves])
+            if arr.size == 0:
+                continue
+            if key == "val_accuracy":
+                arr = arr * 100
+            mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
+            ep = np.arange(1, length + 1)
+            ax.plot(ep, mean, marker="o", ms=3, label=m)
+            ax.fill_between(ep, mean - std, mean + std, alpha=0.15)
+    axes[0].set_ylabel("training loss (method's own objective)")
+    axes[1].set_ylabel("validation accuracy (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}: "
+                 f"mean ± std over seeds", fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_variances(results: dict[str, Any], ds: str, model: str, path: Path) -> Path | None:
+    plt = _plt()
+    import numpy as np
+    vs = [v for v in results["variances"] if v["dataset"] == ds and v["model"] == model]
+    if not vs:
+        return None
+    layers = list(dict.fromkeys(v["layer"] for v in vs))
+    conds = sorted({v["train_perturbation"] for v in vs}, key=_pert_order)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(layers)), 3.4))
+    width = 0.8 / len(conds)
+    x = np.arange(len(layers))
+    for i, c in enumerate(conds):
+        d = {v["layer"]: v["variance"] for v in vs if v["train_perturbation"] == c}
+        means = [d.get(la, {}).get("mean") or np.nan for la in layers]
+        errs = [d.get(la, {}).get("std") or 0.0 for la in layers]
+        ax.bar(x + (i - (len(conds) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
+               label=f"train input: {_PERT_LABEL.get(c, c)}")
+    ax.set_xticks(x, [la if len(la) < 18 else "…" + la[-16:] for la in layers], rotation=30,
+                  ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("mean learned variance λ")
+    ax.set_title(f"DIPNet learned variance per projected layer ({ds} / {model})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_cost(results: dict[str, Any], ds: str, model: str, path: Path) -> Path | None:
+    plt = _plt()
+    import numpy as np
+    idx = _agg_index(results)
+    aggs = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
+    conds = sorted({a["train_perturbation"] for a in aggs}, key=_pert_order)
+    methods = sorted({a["method"] for a in aggs}, key=_method_order)
+    if not any((ds, model, c, BASELINE) in idx for c in conds):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    width = 0.8 / len(conds)
+    x = np.arange(len(methods))
+    for ax, key, label in zip(axes, ("time_per_epoch_s", "peak_memory_mb"),
+                              ("time per epoch", "peak memory")):
+        for i, c in enumerate(conds):
+            ref = idx.get((ds, model, c, BASELINE), {}).get(key, {}).get("mean")
+            vals, errs = [], []
+            for m in methods:
+                s = idx.get((ds, model, c, m), {}).get(key, {})
+                ok = _num(s.get("mean")) is not None and _num(ref)
+                vals.append(s["mean"] / ref if ok else np.nan)
+                errs.append((s.get("std") or 0.0) / ref if ok else 0.0)
+            ax.bar(x + (i - (len(conds) - 1) / 2) * width, vals, width, yerr=errs, capsize=2,
+                   label=f"train input: {_PERT_LABEL.get(c, c)}")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(x, methods, rotation=30, ha="right")
+        ax.set_ylabel(f"{label} / standard")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"compute cost relative to standard training ({ds} / {model})", fontsize=10)
+    return _save(fig, path)
+
+
+# --- markdown -> self-contained HTML ---------------------------------------------------------
+_HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:0.88em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
+img{max-width:100%}code{background:#f5f5f5;padding:0 3px}pre{background:#f5f5f5;padding:.6em;
+overflow-x:auto}h1,h2,h3{border-bottom:1px solid #eee}"""
+
+
+def markdown_to_html(markdown: str, base_dir: Path, title: str) -> str:
+    """Render Markdown to one self-contained HTML page, images embedded as base64.
+
+    markdown-it-py does the parsing (CommonMark plus tables); relative ``<img src>`` paths are
+    resolved against ``base_dir`` and inlined as data URIs so the page has no external files.
+    """
+    from markdown_it import MarkdownIt
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+    def inline(match: re.Match[str]) -> str:
+        src = html.unescape(match.group(1))
+        p = (base_dir / src) if not src.startswith(("data:", "http:", "https:")) else None
+        if p is None or not p.is_file():
+            return match.group(0)
+        mime = "image/svg+xml" if p.suffix == ".svg" else f"image/{p.suffix.lstrip('.') or 'png'}"
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        return f'src="data:{mime};base64,{data}"'
+
+    body = re.sub(r'src="([^"]+)"', inline, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_HTML_STYLE}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+# --- the report ------------------------------------------------------------------------------
+@dataclass
+class ReportPaths:
+    """Files written by :func:`build_report`."""
+
+    markdown: Path
+    html: Path
+    results_json: Path
+    results_csv: Path
+    figures: list[Path] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                        model: str, fig_dir: Path, out_dir: Path) -> list[str]:
+    lines: list[str] = []
+    evald = [r for r in records if r.evaluation is not None and r.group[:2] == (ds, model)]
+    if not evald:
+        return lines
+    lines += ["", f"## Test-time evaluation ({ds} / {model})", "",
+              f"{len(evald)} of {sum(r.group[:2] == (ds, model) for r in records)} runs have an "
+              "evaluation.json (`dipnet evaluate`). Each cell: mean ± std over seeds, with the "
+              "paired t-test p-value against standard (same seeds)."]
+    try:
+        from ..evaluation.report import render_section
+    except ImportError:
+        render_section = None
+    for pert in sorted({r.perturbation for r in evald}, key=_pert_order):
+        lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}", "",
+                  _eval_table(results, ds, model, pert)]
+        if render_section is not None:
+            evs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in evald:
+                if r.perturbation == pert and r.evaluation is not None:
+                    evs[r.method].append(r.evaluation)
+            sub = fig_dir / f"eval_{ds}_{model}_{pert}"
+            try:
+                section = render_section(dict(evs), sub)
+            except Exception as err:  # a plotting bug there must not lose the whole report
+                section = f"(the evaluation section could not be rendered: {err})"
+            # render_section writes its figures under `sub` and refers to them relative to
+            # it; make those links relative to the report.
+            rel = sub.relative_to(out_dir).as_posix()
+            section = re.sub(r"\]\((?!https?:|data:|/)([^)]+)\)",
+                             lambda m: f"]({m.group(1) if m.group(1).startswith(rel) else rel + '/' + m.group(1)})",
+                             section)
+            lines += ["", section]
+    return lines
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
+                 title: str | None = None) -> ReportPaths:
+    """Build the whole report for the sweep in ``sweep_dir``.
+
+    Takes the sweep folder (holding ``runs/``), an optional output folder (default: the sweep
+    folder) and an optional title. Writes results.json, results.csv, report.md, report.html and
+    figures/*.png; returns their paths and the results dict. Raises UserError when no run is
+    found.
+    """
+    sweep_dir = Path(sweep_dir)
+    records, unfinished = load_runs(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    prov = _read_json(sweep_dir / "provenance.json")
+    sweep_cfg = None
+    if (sweep_dir / "sweep.yaml").is_file():
+        try:
+            sweep_cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            sweep_cfg = None
+    results = build_results(records, prov, sweep_cfg)
+    results["unfinished_runs"] = unfinished
+    jpath, cpath = write_results(results, out)
+
+    fig_dir = out / "figures"
+    figs: list[Path] = []
+    pairs = sorted({(r.group[0], r.group[1]) for r in records})
+    title = title or (f"DIPNet comparison: " + ", ".join(f"{d} / {m}" for d, m in pairs)
+                      if pairs else "DIPNet comparison")
+    md: list[str] = [f"# {title}", ""]
+    n_runs = len(records)
+    methods = sorted({r.method for r in records}, key=_method_order)
+    seeds = sorted({r.seed for r in records})
+    conds = sorted({r.perturbation for r in records}, key=_pert_order)
+    md += [f"{n_runs} finished runs: methods {', '.join(methods)}; seeds {seeds}; "
+           f"training-input conditions {', '.join(_PERT_LABEL.get(c, c) for c in conds)}. "
+           "Accuracy is on the clean test set (never used for tuning or early stopping); the "
+           "validation split is carved from the training set. Paired tests compare each method "
+           "with standard training run on the same seed (`*`: p < 0.05)."]
+    if unfinished:
+        md += ["", f"**{len(unfinished)} run(s) not finished** (running, interrupted or failed) "
+               f"and left out: {', '.join(unfinished[:10])}{' …' if len(unfinished) > 10 else ''}."]
+    for note in results["notes"]:
+        md += ["", f"> {note}"]
+
+    for ds, model in pairs:
+        rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+        sub = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
+        sub_conds = sorted({a["train_perturbation"] for a in sub}, key=_pert_order)
+        md += ["", f"## Clean test accuracy ({ds} / {model})", ""]
+        if len(sub_conds) > 1:
+            md += ["The paper's protocol (its Table 1): training inputs perturbed by Gaussian "
+                   "noise (σ = 0.2) or FGSM (ε = 0.2 on [0, 1] pixels), accuracy on the clean "
+                   "test set; the last columns compare the mean over conditions with "
+                   "standard's, paired by seed.", ""]
+        md += [summary_table(results, ds, model), ""]
+        p = _plot_accuracy(results, ds, model, fig_dir / f"accuracy_{ds}_{model}.png")
+        figs.append(p)
+        md += [f"![test accuracy per method]({rel(p)})", "",
+               "Paired differences against standard, per condition (test accuracy, percentage "
+               "points):", "", _paired_table(results, ds, model, "test_accuracy", 100.0, "pp")]
+        md += ["", f"## Learning curves ({ds} / {model})", ""]
+        for c in sub_conds:
+            p2 = _plot_curves(records, ds, model, c, fig_dir / f"curves_{ds}_{model}_{c}.png")
+            if p2:
+                figs.append(p2)
+                md += [f"![learning curves, train input {c}]({rel(p2)})", ""]
+        md += ["Validation accuracy after the last epoch, paired against standard "
+               "(percentage points):", "",
+               _paired_table(results, ds, model, "val_accuracy", 100.0, "pp")]
+        if any(v["dataset"] == ds and v["model"] == model for v in results["variances"]):
+            md += ["", f"## Learned variance per layer ({ds} / {model}, DIPNet)", "",
+                   "Mean of the learned per-feature variance λ of each projection (the input "
+                   "of the named layer) at the end of training, over seeds.", "",
+                   _variance_table(results, ds, model)]
+            p3 = _plot_variances(results, ds, model, fig_dir / f"variance_{ds}_{model}.png")
+            if p3:
+                figs.append(p3)
+                md += ["", f"![learned variance per layer]({rel(p3)})"]
+        md += ["", f"## Compute cost ({ds} / {model})", "",
+               "Time per training epoch and peak memory, measured in the same sweep on the same "
+               "machine; 'x standard' is the ratio of means. The paired t-test is on time per "
+               "epoch. Timings on a shared machine are noisy: compare ratios, not seconds.", "",
+               _cost_table(results, ds, model)]
+        p4 = _plot_cost(results, ds, model, fig_dir / f"cost_{ds}_{model}.png")
+        if p4:
+            figs.append(p4)
+            md += ["", f"![compute cost]({rel(p4)})"]
+        md += _evaluation_section(records, results, ds, model, fig_dir, out)
+
+    md += ["", "## Provenance", ""]
+    invocations = (prov or {}).get("invocations") or []
+    if invocations:
+        last = invocations[-1]
+        md += [f"- command: `{last.get('command')}`"
+               + (f" ({len(invocations)} invocations, resumed)" if len(invocations) > 1 else ""),
+               f"- date: {last.get('date')}; git commit: `{last.get('git_commit')}`",
+               f"- hardware: {last.get('cpu')} ({last.get('cpu_count')} logical CPUs), "
+               f"GPU: {last.get('cuda') or 'none'}; {last.get('platform')}",
+               f"- software: Python {last.get('python')}, torch {last.get('torch')}, numpy "
+               f"{last.get('numpy')}, dipnet {last.get('dipnet')}"]
+    md += [f"- seeds: {seeds}",
+           "- rebuild this report: `dipnet report " + str(sweep_dir) + "`"]
+    if sweep_cfg:
+        md += ["", "Sweep configuration (`sweep.yaml`, re-runnable with `dipnet compare "
+               "--config`):", "", "```yaml", yaml.safe_dump(sweep_cfg, sort_keys=False).strip(),
+               "```"]
+    text = "\n".join(md) + "\n"
+    mpath, hpath = out / "report.md", out / "report.html"
+    atomic_write_text(mpath, text)
+    atomic_write_text(hpath, markdown_to_html(text, out, title))
+    return ReportPaths(mpath, hpath, jpath, cpath, figs, results)

@@ -1,0 +1,463 @@
+"""Sweeps: a grid of training runs (methods x seeds x training-input perturbations), resumable.
+
+A sweep is described by a :class:`SweepConfig` (a YAML file under ``configs/`` or built from
+``dipnet compare`` options). :func:`run_sweep` expands it into one :class:`RunConfig` per grid
+point, trains each into ``OUT/runs/<run_name>/`` with :func:`run_training` (which reuses a run
+that already finished, so an interrupted sweep resumes where it stopped), optionally evaluates
+every run with the evaluation suite, and records what it did in ``OUT/sweep.yaml`` (the resolved
+sweep, re-runnable with ``dipnet compare --config``) and ``OUT/provenance.json``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+from ..errors import UserError
+
+__all__ = ["SweepConfig", "SweepResult", "METHODS", "PERTURBATIONS", "EVALUATE_SUITES",
+           "expand_grid", "run_sweep", "load_sweep_config", "parse_param", "is_finished",
+           "provenance", "atomic_write_text"]
+
+#: Every training method the engine implements (see dipnet.experiments.methods).
+METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
+           "cutout")
+#: The paper's training-input conditions (Table 1 columns).
+PERTURBATIONS = ("none", "gaussian", "fgsm")
+EVALUATE_SUITES = ("quick", "full", "none")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + os.replace).
+
+    A reader never sees a half-written file, and a crash leaves the old file in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class SweepConfig:
+    """One sweep: a data set and model, the methods, seeds and training-input conditions.
+
+    Fields:
+        dataset, model: passed to every run (names from the engine's registries).
+        methods: training methods to compare; ``standard`` should be among them, since every
+            paired test is against it (the report says so when it is missing).
+        seeds: the seeds; each method runs once per seed and per perturbation.
+        train_perturbations: subset of ``none``, ``gaussian``, ``fgsm`` (the paper's protocol).
+        evaluate: evaluation suite run on every finished run (``quick``/``full``) or ``none``.
+        jobs: runs trained in parallel (processes). Each process should use ``num_threads``
+            threads (set it in ``run``) so jobs x threads <= cores.
+        run: RunConfig fields applied to every run (epochs, max_train, batch_size, lr,
+            num_threads, dip, model_params, data_dir, ...).
+        method_params: per-method hyper-parameters, ``{method: {key: value}}``; each run gets
+            the entry of its own method as its RunConfig ``method_params``.
+        name: a label for the report title.
+    """
+
+    dataset: str
+    model: str
+    methods: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_perturbations: list[str] = field(default_factory=lambda: ["none"])
+    evaluate: str = "none"
+    jobs: int = 1
+    run: dict[str, Any] = field(default_factory=dict)
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        if isinstance(self.seeds, int):
+            self.seeds = list(range(self.seeds))
+        if isinstance(self.train_perturbations, str):
+            self.train_perturbations = [p.strip() for p in self.train_perturbations.split(",")
+                                        if p.strip()]
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises UserError naming the bad value and the allowed ones."""
+        if not self.methods:
+            raise UserError("no methods given: pass --methods, e.g. --methods standard,dipnet")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise UserError(f"unknown method(s) {', '.join(unknown)}: choose from "
+                            f"{', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise UserError(f"a method is listed twice in {self.methods}: list each once")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                     for s in self.seeds):
+            raise UserError(f"seeds must be a positive count or a list of integers, got "
+                            f"{self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds {self.seeds} repeat a value: give distinct seeds")
+        bad = [p for p in self.train_perturbations if p not in PERTURBATIONS]
+        if bad or not self.train_perturbations:
+            raise UserError(f"unknown train perturbation(s) {bad or '(none given)'}: choose "
+                            f"from {', '.join(PERTURBATIONS)}")
+        if self.evaluate not in EVALUATE_SUITES:
+            raise UserError(f"--evaluate must be one of {', '.join(EVALUATE_SUITES)}, got "
+                            f"{self.evaluate!r}")
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UserError(f"--jobs must be a positive integer, got {self.jobs!r}")
+        if not isinstance(self.run, dict) or not isinstance(self.method_params, dict):
+            raise UserError("'run' and 'method_params' in a sweep config must be mappings")
+        stray = [m for m in self.method_params if m not in METHODS]
+        if stray:
+            raise UserError(f"method_params names unknown method(s) {', '.join(stray)}: "
+                            f"choose from {', '.join(METHODS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, the inverse of :meth:`from_dict` (what sweep.yaml holds)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepConfig":
+        """Build from a dict (a parsed YAML file); raises UserError on unknown or missing keys."""
+        if not isinstance(data, dict):
+            raise UserError("a sweep config must be a YAML mapping (key: value lines)")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in sweep config: allowed "
+                            f"keys are {', '.join(sorted(known))}")
+        missing = [k for k in ("dataset", "model", "methods") if k not in data]
+        if missing:
+            raise UserError(f"sweep config lacks {', '.join(missing)}: add them")
+        return cls(**copy.deepcopy(data))
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_dict`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_sweep_config(path: str | os.PathLike[str]) -> SweepConfig:
+    """Read a sweep YAML file; raises UserError if it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep config {p} does not exist: give the path of a YAML file "
+                        f"(see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"sweep config {p} is not valid YAML ({err.__class__.__name__}): "
+                        f"fix the file") from None
+    return SweepConfig.from_dict(data or {})
+
+
+def parse_param(text: str) -> tuple[str, list[str], Any]:
+    """Parse one ``--param`` option ``scope.key=value``.
+
+    ``scope`` is a method name (the value goes into that method's ``method_params``), ``dip``
+    (the DIPConfig of dipnet runs), ``model`` (the model's keyword arguments) or ``run`` (any
+    RunConfig field, e.g. ``run.lr=0.01``). The key may be dotted for nested dicts. The value is
+    parsed as YAML, so ``0.05``, ``true``, ``[1,2]`` get their types. Returns
+    (scope, key path, value); raises UserError on malformed text.
+    """
+    if "=" not in text:
+        raise UserError(f"--param {text!r} lacks '=': write it as method.key=value, e.g. "
+                        f"dipnet.gamma=0.05")
+    lhs, raw = text.split("=", 1)
+    parts = [p for p in lhs.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"--param {text!r} needs a scope and a key (scope.key=value), e.g. "
+                        f"sam.rho=0.05, dip.alpha=0.1 or run.lr=0.01")
+    scope = parts[0]
+    if scope not in METHODS + ("dip", "model", "run"):
+        raise UserError(f"--param scope {scope!r} is unknown: use a method name "
+                        f"({', '.join(METHODS)}), dip, model or run")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return scope, parts[1:], value
+
+
+def _set_nested(target: dict[str, Any], keys: Sequence[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nxt = target.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[k] = nxt
+        target = nxt
+    target[keys[-1]] = value
+
+
+def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
+    """Return a copy of ``sweep`` with ``--param`` overrides applied (see :func:`parse_param`)."""
+    data = sweep.to_dict()
+    for text in params:
+        scope, keys, value = parse_param(text)
+        if scope in METHODS:
+            _set_nested(data["method_params"].setdefault(scope, {}), keys, value)
+        elif scope == "run":
+            _set_nested(data["run"], keys, value)
+        elif scope == "dip":
+            if not isinstance(data["run"].get("dip"), dict):
+                data["run"]["dip"] = {}
+            _set_nested(data["run"]["dip"], keys, value)
+        else:  # model
+            if not isinstance(data["run"].get("model_params"), dict):
+                data["run"]["model_params"] = {}
+            _set_nested(data["run"]["model_params"], keys, value)
+    return SweepConfig.from_dict(data)
+
+
+def _run_config_cls():
+    try:
+        from .config import RunConfig
+    except ImportError as err:  # the engine is a sibling module; without it nothing can run
+        raise UserError(f"the training engine (dipnet.experiments.config) is not available "
+                        f"({err}): reinstall dipnet") from None
+    return RunConfig
+
+
+def expand_grid(sweep: SweepConfig) -> list[Any]:
+    """One RunConfig per (train perturbation, method, seed), in that nesting order.
+
+    Ordering by perturbation first means a sweep stopped early has complete method columns for
+    the first conditions rather than a little of everything. Raises UserError when the engine
+    rejects a field (its message names the field).
+    """
+    RunConfig = _run_config_cls()
+    out = []
+    for pert in sweep.train_perturbations:
+        for method in sweep.methods:
+            for seed in sweep.seeds:
+                data = copy.deepcopy(sweep.run)
+                data.update(dataset=sweep.dataset, model=sweep.model, method=method,
+                            seed=int(seed), train_perturbation=pert)
+                mp = copy.deepcopy(sweep.method_params.get(method, {}))
+                if mp:
+                    data["method_params"] = {**data.get("method_params", {}), **mp}
+                try:
+                    out.append(RunConfig.from_dict(data))
+                except UserError:
+                    raise
+                except (TypeError, ValueError, KeyError) as err:
+                    raise UserError(f"invalid run setting for {method} (seed {seed}, "
+                                    f"{pert}): {err}") from None
+    names = [c.run_name() for c in out]
+    if len(set(names)) != len(names):
+        raise UserError("two grid points map to the same run name: the engine's run_name() "
+                        "must include method, seed and train perturbation")
+    return out
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a metrics.json with status 'finished'."""
+    p = Path(run_dir) / "metrics.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: run dirs trained now, reused from disk, failed, and evaluated."""
+
+    out_dir: Path
+    run_dirs: list[Path] = field(default_factory=list)
+    trained: list[Path] = field(default_factory=list)
+    reused: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    evaluated: list[Path] = field(default_factory=list)
+    evaluation_skipped: str = ""
+    wall_clock_s: float = 0.0
+
+
+def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
+    """Worker entry point (top level so a process pool can pickle it)."""
+    RunConfig = _run_config_cls()
+    from .train import run_training
+    try:
+        run_training(RunConfig.from_dict(cfg_dict), Path(run_dir), progress=False)
+        return run_dir, None
+    except UserError:
+        raise
+    except Exception as err:  # a crashed run must not kill the other 161
+        return run_dir, f"{type(err).__name__}: {err}"
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Where and how results were produced: command, date, host hardware, library versions."""
+    import numpy
+    import torch
+
+    import dipnet
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": " ".join(command if command is not None else ["dipnet", *sys.argv[1:]]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "dipnet": getattr(dipnet, "__version__", "?"),
+        "git_commit": _git_commit(),
+    }
+
+
+def _evaluate_runs(run_dirs: Sequence[Path], suite: str, progress: bool,
+                   result: SweepResult) -> None:
+    try:
+        from ..evaluation.suite import evaluate_run
+    except ImportError as err:
+        result.evaluation_skipped = f"evaluation package not available ({err})"
+        print(f"dipnet: skipping evaluation: {result.evaluation_skipped}", file=sys.stderr)
+        return
+    todo = [d for d in run_dirs if is_finished(d) and not (d / "evaluation.json").is_file()]
+    iterator: Iterable[Path] = todo
+    if progress and todo:
+        from tqdm.auto import tqdm
+        iterator = tqdm(todo, desc=f"evaluate ({suite})", unit="run")
+    for d in iterator:
+        try:
+            evaluate_run(d, suite=suite)
+            result.evaluated.append(d)
+        except UserError:
+            raise
+        except Exception as err:  # keep the other evaluations; the report marks the gap
+            result.failed[d.name + " (evaluation)"] = f"{type(err).__name__}: {err}"
+            print(f"dipnet: evaluation of {d.name} failed: {err}", file=sys.stderr)
+
+
+def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: bool = True,
+              command: Sequence[str] | None = None,
+              on_run_done: Callable[[Path], None] | None = None) -> SweepResult:
+    """Train (or reuse) every run of ``sweep`` into ``out_dir/runs/``, then evaluate.
+
+    Takes the sweep, the output folder (created), whether to show a progress bar, the command
+    line to record (default: this process's argv) and an optional callback per finished run.
+    Writes ``sweep.yaml`` and appends to ``provenance.json`` in ``out_dir``. Returns a
+    SweepResult. Raises UserError for a problem the user can fix (bad settings, missing data);
+    a run that crashes for another reason is recorded in ``result.failed`` and the sweep goes on.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = expand_grid(sweep)
+    atomic_write_text(out / "sweep.yaml",
+                      "# Resolved sweep; re-run with: dipnet compare --config "
+                      f"{out / 'sweep.yaml'} --out {out}\n" + sweep.to_yaml())
+    prov_path = out / "provenance.json"
+    history: list[dict[str, Any]] = []
+    if prov_path.is_file():
+        try:
+            history = json.loads(prov_path.read_text(encoding="utf-8")).get("invocations", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            history = []
+    history.append(provenance(command))
+    atomic_write_text(prov_path, json.dumps({"invocations": history}, indent=2))
+
+    result = SweepResult(out_dir=out)
+    todo: list[tuple[Any, Path]] = []
+    for cfg in configs:
+        d = out / "runs" / cfg.run_name()
+        result.run_dirs.append(d)
+        if is_finished(d):
+            result.reused.append(d)
+        else:
+            todo.append((cfg, d))
+    if result.reused and progress:
+        print(f"dipnet: reusing {len(result.reused)} finished run(s) in {out / 'runs'}",
+              file=sys.stderr)
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="sweep", unit="run")
+
+    def _done(run_dir: Path, error: str | None) -> None:
+        if error is None:
+            result.trained.append(run_dir)
+            if on_run_done is not None:
+                on_run_done(run_dir)
+        else:
+            result.failed[run_dir.name] = error
+            print(f"dipnet: run {run_dir.name} failed: {error}", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(run_dir.name[-40:])
+
+    try:
+        if sweep.jobs <= 1 or len(todo) <= 1:
+            for cfg, d in todo:
+                if bar is not None:
+                    bar.set_postfix_str(d.name[-40:])
+                _, err = _train_one(cfg.to_dict(), str(d))
+                _done(d, err)
+        else:
+            # spawn, not fork: torch's thread pools do not survive a fork reliably.
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx) as pool:
+                futs = {pool.submit(_train_one, cfg.to_dict(), str(d)): d for cfg, d in todo}
+                for fut in cf.as_completed(futs):
+                    d = futs[fut]
+                    try:
+                        _, err = fut.result()
+                    except UserError:
+                        for f in futs:
+                            f.cancel()
+                        raise
+                    except Exception as exc:  # a worker died (e.g. out of memory)
+                        err = f"{type(exc).__name__}: {exc}"
+                    _done(d, err)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if sweep.evaluate != "none":
+        _evaluate_runs(result.run_dirs, sweep.evaluate, progress, result)
+    else:
+        result.evaluation_skipped = "evaluation not requested (--evaluate none)"
+    result.wall_clock_s = time.perf_counter() - t0
+    return result
