@@ -1,0 +1,156 @@
+"""`dipnet train`: one training run from flags and/or a YAML config (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .config import PERTURBATIONS, RunConfig
+
+
+def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``["a=1", "b=[2, 3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML).
+
+    Raises:
+        UserError: an item without ``=``, or a value that is not YAML.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{option} {item!r} must look like key=value (e.g. {option} "
+                            "sigma=0.5).")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"{option} {item!r}: the value is not a number, string, list or "
+                            "mapping in YAML syntax.") from None
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    from .data import list_datasets
+    from .methods import list_methods
+    from .models import list_models
+
+    p = subparsers.add_parser(
+        "train", help="train one model with one method on one data set",
+        description="Train one run and write config.yaml, metrics.json, train.log, checkpoints "
+                    "and model.safetensors into --out. An interrupted run resumes from its last "
+                    "checkpoint; a finished one is reused unless --overwrite. Flags override "
+                    "the values of --config. Under `torchrun --nproc_per_node=N -m dipnet "
+                    "train ...` it trains data-parallel (DDP).")
+    p.add_argument("--config", metavar="FILE", help="YAML run config (e.g. a run's config.yaml); "
+                   "flags given on the command line override its values")
+    p.add_argument("--dataset", help=f"data set: {', '.join(list_datasets())} (default digits)")
+    p.add_argument("--model", help=f"model: {', '.join(list_models())}, or "
+                   "package.module:factory (default mlp)")
+    p.add_argument("--method", help=f"training method: {', '.join(list_methods())} "
+                   "(default standard)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, batch order and noise "
+                   "(default 0)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default runs/<run name>, "
+                   "e.g. runs/digits-mlp-dipnet-none-s0)")
+    p.add_argument("--batch-size", type=int, help="global mini-batch size (default 128)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
+                   help="optimizer (default adam)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="learning-rate schedule over epochs (default cosine)")
+    p.add_argument("--train-perturbation", choices=PERTURBATIONS,
+                   help="perturb the training inputs as in the paper's Table 1: none, gaussian "
+                        "(sigma 0.2) or fgsm (epsilon 0.2, online) (default none)")
+    p.add_argument("--perturbation-strength", type=float, metavar="S",
+                   help="sigma / epsilon of --train-perturbation (default the paper's 0.2)")
+    p.add_argument("--max-train", type=int, metavar="N",
+                   help="use only N training examples (for small CPU budgets)")
+    p.add_argument("--val-fraction", type=float, help="fraction of the training split held out "
+                   "for validation (default 0.1)")
+    p.add_argument("--mc-samples", type=int, metavar="K", help="trajectories averaged by Monte "
+                   "Carlo predictions (default 16)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files "
+                   "(default: data/, $DIPNET_DATA and the system locations; see "
+                   "docs/experiments.md)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="method parameter, repeatable (e.g. --param sigma=0.5, --param rho=0.1)")
+    p.add_argument("--dip", action="append", metavar="KEY=VALUE",
+                   help="DIPConfig field for --method dipnet, repeatable (e.g. --dip "
+                        "placement=input --dip gamma=0.05 --dip m=2)")
+    p.add_argument("--model-param", action="append", metavar="KEY=VALUE",
+                   help="model parameter, repeatable (e.g. --model-param 'hidden=[512, 512]', "
+                        "--model-param depth=20)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: "
+                   "torch's choice)")
+    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a finished or partial run in --out and train again")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run_train_command)
+
+
+# CLI flag -> RunConfig field, for the plain ones.
+_FLAG_FIELDS = {
+    "dataset": "dataset", "model": "model", "method": "method", "epochs": "epochs",
+    "seed": "seed", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer",
+    "weight_decay": "weight_decay", "lr_schedule": "lr_schedule",
+    "train_perturbation": "train_perturbation", "perturbation_strength":
+    "perturbation_strength", "max_train": "max_train", "val_fraction": "val_fraction",
+    "mc_samples": "mc_samples", "data_dir": "data_dir", "threads": "num_threads",
+    "device": "device",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``--config`` (if any) with every given flag applied on top.
+
+    Raises:
+        UserError: a bad config file, flag value or key=value item.
+    """
+    data: dict[str, Any] = RunConfig.load(args.config).to_dict() if args.config else {}
+    for flag, name in _FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[name] = value
+    for flag, name in (("param", "method_params"), ("dip", "dip"),
+                       ("model_param", "model_params")):
+        extra = parse_key_values(getattr(args, flag, None), "--" + flag.replace("_", "-"))
+        if extra:
+            data[name] = {**(data.get(name) or {}), **extra}
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig.from_dict({k: v for k, v in data.items() if k in known})
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Entry point of ``dipnet train``; returns the exit code."""
+    from .train import read_metrics, run_training
+
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
+    if not args.overwrite and read_metrics(out) is not None:
+        metrics = read_metrics(out)
+        assert metrics is not None
+        print(f"run in {out} already finished: test accuracy {metrics['test_accuracy']:.4f}. "
+              "Nothing to do; pass --overwrite to train it again.")
+        return 0
+    command = "dipnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    metrics = run_training(cfg, out, overwrite=args.overwrite,
+                           progress=not args.no_progress, command=command)
+    if metrics:  # rank 0 (other DDP ranks return {})
+        acc_mc = metrics.get("test_accuracy_mc")
+        mc = f", MC({metrics['mc_samples']}) {acc_mc:.4f}" if acc_mc is not None else ""
+        print(f"{cfg.run_name()}: test accuracy {metrics['test_accuracy']:.4f} "
+              f"({metrics['prediction']}; deterministic "
+              f"{metrics['test_accuracy_deterministic']:.4f}{mc}), val accuracy "
+              f"{metrics['val_accuracy']:.4f}, {metrics['time_per_epoch_s']:.2f}s/epoch, "
+              f"peak memory {metrics['peak_memory_mb']:.0f} MB -> {out}")
+    return 0

@@ -1,0 +1,242 @@
+"""`RunConfig`: every knob of one training run, validated at construction, saved as YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import DIPConfig, DIPConfigError
+from ..errors import UserError
+
+PERTURBATIONS: tuple[str, ...] = ("none", "gaussian", "fgsm")
+# Paper Table 1: Gaussian noise sigma 0.2 and FGSM epsilon 0.2, both on [0, 1] pixels.
+DEFAULT_PERTURBATION_STRENGTH = 0.2
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides the outcome of one run (and a few knobs that do not).
+
+    Data:
+        dataset: a registered data set (``dipnet.experiments.data.list_datasets()``).
+        data_dir: where the data set's files are; None searches the default places.
+        val_fraction: fraction of the training split held out for validation, in [0, 1).
+        split_seed: seed of the train/validation split (and of the ``max_train`` subset);
+            fixed (0) by default so that every method and seed sees the same split.
+        max_train: keep only this many training examples (CPU budgets); None keeps all.
+    Model:
+        model: a registered model (``list_models()``) or ``"package.module:factory"``.
+        model_params: keyword arguments for the model factory (e.g. ``{"hidden": [128]}``).
+    Method:
+        method: a registered method (``list_methods()``): standard, dipnet, sam, rs, ...
+        method_params: the method's parameters (its defaults come from its paper).
+        dip: `dipnet.DIPConfig` fields for ``method="dipnet"`` (``method_params`` override them).
+    Training:
+        epochs, batch_size, lr, optimizer (adam | adamw | sgd), weight_decay, momentum (sgd),
+        lr_schedule (constant | cosine, per epoch, ending at 0).
+        seed: seeds weight initialisation, batch order and every noise draw.
+        train_perturbation: the paper's Table 1 protocol: perturb the TRAINING inputs with
+            ``"none"``, ``"gaussian"`` (N(0, sigma^2), clipped to [0, 1]) or ``"fgsm"``
+            (epsilon * sign of the input gradient against the current model, each step).
+        perturbation_strength: sigma / epsilon; None = the paper's 0.2.
+    Evaluation:
+        eval_batch_size: batch size for validation / test passes.
+        mc_samples: trajectories averaged by Monte Carlo predictions (methods whose default
+            prediction is sampled, e.g. randomized smoothing, and the extra MC accuracy).
+    Runtime (do not change results on one machine):
+        device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        num_threads: torch CPU threads; None leaves torch's default.
+
+    Raises:
+        UserError: at construction, for any invalid value (the message names the field).
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    method: str = "standard"
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    max_train: int | None = None
+    train_perturbation: str = "none"
+    perturbation_strength: float | None = None
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dip: dict[str, Any] = field(default_factory=dict)
+    model_params: dict[str, Any] = field(default_factory=dict)
+    eval_batch_size: int = 1000
+    mc_samples: int = 16
+    data_dir: str | None = None
+    num_threads: int | None = None
+    device: str = "auto"
+
+    # Fields that do not change a run's numbers: a resumed run may differ in them.
+    RUNTIME_FIELDS = ("data_dir", "num_threads", "device")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> UserError:
+            return UserError(f"config field '{name}'={getattr(self, name)!r} is invalid: "
+                             f"expected {expected}.")
+
+        for name in ("dataset", "model", "method", "optimizer", "lr_schedule",
+                     "train_perturbation", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad(name, "a non-empty string")
+        for name in ("epochs", "batch_size", "eval_batch_size", "mc_samples"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("seed", "split_seed"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "an integer >= 0")
+        if self.max_train is not None and (not _is_int(self.max_train) or self.max_train < 2):
+            raise bad("max_train", "an integer >= 2, or null for the whole training set")
+        if self.num_threads is not None and (not _is_int(self.num_threads)
+                                             or self.num_threads < 1):
+            raise bad("num_threads", "an integer >= 1, or null")
+        if not _is_num(self.lr) or not self.lr > 0:
+            raise bad("lr", "a number > 0")
+        for name in ("weight_decay", "momentum"):
+            if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "a number >= 0")
+        if not _is_num(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise bad("val_fraction", "a number in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
+        if self.train_perturbation not in PERTURBATIONS:
+            raise bad("train_perturbation", f"one of {', '.join(PERTURBATIONS)}")
+        if self.perturbation_strength is not None and (
+                not _is_num(self.perturbation_strength) or self.perturbation_strength < 0):
+            raise bad("perturbation_strength", "a number >= 0, or null for the paper's 0.2")
+        for name in ("method_params", "dip", "model_params"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise bad(name, "a mapping of parameter names to values")
+        if self.dip:
+            try:
+                DIPConfig.from_dict(dict(self.dip))
+            except DIPConfigError as err:
+                raise UserError(f"config field 'dip' is invalid: {err}") from None
+        if self.data_dir is not None:
+            self.data_dir = str(self.data_dir)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def strength(self) -> float:
+        """The perturbation sigma / epsilon in use (the paper's 0.2 unless set)."""
+        if self.perturbation_strength is None:
+            return DEFAULT_PERTURBATION_STRENGTH
+        return float(self.perturbation_strength)
+
+    def run_name(self) -> str:
+        """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``."""
+        model = self.model.replace(":", "_").replace("/", "_").replace(".", "_")
+        return f"{self.dataset}-{model}-{self.method}-{self.train_perturbation}-s{self.seed}"
+
+    def resolved_method_params(self) -> dict[str, Any]:
+        """The method's parameters: for dipnet, ``dip`` merged with ``method_params``."""
+        if self.method == "dipnet":
+            return {**self.dip, **self.method_params}
+        return dict(self.method_params)
+
+    def result_dict(self) -> dict[str, Any]:
+        """`to_dict` without the runtime-only fields (used to check that a resume matches)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-serialisable values, in field order."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Build from `to_dict` output (or a YAML file's mapping).
+
+        Raises:
+            UserError: on an unknown key or an invalid value.
+        """
+        if not isinstance(data, dict):
+            raise UserError(f"a run config must be a mapping of fields, got "
+                            f"{type(data).__name__}.")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(f"unknown config field(s) {unknown}; known fields: "
+                            f"{', '.join(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        """Read a YAML config file.
+
+        Raises:
+            UserError: if the file is missing, not YAML, or holds bad fields.
+        """
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass an existing YAML file "
+                            "(e.g. the config.yaml of an earlier run).")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML: "
+                            f"{str(err).splitlines()[0]}") from None
+        return cls.from_dict(data or {})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as YAML, atomically (temp file + os.replace)."""
+        import yaml
+
+        text = ("# dipnet run config; re-run with: dipnet train --config this_file\n"
+                + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(Path(path), text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,464 @@
+"""Real data sets as in-memory tensors: a registry, loaders, and the train/val/test split.
+
+Every loader returns pixels / signals as float32 in [0, 1] (images (N, C, H, W), signals (N, D))
+and labels as int64. The validation split is carved from the training split with a fixed seed;
+the test split is the data set's official one (or a fixed, documented split where there is none)
+and is never used to select anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+# The repository's data folder (scripts/setup.sh fills it); meaningful for an editable install.
+REPO_DATA = Path(__file__).resolve().parents[3] / "data"
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+SETUP_HINT = "run scripts/setup.sh, or pass --data-dir DIR"
+
+
+@dataclass
+class Split:
+    """One split: ``x`` float32 in [0, 1], ``y`` int64 class indices. Unpacks as ``x, y``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.x, self.y))
+
+    def to(self, device: torch.device | str) -> "Split":
+        """The split on ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DatasetSplits:
+    """A data set split three ways, plus what a model needs to know about it.
+
+    Attributes:
+        name: the registry name.
+        train, val, test: `Split` objects (val may be empty when val_fraction = 0).
+        num_classes: number of classes.
+        input_shape: shape of one example, e.g. (1, 28, 28) or (40,).
+        class_names: a name per class.
+        info: provenance (where the files were read from, licence, notes).
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+    info: dict[str, str] = field(default_factory=dict)
+
+
+# A loader returns (x_train, y_train, x_test, y_test, class_names, info) as numpy arrays
+# (x float32 in [0, 1] with its final shape), given the data_dir (or None).
+Loader = Callable[[str | None], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                      list[str], dict[str, str]]]
+_DATASETS: dict[str, tuple[Loader, str]] = {}
+
+
+def register_dataset(name: str, description: str = "") -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader(data_dir) -> (x_tr, y_tr, x_te, y_te, names, info)``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+    def deco(fn: Loader) -> Loader:
+        if name in _DATASETS:
+            raise ValueError(f"data set {name!r} is already registered")
+        _DATASETS[name] = (fn, description or (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered data sets."""
+    return sorted(_DATASETS)
+
+
+def describe_datasets() -> dict[str, str]:
+    """Name -> one-line description of every registered data set."""
+    return {name: desc for name, (_, desc) in sorted(_DATASETS.items())}
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
+                 seed: int = 0, max_train: int | None = None) -> DatasetSplits:
+    """Load a registered data set and split it into train / validation / test.
+
+    Args:
+        name: a name from `list_datasets()`.
+        data_dir: folder holding the data set's files; None searches the default places
+            (see each loader and docs/experiments.md).
+        val_fraction: fraction of the official training split held out for validation.
+        seed: seed of the validation split and of the ``max_train`` subset.
+        max_train: keep only this many training examples (after carving the validation set).
+    Returns:
+        `DatasetSplits`.
+    Raises:
+        UserError: unknown name, missing or corrupt files (saying where it looked and how to
+            fix it), or bad split sizes.
+    """
+    if name not in _DATASETS:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(list_datasets())}.")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction={val_fraction} must be in [0, 1).")
+    loader, _ = _DATASETS[name]
+    x_tr, y_tr, x_te, y_te, class_names, info = loader(None if data_dir is None else str(data_dir))
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(len(y_tr), generator=gen)
+    n_val = int(round(val_fraction * len(y_tr)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if max_train is not None:
+        if max_train < 2:
+            raise UserError(f"max_train={max_train} must be >= 2.")
+        train_idx = train_idx[:max_train]
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64))
+    return DatasetSplits(
+        name=name,
+        train=Split(xt[train_idx].contiguous(), yt[train_idx].contiguous()),
+        val=Split(xt[val_idx].contiguous(), yt[val_idx].contiguous()),
+        test=Split(torch.from_numpy(x_te), torch.from_numpy(y_te.astype(np.int64))),
+        num_classes=len(class_names),
+        input_shape=tuple(x_tr.shape[1:]),
+        class_names=list(class_names),
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------- helpers
+def cache_dir() -> Path:
+    """Where parsed / generated data is cached: $DIPNET_CACHE or ~/.cache/dipnet."""
+    return Path(os.environ.get("DIPNET_CACHE") or Path.home() / ".cache" / "dipnet")
+
+
+def _fixed_split(n: int, test_fraction: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # A stratified split with a constant seed, for data sets without an official test split.
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+    tr, te = train_test_split(idx, test_size=test_fraction, random_state=0, stratify=y)
+    return np.sort(tr), np.sort(te)
+
+
+def _search_dirs(data_dir: str | None, subdir: str, extra: list[Path]) -> list[Path]:
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs += [Path(data_dir), Path(data_dir) / subdir]
+    env = os.environ.get("DIPNET_DATA")
+    if env:
+        dirs += [Path(env) / subdir, Path(env)]
+    dirs += [REPO_DATA / subdir] + extra + [cache_dir() / subdir]
+    seen: list[Path] = []
+    for d in dirs:
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (raw or gzipped) into a numpy array.
+
+    Raises:
+        UserError: if the file is truncated or not IDX.
+    """
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise UserError(f"cannot read {path}: {err}; delete it and {SETUP_HINT}.") from None
+    # Magic: two zero bytes, a type code (0x08 = uint8), the number of dimensions.
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path} is not a uint8 IDX file; delete it and {SETUP_HINT}.")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise UserError(f"{path} is truncated or corrupt ({len(raw)} bytes, expected "
+                        f"{expected}); delete it and {SETUP_HINT}.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _find_idx(dirs: list[Path]) -> dict[str, Path] | None:
+    for d in dirs:
+        found = {}
+        for stem in _IDX_FILES:
+            for cand in (d / stem, d / (stem + ".gz")):
+                if cand.is_file():
+                    found[stem] = cand
+                    break
+        if len(found) == len(_IDX_FILES):
+            return found
+    return None
+
+
+def _download(urls: dict[str, str], dest: Path, what: str, sha256: dict[str, str]) -> None:
+    """Fetch files for users with internet (never in tests: the files exist locally)."""
+    if os.environ.get("DIPNET_NO_DOWNLOAD"):
+        raise OSError("downloads disabled by DIPNET_NO_DOWNLOAD")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, url in urls.items():
+        target = dest / name
+        if target.is_file():
+            continue
+        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 (fixed https URLs)
+            data = resp.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if name in sha256 and digest != sha256[name]:
+            raise OSError(f"checksum mismatch for {url}")
+        fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+
+
+def _load_idx_dataset(name: str, data_dir: str | None, subdir: str, extra: list[Path],
+                      base_url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                              str]:
+    dirs = _search_dirs(data_dir, subdir, extra)
+    found = _find_idx(dirs)
+    if found is None and data_dir is None:
+        try:
+            _download({s + ".gz": f"{base_url}{s}.gz" for s in _IDX_FILES},
+                      cache_dir() / subdir, name, {})
+        except OSError:
+            pass  # offline: fall through to the error that lists where we looked
+        found = _find_idx([cache_dir() / subdir])
+    if found is None:
+        where = ", ".join(str(d) for d in dirs)
+        raise UserError(f"{name} IDX files ({_IDX_FILES[0]}[.gz] and the other three) not "
+                        f"found in: {where}; {SETUP_HINT} pointing to a folder that holds them.")
+    xtr, ytr = read_idx(found[_IDX_FILES[0]]), read_idx(found[_IDX_FILES[1]])
+    xte, yte = read_idx(found[_IDX_FILES[2]]), read_idx(found[_IDX_FILES[3]])
+    if xtr.ndim != 3 or len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise UserError(f"{name} files in {found[_IDX_FILES[0]].parent} do not fit together "
+                        f"(images {xtr.shape}, labels {ytr.shape}); {SETUP_HINT}.")
+    to01 = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731  (N, 1, 28, 28)
+    return to01(xtr), ytr, to01(xte), yte, str(found[_IDX_FILES[0]].parent)
+
+
+# ---------------------------------------------------------------------- the data sets
+@register_dataset("digits", "scikit-learn digits: 1,797 8x8 images, 10 classes (fixed 80/20 "
+                            "test split, seed 0)")
+def _digits(data_dir: str | None):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]  # values 0..16 -> [0, 1]; (N, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    tr, te = _fixed_split(len(y), 0.2, y)
+    return (x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)],
+            {"source": "sklearn.datasets.load_digits", "licence": "BSD-3"})
+
+
+@register_dataset("mnist1d", "MNIST-1D: 4,000 / 1,000 length-40 signals, 10 classes (generated "
+                             "locally, scaled to [0, 1])")
+def _mnist1d(data_dir: str | None):
+    path = cache_dir() / "mnist1d.pt"
+    arrays = None
+    if path.is_file():
+        try:
+            arrays = torch.load(path, weights_only=True)
+        except Exception:  # a corrupt cache is regenerated, not an error
+            arrays = None
+    if arrays is None:
+        # Generated from the package's default arguments (seed inside them), so it is the
+        # standard MNIST-1D. Never get_dataset(): it downloads.
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        arrays = {k: torch.as_tensor(np.asarray(d[k])) for k in ("x", "y", "x_test", "y_test")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(arrays, tmp)
+        os.replace(tmp, path)
+    x, xt = arrays["x"].numpy().astype(np.float32), arrays["x_test"].numpy().astype(np.float32)
+    # MNIST-1D signals are unbounded reals; scale with the TRAINING min / max so that the
+    # [0, 1] perturbation budgets (sigma, epsilon = 0.2) mean the same as for pixels.
+    lo, hi = float(x.min()), float(x.max())
+    x, xt = (x - lo) / (hi - lo), np.clip((xt - lo) / (hi - lo), 0.0, 1.0)
+    return (x, arrays["y"].numpy(), xt, arrays["y_test"].numpy(), [str(i) for i in range(10)],
+            {"source": "mnist1d.data.make_dataset(get_dataset_args())", "licence": "Apache-2.0",
+             "scaling": f"(x - {lo:.4f}) / ({hi - lo:.4f}), test clipped to [0, 1]"})
+
+
+@register_dataset("mnist", "MNIST: 60,000 / 10,000 28x28 images (IDX files)")
+def _mnist(data_dir: str | None):
+    xtr, ytr, xte, yte, where = _load_idx_dataset(
+        "MNIST", data_dir, "mnist", [], "https://ossci-datasets.s3.amazonaws.com/mnist/")
+    return xtr, ytr, xte, yte, [str(i) for i in range(10)], {"source": where,
+                                                              "licence": "CC BY-SA 3.0"}
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+@register_dataset("fashion_mnist", "Fashion-MNIST: 60,000 / 10,000 28x28 images (IDX files)")
+def _fashion(data_dir: str | None):
+    xtr, ytr, xte, yte, where = _load_idx_dataset(
+        "Fashion-MNIST", data_dir, "fashion-mnist", [FASHION_SYSTEM_DIR],
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+    return xtr, ytr, xte, yte, list(FASHION_CLASSES), {"source": where, "licence": "MIT"}
+
+
+# Order as listed by the package's description (alphabetical); the package does not map ids.
+ANIMAL_CLASSES = ["Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep",
+                  "Zebra"]
+
+
+@register_dataset("animal_mnist", "Animal-MNIST: 10,000 28x28 animal silhouettes (an "
+                                  "out-of-distribution set; fixed 80/20 split, seed 0)")
+def _animal(data_dir: str | None):
+    dirs = []
+    if data_dir is not None:
+        dirs += [Path(data_dir), Path(data_dir) / "Animal_MNIST"]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("animal_mnist")
+        if spec is not None and spec.origin:
+            dirs.append(Path(spec.origin).parent / "data" / "Animal_MNIST")
+    except (ImportError, ValueError):
+        pass
+    for d in dirs:
+        xp, yp = d / "animal_data_version_3.gz", d / "animal_label_version_3.gz"
+        if xp.is_file() and yp.is_file():
+            x, y = _safe_unpickle_gz(xp), _safe_unpickle_gz(yp)
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                    and x.shape[1:] == (28, 28) and len(x) == len(y)):
+                raise UserError(f"{xp} does not hold 28x28 images with matching labels; "
+                                "reinstall with: pip install --no-deps animal-mnist==0.4")
+            x = (x.astype(np.float32) / 255.0)[:, None]
+            y = y.astype(np.int64)
+            tr, te = _fixed_split(len(y), 0.2, y)
+            return (x[tr], y[tr], x[te], y[te], list(ANIMAL_CLASSES),
+                    {"source": str(d), "licence": "MIT"})
+    raise UserError("Animal-MNIST files (animal_data_version_3.gz) not found in "
+                    f"{', '.join(map(str, dirs)) or 'the animal_mnist package'}; install them "
+                    "with: pip install --no-deps animal-mnist==0.4 (scripts/setup.sh does).")
+
+
+# ---------------------------------------------------------------------- CIFAR
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only numpy arrays and builtins: the CIFAR / Animal-MNIST files are pickles
+    (their official format), and a plain pickle.load would run any code a tampered file names.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("builtins", "dict"), ("builtins", "list"),
+        ("builtins", "tuple"), ("builtins", "bytes"), ("builtins", "str"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        if module.startswith("numpy.core"):
+            module = "numpy._core" + module[len("numpy.core"):]
+        return super().find_class(module, name)
+
+
+def _safe_unpickle(data: bytes, path: Path):
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as err:  # any parse failure is a corrupt / foreign file
+        raise UserError(f"{path} is not a valid data pickle ({err}); delete it and "
+                        f"{SETUP_HINT}.") from None
+
+
+def _safe_unpickle_gz(path: Path):
+    try:
+        data = gzip.open(path, "rb").read()
+    except (OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}; reinstall its package or "
+                        f"{SETUP_HINT}.") from None
+    return _safe_unpickle(data, path)
+
+
+def _cifar(data_dir: str | None, folder: str, archive: str, train_files: list[str],
+           test_file: str, label_key: bytes, meta: tuple[str, bytes]):
+    dirs = _search_dirs(data_dir, "cifar", [])
+    roots = [d / folder for d in dirs] + [d for d in dirs if d.name == folder]
+    root = next((r for r in roots if (r / test_file).is_file()), None)
+    if root is None and data_dir is None:
+        try:
+            dest = cache_dir() / "cifar"
+            _download({archive: f"https://www.cs.toronto.edu/~kriz/{archive}"}, dest, folder, {})
+            with tarfile.open(dest / archive) as tar:
+                tar.extractall(dest, filter="data")
+            root = dest / folder if (dest / folder / test_file).is_file() else None
+        except (OSError, tarfile.TarError):
+            root = None
+    if root is None:
+        raise UserError(f"{folder}/{test_file} not found in: {', '.join(map(str, dirs))}; "
+                        f"unpack {archive} (the official python version) there, or pass "
+                        "--data-dir DIR pointing to the folder that holds it.")
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = root / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing; unpack {archive} again.")
+        d = _safe_unpickle(path.read_bytes(), path)
+        if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+            raise UserError(f"{path} is not a CIFAR batch file; unpack {archive} again.")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return (x.astype(np.float32) / 255.0), np.asarray(d[label_key], dtype=np.int64)
+
+    parts = [read(f) for f in train_files]
+    xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xte, yte = read(test_file)
+    names_path = root / meta[0]
+    names: list[str] = []
+    if names_path.is_file():
+        m = _safe_unpickle(names_path.read_bytes(), names_path)
+        if isinstance(m, dict) and meta[1] in m:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in m[meta[1]]]
+    if not names:
+        names = [str(i) for i in range(int(ytr.max()) + 1)]
+    return xtr, ytr, xte, yte, names, {"source": str(root)}
+
+
+@register_dataset("cifar10", "CIFAR-10: 50,000 / 10,000 32x32 colour images "
+                             "(cifar-10-batches-py)")
+def _cifar10(data_dir: str | None):
+    return _cifar(data_dir, "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                  [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels",
+                  ("batches.meta", b"label_names"))
+
+
+@register_dataset("cifar100", "CIFAR-100: 50,000 / 10,000 32x32 colour images, 100 fine "
+                              "classes (cifar-100-python)")
+def _cifar100(data_dir: str | None):
+    return _cifar(data_dir, "cifar-100-python", "cifar-100-python.tar.gz", ["train"], "test",
+                  b"fine_labels", ("meta", b"fine_label_names"))

@@ -1,0 +1,285 @@
+"""A small plain-torch model zoo (MLP, CIFAR-style ResNet, ViT) behind a timm-style registry.
+
+Every factory takes ``input_shape`` (one example, e.g. (1, 28, 28) or (40,)), ``num_classes``
+and its own keyword parameters, and returns an ``nn.Module`` mapping (B, *input_shape) to
+(B, num_classes) logits. Defaults are sized for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+Factory = Callable[..., nn.Module]
+_MODELS: dict[str, Factory] = {}
+
+
+def register_model(fn: Factory | None = None, *, name: str | None = None):
+    """Decorator registering a model factory under its function name (or ``name``).
+
+    Usable as ``@register_model`` or ``@register_model(name="resnet20")``.
+
+    Raises:
+        ValueError: if the name is taken.
+    """
+    def deco(f: Factory) -> Factory:
+        key = name or f.__name__
+        if key in _MODELS:
+            raise ValueError(f"model {key!r} is already registered")
+        _MODELS[key] = f
+        return f
+    return deco(fn) if fn is not None else deco
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``"resnet*"``)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, input_shape: Sequence[int], num_classes: int,
+                 **params: Any) -> nn.Module:
+    """Build a model from the zoo, or a user's ``"package.module:factory"``.
+
+    Args:
+        name: a name from `list_models()` or ``"package.module:factory"``; the factory is
+            called as ``factory(input_shape=..., num_classes=..., **params)``.
+        input_shape: shape of one example.
+        num_classes: number of output logits.
+        params: the factory's keyword parameters.
+    Returns:
+        The model (freshly initialised from torch's global RNG).
+    Raises:
+        UserError: unknown name, an import failure, unknown or bad parameters.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise UserError(f"cannot load model factory {name!r} ({err}); give it as "
+                            "'package.module:function' importable from the current "
+                            "environment.") from None
+    elif name in _MODELS:
+        factory = _MODELS[name]
+    else:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(list_models())} "
+                        "or give 'package.module:factory'.")
+    try:
+        sig = inspect.signature(factory)
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        unknown = [k for k in params if k not in sig.parameters and not accepts_any]
+    except (TypeError, ValueError):
+        unknown = []
+    if unknown:
+        known = [k for k in sig.parameters if k not in ("input_shape", "num_classes")]
+        raise UserError(f"model {name!r} has no parameter(s) {unknown}; its parameters are "
+                        f"{known}.")
+    try:
+        model = factory(input_shape=input_shape, num_classes=int(num_classes), **params)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model {name!r} cannot be built with {params or 'its defaults'} for "
+                        f"input shape {input_shape}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model factory {name!r} returned {type(model).__name__}, not an "
+                        "nn.Module.")
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
+    if len(input_shape) == 3:
+        return input_shape  # type: ignore[return-value]
+    if len(input_shape) == 2:
+        return (1, *input_shape)  # type: ignore[return-value]
+    raise ValueError(f"{model} needs image inputs (C, H, W); got examples of shape "
+                     f"{input_shape}: use the mlp for vector data")
+
+
+# ---------------------------------------------------------------------- MLP
+class MLP(nn.Module):
+    """Flatten, then Linear-ReLU blocks, then a Linear head."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(nn.Flatten(), *layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, num_classes)
+
+
+@register_model
+def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256)) -> MLP:
+    """A ReLU MLP on flattened inputs; ``hidden`` lists the hidden widths (default 256, 256)."""
+    if isinstance(hidden, int):
+        hidden = [hidden]
+    if not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise ValueError(f"hidden must be a list of positive ints, got {hidden!r}")
+    return MLP(math.prod(input_shape), list(hidden), num_classes)
+
+
+# ---------------------------------------------------------------------- ResNet
+class BasicBlock(nn.Module):
+    """He et al. (2016) basic block: conv-BN-ReLU-conv-BN plus a (projected) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            # Option B of He et al.: a 1x1 conv shortcut (simpler than zero-padding option A).
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016, Sec. 4.2): depth 6n+2, three stages of n blocks
+    with widths w, 2w, 4w, global average pooling, a Linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int, width: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"depth must be 6n+2 >= 8 (8, 14, 20, 32, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
+                cin = cout
+        # One Sequential of same-class blocks, so DIPConfig(placement="blocks") finds them.
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))               # (B, 4w, H/4, W/4)
+        return self.head(x.mean(dim=(2, 3)))        # (B, num_classes)
+
+
+def _resnet(input_shape: Sequence[int], num_classes: int, depth: int, width: int) -> ResNet:
+    c, _, _ = _image_shape(tuple(input_shape), "resnet")
+    return ResNet(c, num_classes, depth, width)
+
+
+@register_model
+def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 8,
+           width: int = 16) -> ResNet:
+    """CIFAR-style ResNet, depth 6n+2 (default 8: 78k parameters at width 16)."""
+    return _resnet(input_shape, num_classes, depth, width)
+
+
+@register_model
+def resnet8(input_shape: Sequence[int], num_classes: int, width: int = 16) -> ResNet:
+    """ResNet-8 (n = 1 block per stage)."""
+    return _resnet(input_shape, num_classes, 8, width)
+
+
+@register_model
+def resnet20(input_shape: Sequence[int], num_classes: int, width: int = 16) -> ResNet:
+    """ResNet-20 of He et al. (n = 3 blocks per stage, 0.27M parameters)."""
+    return _resnet(input_shape, num_classes, 20, width)
+
+
+# ---------------------------------------------------------------------- ViT
+class Attention(nn.Module):
+    """Multi-head self-attention with explicit qkv / proj Linears (so each is projectable)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)        # (B, heads, T, d/heads)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al. 2021): conv patch embedding, class token,
+    learned position embeddings, pre-norm blocks, LayerNorm + Linear head on the class token."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, patch_size: int,
+                 dim: int, depth: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if h % patch_size or w % patch_size:
+            raise ValueError(f"patch_size {patch_size} does not divide the image size {h}x{w}")
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        num_patches = (h // patch_size) * (w // patch_size)
+        self.patch_embed = nn.Conv2d(c, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)          # (B, T, dim)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed             # (B, T+1, dim)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))                        # (B, num_classes)
+
+
+@register_model
+def vit(input_shape: Sequence[int], num_classes: int, patch_size: int | None = None,
+        dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0) -> ViT:
+    """A small ViT (dim 64, depth 4, 4 heads: 0.14M parameters). ``patch_size`` defaults to 4
+    for images of 16 px or more (7x7 patches at 28 px, 8x8 at 32 px), else 2."""
+    shape = _image_shape(tuple(input_shape), "vit")
+    if patch_size is None:
+        patch_size = 4 if min(shape[1:]) >= 16 and shape[1] % 4 == 0 and shape[2] % 4 == 0 else 2
+    return ViT(shape, num_classes, int(patch_size), dim, depth, heads, mlp_ratio)
