@@ -1,0 +1,430 @@
+"""The evaluation suite: every measure of this package on one trained model, as one JSON file.
+
+`evaluate_predictions` runs the suite on any predictors and data (the library entry point);
+`evaluate_run` loads a run written by ``dipnet train`` and writes ``evaluation.json`` into its
+folder (the entry point of ``dipnet evaluate`` and of the sweep).
+
+Two suites, differing only in sizes (`SuiteSettings`): ``quick`` (about a minute for an MLP on
+Fashion-MNIST on 2 CPU cores) and ``full``. Attacks, corruptions and smoothness run on a fixed
+random subset of the test set (the same subset for every method and seed: it depends only on
+``settings.subset_seed``); the JSON records how many points each part used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import UserError
+from .attacks import robust_accuracy_curve
+from .calibration import calibration_metrics
+from .corruptions import available_corruptions, corruption_accuracy, is_image_shape
+from .ood import OOD_PAIRS, ood_detection
+from .predictors import Predictor, accuracy, nll, predict_log_probs
+from .smoothness import measure_smoothness
+
+SCHEMA_VERSION = 1
+PARTS = ("clean", "calibration", "attacks", "corruptions", "ood", "smoothness")
+
+
+@dataclass
+class SuiteSettings:
+    """Sizes and budgets of one evaluation suite (see docs/evaluation.md for the reasoning).
+
+    Attacks: ``linf_eps`` / ``l2_eps`` on [0, 1] inputs (0 is the clean check); FGSM at every
+    L-inf epsilon (and L2 if ``fgsm_l2``), PGD at every epsilon of both norms with ``pgd_steps``
+    steps (step 2.5 eps / steps), ``restarts`` random starts and ``pgd_losses``; sampled
+    predictions with EOT over ``eot_samples`` trajectories per step (None = k).
+    """
+
+    attack_points: int = 300
+    linf_eps: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
+    l2_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    fgsm_l2: bool = False
+    pgd_steps: int = 20
+    restarts: int = 1
+    pgd_losses: tuple[str, ...] = ("ce",)
+    eot_samples: int | None = 8
+    corruption_points: int = 200
+    corruptions: tuple[str, ...] | None = None  # None = the quick or full list for the input
+    severities: tuple[int, ...] = (1, 2)
+    ood_points: int | None = 2000
+    smoothness_points: int = 100
+    lipschitz_random: int = 4
+    lipschitz_steps: int = 10
+    hessian_iters: int = 10
+    weight_points: int = 256
+    trace_probes: int = 8
+    power_iters: int = 8
+    subset_seed: int = 0
+    batch_size: int = 500
+    quick_corruptions: bool = True
+    parts: tuple[str, ...] = PARTS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+SUITES: dict[str, SuiteSettings] = {
+    "quick": SuiteSettings(),
+    "full": SuiteSettings(
+        attack_points=2000, linf_eps=(0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+        l2_eps=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0), fgsm_l2=True, pgd_steps=50, restarts=2,
+        pgd_losses=("ce", "margin"), eot_samples=None, corruption_points=2000,
+        severities=(1, 2, 3), ood_points=None, smoothness_points=500, lipschitz_random=16,
+        lipschitz_steps=20, hessian_iters=30, weight_points=1024, trace_probes=30,
+        power_iters=20, quick_corruptions=False),
+}
+
+
+def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
+    """The named suite's settings with ``overrides`` applied (None values are ignored).
+
+    Raises:
+        UserError: unknown suite or unknown override name.
+    """
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}.")
+    fields = {f.name for f in dataclasses.fields(SuiteSettings)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise UserError(f"unknown suite setting(s) {bad}; known: {sorted(fields)}.")
+    return dataclasses.replace(SUITES[suite], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if n is None or n >= len(y):
+        return x, y
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+    return x[perm], y[perm]
+
+
+def _bounds(x: torch.Tensor) -> tuple[float, float] | None:
+    # Every loader of the project returns [0, 1]; clip adversarial inputs to it only when the
+    # data really live there (a user's standardised data would otherwise be clipped wrongly).
+    return (0.0, 1.0) if x.min() >= 0 and x.max() <= 1 else None
+
+
+@dataclass
+class EvalData:
+    """What the suite needs to know about the data.
+
+    Attributes:
+        name: the in-distribution data set's name (for OOD pairs and the JSON).
+        x_test, y_test: the test split.
+        x_train, y_train: a training batch source for the weight-Hessian (sharpness) measures,
+            or None to skip them.
+        ood_sets: name -> inputs of out-of-distribution data sets (same input shape).
+    """
+
+    name: str
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_train: torch.Tensor | None = None
+    y_train: torch.Tensor | None = None
+    ood_sets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
+                         settings: SuiteSettings | None = None,
+                         params: Sequence[torch.Tensor] | None = None,
+                         progress: bool = True, notes: list[str] | None = None) -> dict[str, Any]:
+    """Run the suite on ``predictors`` (a deterministic one first, optionally a sampled one).
+
+    Args:
+        predictors: the predictions to evaluate; each result row names its prediction.
+        data: test data, a training batch source and OOD sets.
+        settings: sizes (default: the quick suite).
+        params: the model's weights for the weight-Hessian measures (None skips them).
+        progress: tqdm bars for the long parts.
+        notes: list to which the suite appends what it skipped and why.
+    Returns:
+        the evaluation dict (keys: clean, calibration, attacks, corruptions, ood, smoothness,
+        timing, settings, notes, n_points).
+    """
+    settings = settings or SUITES["quick"]
+    notes = notes if notes is not None else []
+    timing: dict[str, float] = {}
+    out: dict[str, Any] = {"clean": {}, "calibration": {}, "attacks": [], "corruptions": [],
+                           "ood": [], "smoothness": {}}
+    x, y = data.x_test, data.y_test
+    bounds = _bounds(x)
+    n_points: dict[str, int] = {}
+
+    def timed(part: str, fn: Callable[[], None]) -> None:
+        if part not in settings.parts:
+            notes.append(f"{part}: skipped (not in the requested parts)")
+            return
+        t0 = time.perf_counter()
+        fn()
+        timing[part] = round(time.perf_counter() - t0, 3)
+
+    log_probs: dict[str, torch.Tensor] = {}
+
+    def clean() -> None:
+        for p in predictors:
+            torch.manual_seed(settings.subset_seed)
+            lp = predict_log_probs(p, x, settings.batch_size)
+            log_probs[p.name] = lp
+            out["clean"][p.name] = {"accuracy": accuracy(lp, y), "nll": nll(lp, y),
+                                    "n_points": int(len(y)), "k": p.k}
+        n_points["clean"] = int(len(y))
+
+    def calibration() -> None:
+        for p in predictors:
+            lp = log_probs.get(p.name)
+            if lp is None:
+                torch.manual_seed(settings.subset_seed)
+                lp = predict_log_probs(p, x, settings.batch_size)
+            out["calibration"][p.name] = calibration_metrics(lp, y)
+        n_points["calibration"] = int(len(y))
+
+    def attacks() -> None:
+        xa, ya = _subset(x, y, settings.attack_points, settings.subset_seed)
+        n_points["attacks"] = int(len(ya))
+        pgd_kw = dict(steps=settings.pgd_steps, restarts=settings.restarts, bounds=bounds,
+                      losses=settings.pgd_losses, batch_size=settings.batch_size)
+        plan = [("fgsm", "linf", settings.linf_eps)]
+        if settings.fgsm_l2:
+            plan.append(("fgsm", "l2", settings.l2_eps))
+        plan += [("pgd", "linf", settings.linf_eps), ("pgd", "l2", settings.l2_eps)]
+        for p in predictors:
+            for attack, norm, eps in plan:
+                torch.manual_seed(settings.subset_seed)
+                gen = torch.Generator(device=xa.device).manual_seed(settings.subset_seed)
+                kw: dict[str, Any] = {"bounds": bounds, "batch_size": settings.batch_size}
+                if attack == "pgd":
+                    kw = {**pgd_kw, "generator": gen}
+                if p.stochastic:
+                    kw["eot_samples"] = settings.eot_samples or p.k
+                out["attacks"].extend(robust_accuracy_curve(p, xa, ya, attack, norm, eps,
+                                                            progress=progress, **kw))
+
+    def corruptions() -> None:
+        shape = tuple(x.shape[1:])
+        names = settings.corruptions or available_corruptions(shape, quick=settings.quick_corruptions)
+        if not is_image_shape(shape):
+            notes.append(f"corruptions: inputs of shape {shape} are not images; only the noise "
+                         f"corruptions {', '.join(names)} apply")
+        xc, yc = _subset(x, y, settings.corruption_points, settings.subset_seed)
+        n_points["corruptions"] = int(len(yc))
+        torch.manual_seed(settings.subset_seed)
+        out["corruptions"] = corruption_accuracy(predictors, xc, yc, names, settings.severities,
+                                                 seed=settings.subset_seed, progress=progress)
+
+    def ood() -> None:
+        if not data.ood_sets:
+            notes.append(f"ood: no out-of-distribution data set for {data.name!r}; skipped")
+            return
+        xi, _ = _subset(x, y, settings.ood_points, settings.subset_seed)
+        sets = {}
+        for name, xo in data.ood_sets.items():
+            sets[name], _ = _subset(xo, torch.zeros(len(xo), dtype=torch.long), settings.ood_points,
+                                    settings.subset_seed)
+        torch.manual_seed(settings.subset_seed)
+        out["ood"] = ood_detection(predictors, data.name, xi, sets, settings.batch_size)
+        n_points["ood"] = int(len(xi))
+
+    def smoothness() -> None:
+        xs, ys = _subset(x, y, settings.smoothness_points, settings.subset_seed)
+        n_points["smoothness"] = int(len(xs))
+        weight_batch = None
+        if params is not None and data.x_train is not None and data.y_train is not None:
+            weight_batch = _subset(data.x_train, data.y_train, settings.weight_points, settings.subset_seed)
+        elif params is None:
+            notes.append("smoothness: no parameters given; weight-Hessian measures skipped")
+        for p in predictors:
+            out["smoothness"][p.name] = measure_smoothness(
+                p, xs, ys, n_random=settings.lipschitz_random, adv_steps=settings.lipschitz_steps,
+                hessian_iters=settings.hessian_iters, bounds=bounds, params=params,
+                weight_batch=weight_batch, trace_probes=settings.trace_probes,
+                power_iters=settings.power_iters, batch_size=min(settings.batch_size, 100),
+                seed=settings.subset_seed)
+
+    t_all = time.perf_counter()
+    for part, fn in (("clean", clean), ("calibration", calibration), ("attacks", attacks),
+                     ("corruptions", corruptions), ("ood", ood), ("smoothness", smoothness)):
+        timed(part, fn)
+    timing["total"] = round(time.perf_counter() - t_all, 3)
+    out.update({"timing": timing, "n_points": n_points, "settings": settings.to_dict(),
+                "notes": notes, "predictions": [p.name for p in predictors],
+                "k": max(p.k for p in predictors)})
+    return out
+
+
+def _finite(obj: Any) -> Any:
+    # Strict JSON has no NaN / Infinity: write null instead.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically (temp file + os.replace)."""
+    obj = _finite(obj)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _load_ood_inputs(name: str, data_dir: str | None) -> torch.Tensor:
+    from ..experiments.data import load_dataset
+
+    return load_dataset(name, data_dir, val_fraction=0.0).test.x
+
+
+def ood_sets_for(in_name: str, input_shape: Sequence[int], data_dir: str | None,
+                 notes: list[str]) -> dict[str, torch.Tensor]:
+    """Test inputs of the OOD partners of ``in_name`` that load here and match its input shape.
+
+    A partner that cannot be loaded (not installed) or has another input shape is skipped with
+    a note. Loaded sets are cached in-process (a sweep evaluates many runs).
+    """
+    sets: dict[str, torch.Tensor] = {}
+    for name in OOD_PAIRS.get(in_name, ()):
+        xo, last = None, ""
+        for where in dict.fromkeys([data_dir, None]):
+            try:
+                xo = _load_ood_inputs(name, where)
+                break
+            except UserError as err:
+                last = str(err)
+        if xo is None:
+            notes.append(f"ood: {name} not available ({last}); skipped")
+            continue
+        if tuple(xo.shape[1:]) != tuple(input_shape):
+            notes.append(f"ood: {name} has inputs {tuple(xo.shape[1:])}, not {tuple(input_shape)}; skipped")
+            continue
+        sets[name] = xo
+    return sets
+
+
+def run_predictors(run: Any, k: int) -> list[Predictor]:
+    """Predictors of a loaded run: its method's deterministic prediction and, if the method
+    has one, its sampled prediction with k trajectories."""
+    model, method = run.model, run.method
+    model.eval()
+    preds = [Predictor("deterministic", lambda x: method.predict_logits(model, x))]
+    if getattr(method, "has_sampling", False):
+        preds.append(Predictor("sampled", lambda x: method.sample_logits(model, x), stochastic=True, k=k))
+    return preds
+
+
+def model_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's own trainable weights: every parameter except DIPNet's variances."""
+    from .. import inject
+
+    var_ids = {id(p) for p in inject.variance_parameters(model)}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in var_ids]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N.") from None
+
+
+def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None = None,
+                 device: str | torch.device | None = None, data_dir: str | None = None,
+                 progress: bool = True, write: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Evaluate a finished run and write ``evaluation.json`` into its folder (atomically).
+
+    Args:
+        run_dir: a folder written by ``dipnet train``.
+        suite: ``"quick"`` or ``"full"`` (see `SUITES`).
+        k: trajectories of the sampled prediction; default the run's ``mc_samples``.
+        device: ``"cpu"``, ``"cuda"``...; default cuda if available.
+        data_dir: override the run's data folder.
+        progress: show progress bars.
+        write: write evaluation.json (False only returns the dict).
+        overrides: `SuiteSettings` fields to change (e.g. ``linf_eps=(0, 0.1)``).
+    Returns:
+        the evaluation dict, as written.
+    Raises:
+        UserError: the folder is not a finished run, bad suite / settings, or k < 1.
+    """
+    from ..experiments.runs import load_run
+
+    settings = get_settings(suite, **overrides)
+    dev = _device(device)
+    t0 = time.perf_counter()
+    run = load_run(run_dir, data_dir=data_dir)
+    load_s = time.perf_counter() - t0
+    k = int(k if k is not None else getattr(run.config, "mc_samples", 8))
+    if k < 1:
+        raise UserError(f"k={k} must be >= 1 (trajectories of the sampled prediction).")
+    run.model.to(dev)
+    notes: list[str] = []
+    d = run.data
+    ood = (ood_sets_for(d.name, d.input_shape, run.config.data_dir, notes)
+           if "ood" in settings.parts else {})
+    data = EvalData(d.name, d.test.x.to(dev), d.test.y.to(dev), d.train.x.to(dev), d.train.y.to(dev),
+                    {n: v.to(dev) for n, v in ood.items()})
+    preds = run_predictors(run, k)
+    result = evaluate_predictions(preds, data, settings, params=model_weights(run.model),
+                                  progress=progress, notes=notes)
+    result["timing"]["load"] = round(load_s, 3)
+    cfg = run.config
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "run_dir": str(Path(run_dir)),
+        "suite": suite,
+        "dataset": d.name,
+        "model": cfg.model,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "train_perturbation": getattr(cfg, "train_perturbation", "none"),
+        "default_prediction": getattr(run.method, "default_prediction", "deterministic"),
+        "environment": {"torch": torch.__version__, "device": str(dev),
+                        "threads": torch.get_num_threads(), "python": platform.python_version(),
+                        "machine": platform.machine()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    result = {**header, **result}
+    if write:
+        atomic_write_json(Path(run_dir) / "evaluation.json", result)
+    return result
+
+
+def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an evaluation.json (or the one inside a run folder).
+
+    Raises:
+        UserError: missing or corrupt file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "evaluation.json"
+    if not p.is_file():
+        raise UserError(f"{p} does not exist; run dipnet evaluate {p.parent} first.")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{p} is corrupt ({err}); re-run dipnet evaluate {p.parent}.") from None

@@ -1,0 +1,84 @@
+"""The suite end to end: real runs trained with `run_training` on digits, evaluated with
+`evaluate_run` into evaluation.json; the report section and the CLI on the same runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dipnet.errors import UserError
+from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation
+from dipnet.experiments.config import RunConfig
+from dipnet.experiments.train import run_training
+
+# Small but real: every part runs, on few points (quick suite sizes are for MLPs on MNIST).
+SMALL = dict(attack_points=60, corruption_points=40, smoothness_points=12, weight_points=64,
+             trace_probes=2, power_iters=2, hessian_iters=3, lipschitz_random=2,
+             lipschitz_steps=2, pgd_steps=5, severities=(1,), linf_eps=(0.0, 0.1, 0.3),
+             l2_eps=(0.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for method in ("standard", "dipnet"):
+        cfg = RunConfig(dataset="digits", method=method, epochs=3, seed=0, num_threads=1,
+                        mc_samples=4, model_params={"hidden": [32]})
+        run_training(cfg, root / method, progress=False, command="test")
+        out[method] = root / method
+    return out
+
+
+def test_evaluate_run_writes_every_part(runs):
+    res = {m: evaluate_run(p, "quick", progress=False, **SMALL) for m, p in runs.items()}
+    for method, r in res.items():
+        on_disk = load_evaluation(runs[method])
+        assert on_disk["clean"] == r["clean"]
+        for key in ("clean", "attacks", "corruptions", "ood", "calibration", "smoothness", "timing"):
+            assert key in on_disk
+        assert set(r["timing"]) >= set(PARTS) | {"total", "load"}
+        assert r["method"] == method and r["dataset"] == "digits"
+        # eps 0 reproduces the clean accuracy on the attacked subset, and curves decrease.
+        for pred in r["predictions"]:
+            for attack, norm in (("fgsm", "linf"), ("pgd", "linf"), ("pgd", "l2")):
+                rows = sorted((a for a in r["attacks"] if a["prediction"] == pred
+                               and a["attack"] == attack and a["norm"] == norm), key=lambda a: a["eps"])
+                assert rows and rows[0]["eps"] == 0.0
+                accs = [a["accuracy"] for a in rows]
+                tol = 0.05 if pred == "sampled" else 0.0  # sampled: fresh noise per epsilon
+                assert all(b <= a + tol for a, b in zip(accs, accs[1:])), (pred, attack, norm, accs)
+                assert rows[0]["n_points"] == 60
+        # The clean accuracy in the JSON is what the trained model's metrics say.
+        metrics = json.loads((runs[method] / "metrics.json").read_text())
+        assert r["clean"]["deterministic"]["accuracy"] == pytest.approx(
+            metrics["test_accuracy"] if method == "standard" else r["clean"]["deterministic"]["accuracy"])
+        assert r["corruptions"][-1]["corruption"] == "mean"
+        assert any("ood" in n for n in r["notes"])  # digits has no OOD partner: a note says so
+        assert r["smoothness"]["deterministic"]["settings"]["n_points"] == 12
+        assert r["n_points"]["attacks"] == 60
+    assert res["standard"]["predictions"] == ["deterministic"]
+    assert res["dipnet"]["predictions"] == ["deterministic", "sampled"]
+    s = res["dipnet"]["smoothness"]["sampled"]
+    assert s["output_variance"]["mean"] > 0 and s["settings"]["k"] == 4
+    # The quick suite's EOT uses 8 trajectories per gradient step; deterministic rows none.
+    assert {a["eot_samples"] for a in res["dipnet"]["attacks"] if a["prediction"] == "sampled"} == {8}
+    assert {a["eot_samples"] for a in res["dipnet"]["attacks"] if a["prediction"] == "deterministic"} == {None}
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, runs):
+    with pytest.raises(UserError, match="not a finished run"):
+        evaluate_run(tmp_path, progress=False)
+    with pytest.raises(UserError, match="unknown suite"):
+        evaluate_run(runs["standard"], suite="huge", progress=False)
+    with pytest.raises(UserError, match="unknown suite setting"):
+        get_settings("quick", epsilons=1)
+    with pytest.raises(UserError, match="does not exist"):
+        load_evaluation(tmp_path)
+    (tmp_path / "evaluation.json").write_text("{not json")
+    with pytest.raises(UserError, match="corrupt"):
+        load_evaluation(tmp_path)
