@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dipnet.errors import UserError
+from dipnet.evaluation.report import render_section
 from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation
 from dipnet.experiments.config import RunConfig
 from dipnet.experiments.train import run_training
@@ -22,20 +23,33 @@ SMALL = dict(attack_points=60, corruption_points=40, smoothness_points=12, weigh
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def seed_runs(tmp_path_factory) -> dict[str, list[Path]]:
+    """Two seeds each of standard and DIPNet MLPs on digits (about 1 s of training each)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    out = {}
+    out: dict[str, list[Path]] = {}
     for method in ("standard", "dipnet"):
-        cfg = RunConfig(dataset="digits", method=method, epochs=3, seed=0, num_threads=1,
-                        mc_samples=4, model_params={"hidden": [32]})
-        run_training(cfg, root / method, progress=False, command="test")
-        out[method] = root / method
+        for seed in (0, 1):
+            cfg = RunConfig(dataset="digits", method=method, epochs=3, seed=seed, num_threads=1,
+                            mc_samples=4, model_params={"hidden": [32]})
+            run_training(cfg, root / f"{method}-{seed}", progress=False, command="test")
+            out.setdefault(method, []).append(root / f"{method}-{seed}")
     return out
 
 
-def test_evaluate_run_writes_every_part(runs):
-    res = {m: evaluate_run(p, "quick", progress=False, **SMALL) for m, p in runs.items()}
+@pytest.fixture(scope="module")
+def runs(seed_runs) -> dict[str, Path]:
+    return {m: paths[0] for m, paths in seed_runs.items()}
+
+
+@pytest.fixture(scope="module")
+def evaluated(seed_runs) -> dict[str, list[dict]]:
+    return {m: [evaluate_run(p, "quick", progress=False, **SMALL) for p in paths]
+            for m, paths in seed_runs.items()}
+
+
+def test_evaluate_run_writes_every_part(runs, evaluated):
+    res = {m: evs[0] for m, evs in evaluated.items()}
     for method, r in res.items():
         on_disk = load_evaluation(runs[method])
         assert on_disk["clean"] == r["clean"]
@@ -82,3 +96,20 @@ def test_bad_inputs_give_clear_errors(tmp_path, runs):
     (tmp_path / "evaluation.json").write_text("{not json")
     with pytest.raises(UserError, match="corrupt"):
         load_evaluation(tmp_path)
+
+
+def test_render_section_tables_and_figures(evaluated, tmp_path):
+    md = render_section(evaluated, tmp_path / "fig")
+    for png in ("attacks.png", "corruptions.png", "smoothness.png", "calibration.png"):
+        assert (tmp_path / "fig" / png).stat().st_size > 5000, png  # a real plot, not empty
+        assert f"]({png})" in md
+    assert "ood.png" not in md  # digits has no OOD partner; the note says so instead
+    assert "no out-of-distribution data set" in md
+    # One table row per (method, prediction); dipnet has both predictions.
+    for label in ("standard (deterministic)", "dipnet (deterministic)", "dipnet (sampled)"):
+        assert label in md
+    # Mean ± std over the two seeds of the clean accuracy, as in the JSONs.
+    accs = [100 * e["clean"]["deterministic"]["accuracy"] for e in evaluated["standard"]]
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
+    assert f"| standard | deterministic | {mean:.2f} ± {std:.2f} |" in md
+    assert render_section({}, tmp_path / "empty").startswith("_No evaluation.json")

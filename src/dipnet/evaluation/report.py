@@ -1,0 +1,375 @@
+"""The report's test-time evaluation section: tables and plots from many evaluation.json files.
+
+`render_section(evaluations, out_dir)` takes, per method, the evaluation dicts of its seeds
+(one per seed, as written by `evaluate_run`) and returns Markdown that refers to PNGs it writes
+into ``out_dir``: accuracy against epsilon (error bars over seeds), a corruption heat map, OOD
+AUROC bars, smoothness bars and calibration. Every number is a mean ± sample std over seeds;
+where a ``standard`` method is present, headline cells also give the paired t-test p-value
+against it (seeds matched by the ``seed`` field).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+Series = tuple[str, str]  # (method, prediction)
+
+SMOOTHNESS_MEASURES: tuple[tuple[str, str], ...] = (
+    ("loss_grad_norm", "input-gradient norm of the loss"),
+    ("logit_jacobian_spectral", "logit Jacobian spectral norm"),
+    ("lipschitz_adversarial", "local Lipschitz (adversarial pairs)"),
+    ("input_hessian_spectral", "input-Hessian spectral norm"),
+    ("weight_hessian_trace", "weight-Hessian trace"),
+    ("weight_hessian_top_eigenvalue", "weight-Hessian top eigenvalue"),
+    ("output_variance", "output variance over trajectories"),
+)
+_ATTACK_PANELS = (("fgsm", "linf", "FGSM, L-inf"), ("fgsm", "l2", "FGSM, L2"),
+                  ("pgd", "linf", "PGD, L-inf"), ("pgd", "l2", "PGD, L2"))
+
+
+def _order(methods: Iterable[str]) -> list[str]:
+    pref = {"standard": 0, "dipnet": 1}
+    return sorted(methods, key=lambda m: (pref.get(m, 2), m))
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan, 0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
+
+
+def _cell(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    m, s, n = _mean_std(values)
+    if n == 0:
+        return "-"
+    if n < 2 or not math.isfinite(s):
+        return f"{m * scale:.{digits}f}"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def _paired_p(a: dict[int, float], b: dict[int, float]) -> str:
+    """Two-sided paired t-test p over the seeds both have ('-' if undefined)."""
+    from ..experiments.stats import format_p, paired_test
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return "-"
+    return format_p(paired_test([a[s] for s in seeds], [b[s] for s in seeds]).t_p)
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _label(s: Series) -> str:
+    return f"{s[0]} ({s[1]})"
+
+
+class _Index:
+    """Per-series, per-seed lookups into the evaluation dicts."""
+
+    def __init__(self, evaluations: dict[str, list[dict]]) -> None:
+        self.evals = {m: [e for e in evs if isinstance(e, dict)] for m, evs in evaluations.items()}
+        self.methods = _order(m for m, evs in self.evals.items() if evs)
+        self.series: list[Series] = []
+        for m in self.methods:
+            preds: list[str] = []
+            for e in self.evals[m]:
+                for p in e.get("predictions") or list((e.get("clean") or {}).keys()):
+                    if p not in preds:
+                        preds.append(p)
+            self.series += [(m, p) for p in preds]
+
+    def per_seed(self, s: Series, fn) -> dict[int, float]:
+        """{seed: fn(evaluation, prediction)} skipping missing values."""
+        out: dict[int, float] = {}
+        for i, e in enumerate(self.evals[s[0]]):
+            try:
+                v = fn(e, s[1])
+            except (KeyError, TypeError, IndexError):
+                v = None
+            if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                out[int(e.get("seed", i))] = float(v)
+        return out
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(s: Series, colours: dict[str, Any]) -> dict[str, Any]:
+    return {"color": colours[s[0]], "linestyle": "-" if s[1] == "deterministic" else "--",
+            "marker": "o" if s[1] == "deterministic" else "s"}
+
+
+def _attack_rows(e: dict, pred: str, attack: str, norm: str) -> dict[float, float]:
+    return {float(a["eps"]): a["accuracy"] for a in e.get("attacks") or []
+            if a.get("prediction") == pred and a.get("attack") == attack and a.get("norm") == norm}
+
+
+def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
+    """Markdown for the evaluation section, with its PNGs written into ``out_dir``.
+
+    Args:
+        evaluations: method name -> list of evaluation.json dicts (one per seed).
+        out_dir: folder for the figures (created); the Markdown links them by file name.
+    Returns:
+        Markdown text (tables, figure links, settings and notes); an explanatory line if
+        there is nothing to show.
+    """
+    idx = _Index(evaluations)
+    if not idx.series:
+        return "_No evaluation.json found: run `dipnet evaluate RUN_DIR` on the runs first._"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    colours = {m: cmap(i % 10) for i, m in enumerate(idx.methods)}
+    base = ("standard", "deterministic") if ("standard", "deterministic") in idx.series else None
+    md: list[str] = []
+    n_seeds = {m: len(idx.evals[m]) for m in idx.methods}
+    md.append("Seeds per method: " + ", ".join(f"{m} {n}" for m, n in n_seeds.items())
+              + ". Deterministic = one pass with any noise off; sampled = average of k "
+              "trajectories' probabilities. Cells: mean ± std over seeds"
+              + ("; p: paired t-test against standard (deterministic), seeds matched." if base else "."))
+
+    # ---------------------------------------------------------------- clean + calibration
+    def cal(key: str):
+        return lambda e, p: e["calibration"][p][key]
+
+    rows = []
+    for s in idx.series:
+        acc = idx.per_seed(s, lambda e, p: e["clean"][p]["accuracy"])
+        rows.append([s[0], s[1], _cell(list(acc.values()), 100),
+                     _paired_p(acc, idx.per_seed(base, lambda e, p: e["clean"][p]["accuracy"]))
+                     if base and s != base else "",
+                     _cell(list(idx.per_seed(s, cal("nll")).values()), digits=3),
+                     _cell(list(idx.per_seed(s, cal("ece")).values()), 100),
+                     _cell(list(idx.per_seed(s, cal("brier")).values()), digits=3)])
+    md += ["", "#### Clean accuracy and calibration", "",
+           _md_table(["method", "prediction", "accuracy %", "p", "NLL", "ECE % (15 bins)", "Brier"], rows)]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(idx.series) + 2), 3))
+    for i, s in enumerate(idx.series):
+        m, sd, _ = _mean_std(list(idx.per_seed(s, cal("ece")).values()))
+        ax.bar(i, 100 * m, yerr=None if not math.isfinite(sd) else 100 * sd, color=colours[s[0]],
+               hatch="" if s[1] == "deterministic" else "//", capsize=3)
+    ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=30, ha="right")
+    ax.set_ylabel("ECE (%)")
+    ax.set_title("Expected calibration error (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png", dpi=110)
+    plt.close(fig)
+    md += ["", "![ECE per method](calibration.png)"]
+
+    # ---------------------------------------------------------------- attacks
+    panels = [p for p in _ATTACK_PANELS if any(
+        _attack_rows(e, s[1], p[0], p[1]) for s in idx.series for e in idx.evals[s[0]])]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        for ax, (attack, norm, title) in zip(axes[0], panels):
+            for s in idx.series:
+                eps = sorted({k for e in idx.evals[s[0]] for k in _attack_rows(e, s[1], attack, norm)})
+                if not eps:
+                    continue
+                stats = [_mean_std([_attack_rows(e, s[1], attack, norm).get(x) for e in idx.evals[s[0]]])
+                         for x in eps]
+                ax.errorbar(eps, [100 * a for a, _, _ in stats],
+                            yerr=[0 if not math.isfinite(sd) else 100 * sd for _, sd, _ in stats],
+                            label=_label(s), capsize=2, **_style(s, colours))
+            ax.set_title(title)
+            ax.set_xlabel("epsilon")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "attacks.png", dpi=110)
+        plt.close(fig)
+        md += ["", "#### Adversarial robustness (accuracy % under attack)", "",
+               "![accuracy against epsilon](attacks.png)"]
+        for attack, norm, title in panels:
+            eps = sorted({k for s in idx.series for e in idx.evals[s[0]]
+                          for k in _attack_rows(e, s[1], attack, norm) if k > 0})
+            if not eps:
+                continue
+            rows = []
+            for s in idx.series:
+                cells = []
+                for x in eps:
+                    vals = idx.per_seed(s, lambda e, p, x=x: _attack_rows(e, p, attack, norm).get(x))
+                    cell = _cell(list(vals.values()), 100, 1)
+                    if base and s != base and vals:
+                        ref = idx.per_seed(base, lambda e, p, x=x: _attack_rows(e, p, attack, norm).get(x))
+                        p = _paired_p(vals, ref)
+                        cell += f" (p {p})" if p != "-" else ""
+                    cells.append(cell)
+                rows.append([_label(s), *cells])
+            md += ["", f"{title}:", "", _md_table(["method (prediction)", *[f"eps {x:g}" for x in eps]], rows)]
+        ev0 = next(e for s in idx.series for e in idx.evals[s[0]])
+        st = ev0.get("settings") or {}
+        md += ["", f"Attacks on {(ev0.get('n_points') or {}).get('attacks', '?')} test points; PGD "
+               f"{st.get('pgd_steps', '?')} steps (step 2.5·eps/steps), {st.get('restarts', '?')} "
+               f"random start(s), losses {', '.join(st.get('pgd_losses') or ['ce'])}; sampled "
+               f"predictions attacked with EOT ({st.get('eot_samples') or 'k'} trajectories per "
+               "gradient step) and scored with fresh noise. Deterministic curves are cumulative "
+               "over epsilon (an example broken at a smaller epsilon stays broken)."]
+
+    # ---------------------------------------------------------------- corruptions
+    def corr_rows(e: dict, pred: str) -> list[dict]:
+        return [c for c in e.get("corruptions") or [] if c.get("prediction") == pred]
+
+    names = []
+    for s in idx.series:
+        for e in idx.evals[s[0]]:
+            for c in corr_rows(e, s[1]):
+                if c["corruption"] != "mean" and c["corruption"] not in names:
+                    names.append(c["corruption"])
+    if names:
+        mat = np.full((len(idx.series), len(names)), np.nan)
+        for i, s in enumerate(idx.series):
+            for j, nm in enumerate(names):
+                vals = [c["accuracy"] for e in idx.evals[s[0]] for c in corr_rows(e, s[1])
+                        if c["corruption"] == nm]
+                if vals:
+                    mat[i, j] = 100 * float(np.mean(vals))
+        fig, ax = plt.subplots(figsize=(0.55 * len(names) + 3, 0.45 * len(idx.series) + 1.8))
+        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(idx.series)), [_label(s) for s in idx.series], fontsize=8)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if math.isfinite(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if mat[i, j] < 60 else "black")
+        fig.colorbar(im, ax=ax, label="accuracy (%)")
+        ax.set_title("Accuracy under corruption (mean over severities and seeds)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "corruptions.png", dpi=110)
+        plt.close(fig)
+        sevs = sorted({c["severity"] for s in idx.series for e in idx.evals[s[0]]
+                       for c in corr_rows(e, s[1]) if c.get("severity") is not None})
+        rows = []
+        for s in idx.series:
+            mean = idx.per_seed(s, lambda e, p: next(c["accuracy"] for c in corr_rows(e, p)
+                                                     if c["corruption"] == "mean"))
+            cell = _cell(list(mean.values()), 100, 1)
+            if base and s != base:
+                ref = idx.per_seed(base, lambda e, p: next(c["accuracy"] for c in corr_rows(e, p)
+                                                           if c["corruption"] == "mean"))
+                p = _paired_p(mean, ref)
+                cell += f" (p {p})" if p != "-" else ""
+            per_sev = [_cell(list(idx.per_seed(s, lambda e, p, v=v: float(np.mean(
+                [c["accuracy"] for c in corr_rows(e, p) if c.get("severity") == v]))).values()), 100, 1)
+                for v in sevs]
+            rows.append([_label(s), cell, *per_sev])
+        md += ["", "#### Common corruptions", "",
+               _md_table(["method (prediction)", "mean accuracy %", *[f"severity {v}" for v in sevs]], rows),
+               "", "![corruption heat map](corruptions.png)"]
+
+    # ---------------------------------------------------------------- OOD
+    groups: list[tuple[str, str, str]] = []
+    for s in idx.series:
+        for e in idx.evals[s[0]]:
+            for o in e.get("ood") or []:
+                g = (o["in_dataset"], o["out_dataset"], o["score"])
+                if g not in groups:
+                    groups.append(g)
+    if groups:
+        def auroc(g):
+            return lambda e, p: next(o["auroc"] for o in e["ood"] if o["prediction"] == p
+                                     and (o["in_dataset"], o["out_dataset"], o["score"]) == g)
+
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) * max(1, len(idx.series)) / 2), 3.6))
+        width = 0.8 / len(idx.series)
+        for i, s in enumerate(idx.series):
+            ms = [_mean_std(list(idx.per_seed(s, auroc(g)).values())) for g in groups]
+            ax.bar(np.arange(len(groups)) + i * width, [m for m, _, _ in ms], width,
+                   yerr=[0 if not math.isfinite(sd) else sd for _, sd, _ in ms], capsize=2,
+                   color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//",
+                   label=_label(s))
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2,
+                      [f"vs {g[1]}\n{g[2]}" for g in groups], fontsize=7)
+        ax.set_ylabel("AUROC")
+        ax.set_ylim(0.4, 1.0)
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.legend(fontsize=7)
+        ax.set_title(f"OOD detection (in-distribution: {groups[0][0]})")
+        fig.tight_layout()
+        fig.savefig(out_dir / "ood.png", dpi=110)
+        plt.close(fig)
+        rows = []
+        for s in idx.series:
+            cells = []
+            for g in groups:
+                vals = idx.per_seed(s, auroc(g))
+                cells.append(_cell(list(vals.values()), 1, 3) if vals else "-")
+            rows.append([_label(s), *cells])
+        md += ["", "#### Out-of-distribution detection (AUROC)", "",
+               _md_table(["method (prediction)", *[f"vs {g[1]} ({g[2]})" for g in groups]], rows),
+               "", "![OOD AUROC](ood.png)",
+               "", "Scores: msp = max softmax probability, entropy = minus the predictive entropy, "
+               "mutual_information = minus the mutual information (sampled predictions only)."]
+
+    # ---------------------------------------------------------------- smoothness
+    def smooth(key: str):
+        def get(e, p):
+            v = e["smoothness"][p][key]
+            return v["mean"] if isinstance(v, dict) else v
+        return get
+
+    present = [(k, t) for k, t in SMOOTHNESS_MEASURES
+               if any(idx.per_seed(s, smooth(k)) for s in idx.series)]
+    if present:
+        cols = min(4, len(present))
+        nrows = math.ceil(len(present) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 2.9 * nrows), squeeze=False)
+        for ax, (key, title) in zip(axes.flat, present):
+            for i, s in enumerate(idx.series):
+                m, sd, n = _mean_std(list(idx.per_seed(s, smooth(key)).values()))
+                if n:
+                    ax.bar(i, m, yerr=None if not math.isfinite(sd) else sd, capsize=2,
+                           color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=45,
+                          ha="right", fontsize=6)
+        for ax in list(axes.flat)[len(present):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out_dir / "smoothness.png", dpi=110)
+        plt.close(fig)
+        rows = [[_label(s), *[_cell(list(idx.per_seed(s, smooth(k)).values()), 1, 3) for k, _ in present]]
+                for s in idx.series]
+        md += ["", "#### Smoothness (DIPNET.md section 4; lower is smoother)", "",
+               _md_table(["method (prediction)", *[t for _, t in present]], rows), "",
+               "![smoothness measures](smoothness.png)", "",
+               "Per-example measures are means over the evaluated test points; a sampled "
+               "prediction is measured as the average of its k trajectories with the noise held "
+               "fixed (see docs/evaluation.md). Weight-Hessian measures use a training batch."]
+
+    # ---------------------------------------------------------------- cost and notes
+    parts = ["clean", "attacks", "corruptions", "ood", "smoothness", "total"]
+    rows = [[m, *[_cell([e.get("timing", {}).get(p) for e in idx.evals[m]], 1, 1) for p in parts]]
+            for m in idx.methods]
+    md += ["", "#### Evaluation cost (wall-clock seconds per run)", "",
+           _md_table(["method", *parts], rows)]
+    ev0 = idx.evals[idx.methods[0]][0]
+    env = ev0.get("environment") or {}
+    md += ["", f"Suite `{ev0.get('suite', '?')}`, torch {env.get('torch', '?')} on "
+           f"{env.get('device', '?')} ({env.get('threads', '?')} threads); points per part: "
+           + ", ".join(f"{k} {v}" for k, v in (ev0.get("n_points") or {}).items()) + "."]
+    notes = sorted({n for m in idx.methods for e in idx.evals[m] for n in e.get("notes") or []})
+    if notes:
+        md += ["", "Notes:", *[f"- {n}" for n in notes]]
+    return "\n".join(md)
