@@ -72,8 +72,9 @@ class DatasetSplits:
     info: dict[str, str] = field(default_factory=dict)
 
 
-# A loader returns (x_train, y_train, x_test, y_test, class_names, info) as numpy arrays
-# (x float32 in [0, 1] with its final shape), given the data_dir (or None).
+# A loader returns (x_train, y_train, x_test, y_test, class_names, info) as numpy arrays, given
+# the data_dir (or None); x has its final shape and is float32 in [0, 1] or uint8 (0..255, scaled
+# after the split: converting only the rows kept saves a 190 MB copy for MNIST).
 Loader = Callable[[str | None], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                       list[str], dict[str, str]]]
 _DATASETS: dict[str, tuple[Loader, str]] = {}
@@ -137,9 +138,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64))
     return DatasetSplits(
         name=name,
-        train=Split(xt[train_idx].contiguous(), yt[train_idx].contiguous()),
-        val=Split(xt[val_idx].contiguous(), yt[val_idx].contiguous()),
-        test=Split(torch.from_numpy(x_te), torch.from_numpy(y_te.astype(np.int64))),
+        train=Split(_to_unit(xt[train_idx]), yt[train_idx].contiguous()),
+        val=Split(_to_unit(xt[val_idx]), yt[val_idx].contiguous()),
+        test=Split(_to_unit(torch.from_numpy(x_te)), torch.from_numpy(y_te.astype(np.int64))),
         num_classes=len(class_names),
         input_shape=tuple(x_tr.shape[1:]),
         class_names=list(class_names),
@@ -148,18 +149,54 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
 
 
 # ---------------------------------------------------------------------- helpers
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1]; float input passes through (contiguous)."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32).contiguous()
+
+
 def cache_dir() -> Path:
     """Where parsed / generated data is cached: $DIPNET_CACHE or ~/.cache/dipnet."""
     return Path(os.environ.get("DIPNET_CACHE") or Path.home() / ".cache" / "dipnet")
 
 
 def _fixed_split(n: int, test_fraction: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # A stratified split with a constant seed, for data sets without an official test split.
-    from sklearn.model_selection import train_test_split
+    """A stratified split with a constant seed, for data sets without an official test split.
 
-    idx = np.arange(n)
-    tr, te = train_test_split(idx, test_size=test_fraction, random_state=0, stratify=y)
-    return np.sort(tr), np.sort(te)
+    Hand-written (a few lines) instead of sklearn's train_test_split: importing sklearn costs
+    seconds on a busy 2-core machine, and this split must never change.
+    """
+    rng = np.random.RandomState(0)
+    test: list[np.ndarray] = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        test.append(rng.permutation(idx)[: int(round(test_fraction * len(idx)))])
+    te = np.sort(np.concatenate(test))
+    tr = np.setdiff1d(np.arange(n), te)
+    return tr, te
+
+
+def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays from the cache ($DIPNET_CACHE/<name>.pt, weights_only), else ``make()`` them and
+    cache them atomically. A corrupt cache file is rebuilt, not an error."""
+    path = cache_dir() / f"{name}.pt"
+    if path.is_file():
+        try:
+            return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+        except Exception:  # noqa: BLE001 (any damage: rebuild)
+            pass
+    arrays = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+                   tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: work without the cache
+    return arrays
 
 
 def _search_dirs(data_dir: str | None, subdir: str, extra: list[Path]) -> list[Path]:
@@ -255,24 +292,33 @@ def _load_idx_dataset(name: str, data_dir: str | None, subdir: str, extra: list[
         where = ", ".join(str(d) for d in dirs)
         raise UserError(f"{name} IDX files ({_IDX_FILES[0]}[.gz] and the other three) not "
                         f"found in: {where}; {SETUP_HINT} pointing to a folder that holds them.")
-    xtr, ytr = read_idx(found[_IDX_FILES[0]]), read_idx(found[_IDX_FILES[1]])
-    xte, yte = read_idx(found[_IDX_FILES[2]]), read_idx(found[_IDX_FILES[3]])
+    src = found[_IDX_FILES[0]]
+    stamp = "-".join(f"{found[f].stat().st_size}.{int(found[f].stat().st_mtime)}"
+                     for f in _IDX_FILES)
+    key = f"idx-{subdir}-{hashlib.sha1((str(src.parent) + stamp).encode()).hexdigest()[:12]}"
+    # Parsed uint8 arrays are cached: un-gzipping Fashion-MNIST costs over a second each time.
+    arrays = _cached_arrays(key, lambda: {s: read_idx(found[s]) for s in _IDX_FILES})
+    xtr, ytr, xte, yte = (arrays[s] for s in _IDX_FILES)
     if xtr.ndim != 3 or len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise UserError(f"{name} files in {found[_IDX_FILES[0]].parent} do not fit together "
+        raise UserError(f"{name} files in {src.parent} do not fit together "
                         f"(images {xtr.shape}, labels {ytr.shape}); {SETUP_HINT}.")
-    to01 = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731  (N, 1, 28, 28)
-    return to01(xtr), ytr, to01(xte), yte, str(found[_IDX_FILES[0]].parent)
+    return xtr[:, None], ytr, xte[:, None], yte, str(src.parent)  # (N, 1, 28, 28) uint8
 
 
 # ---------------------------------------------------------------------- the data sets
 @register_dataset("digits", "scikit-learn digits: 1,797 8x8 images, 10 classes (fixed 80/20 "
                             "test split, seed 0)")
 def _digits(data_dir: str | None):
-    from sklearn.datasets import load_digits
+    def make() -> dict[str, np.ndarray]:
+        # Cached: importing sklearn takes seconds, and every test process would pay it.
+        from sklearn.datasets import load_digits
 
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]  # values 0..16 -> [0, 1]; (N, 1, 8, 8)
-    y = d.target.astype(np.int64)
+        d = load_digits()
+        return {"images": d.images, "target": d.target}
+
+    d = _cached_arrays("digits", make)
+    x = (d["images"].astype(np.float32) / 16.0)[:, None]  # values 0..16 -> [0, 1]; (N,1,8,8)
+    y = d["target"].astype(np.int64)
     tr, te = _fixed_split(len(y), 0.2, y)
     return (x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)],
             {"source": "sklearn.datasets.load_digits", "licence": "BSD-3"})
@@ -281,31 +327,21 @@ def _digits(data_dir: str | None):
 @register_dataset("mnist1d", "MNIST-1D: 4,000 / 1,000 length-40 signals, 10 classes (generated "
                              "locally, scaled to [0, 1])")
 def _mnist1d(data_dir: str | None):
-    path = cache_dir() / "mnist1d.pt"
-    arrays = None
-    if path.is_file():
-        try:
-            arrays = torch.load(path, weights_only=True)
-        except Exception:  # a corrupt cache is regenerated, not an error
-            arrays = None
-    if arrays is None:
+    def make() -> dict[str, np.ndarray]:
         # Generated from the package's default arguments (seed inside them), so it is the
         # standard MNIST-1D. Never get_dataset(): it downloads.
         from mnist1d.data import get_dataset_args, make_dataset
 
         d = make_dataset(get_dataset_args())
-        arrays = {k: torch.as_tensor(np.asarray(d[k])) for k in ("x", "y", "x_test", "y_test")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(arrays, tmp)
-        os.replace(tmp, path)
-    x, xt = arrays["x"].numpy().astype(np.float32), arrays["x_test"].numpy().astype(np.float32)
+        return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
+
+    arrays = _cached_arrays("mnist1d", make)
+    x, xt = arrays["x"].astype(np.float32), arrays["x_test"].astype(np.float32)
     # MNIST-1D signals are unbounded reals; scale with the TRAINING min / max so that the
     # [0, 1] perturbation budgets (sigma, epsilon = 0.2) mean the same as for pixels.
     lo, hi = float(x.min()), float(x.max())
     x, xt = (x - lo) / (hi - lo), np.clip((xt - lo) / (hi - lo), 0.0, 1.0)
-    return (x, arrays["y"].numpy(), xt, arrays["y_test"].numpy(), [str(i) for i in range(10)],
+    return (x, arrays["y"], xt, arrays["y_test"], [str(i) for i in range(10)],
             {"source": "mnist1d.data.make_dataset(get_dataset_args())", "licence": "Apache-2.0",
              "scaling": f"(x - {lo:.4f}) / ({hi - lo:.4f}), test clipped to [0, 1]"})
 
@@ -357,7 +393,7 @@ def _animal(data_dir: str | None):
                     and x.shape[1:] == (28, 28) and len(x) == len(y)):
                 raise UserError(f"{xp} does not hold 28x28 images with matching labels; "
                                 "reinstall with: pip install --no-deps animal-mnist==0.4")
-            x = (x.astype(np.float32) / 255.0)[:, None]
+            x = x.astype(np.uint8)[:, None]  # scaled to [0, 1] after the split
             y = y.astype(np.int64)
             tr, te = _fixed_split(len(y), 0.2, y)
             return (x[tr], y[tr], x[te], y[te], list(ANIMAL_CLASSES),
@@ -433,7 +469,7 @@ def _cifar(data_dir: str | None, folder: str, archive: str, train_files: list[st
         if not isinstance(d, dict) or b"data" not in d or label_key not in d:
             raise UserError(f"{path} is not a CIFAR batch file; unpack {archive} again.")
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return (x.astype(np.float32) / 255.0), np.asarray(d[label_key], dtype=np.int64)
+        return x, np.asarray(d[label_key], dtype=np.int64)  # uint8, scaled after the split
 
     parts = [read(f) for f in train_files]
     xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -35,16 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import UserError
 from .config import RunConfig, atomic_write_text
-from .data import DatasetSplits, Split, load_dataset
+from .data import DatasetSplits, Split, list_datasets, load_dataset
 from .methods import Method, get_method, unwrap
-from .models import count_parameters, create_model
+from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
 
 CHECKPOINT_DIR = "checkpoint"
@@ -329,6 +328,14 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
     main = info.is_main
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # Every name and parameter is checked before anything is written to the folder.
+    method = get_method(cfg.method, **cfg.resolved_method_params())
+    if cfg.dataset not in list_datasets():
+        raise UserError(f"unknown data set {cfg.dataset!r}; choose one of "
+                        f"{', '.join(list_datasets())}.")
+    if ":" not in cfg.model and cfg.model not in list_models():
+        raise UserError(f"unknown model {cfg.model!r}; choose one of "
+                        f"{', '.join(list_models())} or give 'package.module:factory'.")
 
     # ---- what is already in the folder
     saved_cfg_path = out / "config.yaml"
@@ -356,14 +363,7 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
                       "train it again.", file=sys.stderr)
             return finished
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(saved_cfg_path)
-    info.barrier()
-    log = _make_logger(out, main)
-    say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
-
-    # ---- data, model, method
+    # ---- data, model, method (before writing anything: missing data is a clean error)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
                         cfg.max_train)
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
@@ -371,8 +371,14 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_params)
     base_params = count_parameters(model)
-    method = get_method(cfg.method, **cfg.resolved_method_params())
     model = method.prepare_model(model, cfg, num_train).to(device)
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(saved_cfg_path)
+    info.barrier()
+    log = _make_logger(out, main)
+    say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
     optimizer = method.make_optimizer(model, cfg)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
