@@ -113,3 +113,24 @@ def test_render_section_tables_and_figures(evaluated, tmp_path):
     mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
     assert f"| standard | deterministic | {mean:.2f} ± {std:.2f} |" in md
     assert render_section({}, tmp_path / "empty").startswith("_No evaluation.json")
+
+
+def test_cli_evaluate_prints_summary_and_writes_json(runs, tmp_path, capsys):
+    from dipnet.cli import main
+
+    out = tmp_path / "ev.json"
+    code = main(["evaluate", str(runs["dipnet"]), "--parts", "clean,calibration,attacks",
+                 "--attack-points", "40", "--steps", "3", "--eps", "0,0.1", "--l2-eps", "0,1",
+                 "--attacks", "pgd", "--k", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "clean accuracy %" in text and "PGD linf eps 0.1 %" in text
+    assert "deterministic" in text and "sampled" in text
+    ev = load_evaluation(out)
+    assert {a["attack"] for a in ev["attacks"]} == {"pgd"} and ev["k"] == 3
+    assert ev["corruptions"] == [] and "corruptions" not in ev["timing"]
+    # Bad values: one line, exit code 2, no traceback.
+    assert main(["evaluate", str(runs["dipnet"]), "--severities", "9", "--no-progress"]) == 2
+    assert "severities" in capsys.readouterr().err
+    assert main(["evaluate", str(runs["dipnet"]), str(runs["standard"]), "--out", str(out)]) == 2
+    assert "--out names one file" in capsys.readouterr().err

@@ -52,6 +52,7 @@ class SuiteSettings:
     linf_eps: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
     l2_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     fgsm_l2: bool = False
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
     pgd_steps: int = 20
     restarts: int = 1
     pgd_losses: tuple[str, ...] = ("ce",)
@@ -101,6 +102,22 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
     bad = sorted(set(overrides) - fields)
     if bad:
         raise UserError(f"unknown suite setting(s) {bad}; known: {sorted(fields)}.")
+    for key, allowed in (("parts", PARTS), ("attacks", ("fgsm", "pgd")), ("pgd_losses", ("ce", "margin"))):
+        value = overrides.get(key)
+        if value is not None and (not value or set(value) - set(allowed)):
+            raise UserError(f"{key}={list(value)} is invalid: choose from {', '.join(allowed)}.")
+    for key in ("linf_eps", "l2_eps"):
+        value = overrides.get(key)
+        if value is not None and any(not math.isfinite(float(e)) or float(e) < 0 for e in value):
+            raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")
+    for key in ("attack_points", "corruption_points", "smoothness_points", "weight_points",
+                "pgd_steps", "restarts", "eot_samples", "batch_size"):
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{key}={value!r} is invalid: expected an integer >= 1.")
+    sev = overrides.get("severities")
+    if sev is not None and (not sev or any(v not in (1, 2, 3, 4, 5) for v in sev)):
+        raise UserError(f"severities={list(sev)} is invalid: choose from 1..5.")
     return dataclasses.replace(SUITES[suite], **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -200,6 +217,7 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
         if settings.fgsm_l2:
             plan.append(("fgsm", "l2", settings.l2_eps))
         plan += [("pgd", "linf", settings.linf_eps), ("pgd", "l2", settings.l2_eps)]
+        plan = [step for step in plan if step[0] in settings.attacks and step[2]]
         for p in predictors:
             for attack, norm, eps in plan:
                 torch.manual_seed(settings.subset_seed)
@@ -353,7 +371,8 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None = None,
                  device: str | torch.device | None = None, data_dir: str | None = None,
-                 progress: bool = True, write: bool = True, **overrides: Any) -> dict[str, Any]:
+                 progress: bool = True, write: bool = True, out: str | os.PathLike | None = None,
+                 **overrides: Any) -> dict[str, Any]:
     """Evaluate a finished run and write ``evaluation.json`` into its folder (atomically).
 
     Args:
@@ -364,6 +383,7 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
         data_dir: override the run's data folder.
         progress: show progress bars.
         write: write evaluation.json (False only returns the dict).
+        out: write to this file instead of ``run_dir/evaluation.json``.
         overrides: `SuiteSettings` fields to change (e.g. ``linf_eps=(0, 0.1)``).
     Returns:
         the evaluation dict, as written.
@@ -409,7 +429,9 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
     }
     result = {**header, **result}
     if write:
-        atomic_write_json(Path(run_dir) / "evaluation.json", result)
+        target = Path(out) if out is not None else Path(run_dir) / "evaluation.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(target, result)
     return result
 
 
