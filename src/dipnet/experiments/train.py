@@ -430,7 +430,7 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
     epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
                       unit="epoch", disable=not show, file=sys.stderr, dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
         sampler.set_epoch(epoch)
@@ -462,7 +462,7 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
             dist.all_reduce(t)
             sums = dict(zip(keys, t[:-1].tolist()))
             seen = int(t[-1].item())
-        train_time = time.perf_counter() - t0
+        train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
@@ -478,6 +478,9 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
             row.update(method.epoch_stats(model))
         row["train_time_s"] = train_time
         row["epoch_time_s"] = time.perf_counter() - t0
+        # CPU seconds of this process (all its threads): on a shared machine a steadier cost
+        # figure than wall clock, which counts the time other jobs held the cores.
+        row["train_cpu_time_s"] = train_cpu
         elapsed += row["epoch_time_s"]
         history.append(row)
 
@@ -565,6 +568,11 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
         "wall_clock_s": elapsed + eval_time,
         "train_wall_clock_s": elapsed,
         "time_per_epoch_s": float(np.mean(train_epochs)) if train_epochs else 0.0,
+        "train_time_per_epoch_s": float(np.mean([r["train_time_s"] for r in history]))
+        if history else 0.0,
+        "cpu_time_per_epoch_s": float(np.mean([r["train_cpu_time_s"] for r in history]))
+        if history else 0.0,
+        "num_threads": torch.get_num_threads(),
         "eval_time_s": eval_time,
         "peak_memory_mb": peak,
         "peak_memory_kind": peak_kind,
