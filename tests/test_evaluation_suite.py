@@ -134,3 +134,13 @@ def test_cli_evaluate_prints_summary_and_writes_json(runs, tmp_path, capsys):
     assert "severities" in capsys.readouterr().err
     assert main(["evaluate", str(runs["dipnet"]), str(runs["standard"]), "--out", str(out)]) == 2
     assert "--out names one file" in capsys.readouterr().err
+
+
+def test_docs_library_example_runs():
+    # The Python block of docs/evaluation.md must work as written.
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    torch.manual_seed(0)
+    exec(compile(code, "docs/evaluation.md", "exec"), {})
