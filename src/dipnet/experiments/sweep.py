@@ -75,6 +75,8 @@ class SweepConfig:
             num_threads, dip, model_params, data_dir, ...).
         method_params: per-method hyper-parameters, ``{method: {key: value}}``; each run gets
             the entry of its own method as its RunConfig ``method_params``.
+        evaluation_params: overrides of the evaluation suite's sizes (``SuiteSettings`` fields
+            of dipnet.evaluation.suite, e.g. ``{attack_points: 200}``), for tight budgets.
         name: a label for the report title.
     """
 
@@ -87,6 +89,7 @@ class SweepConfig:
     jobs: int = 1
     run: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluation_params: dict[str, Any] = field(default_factory=dict)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -124,8 +127,12 @@ class SweepConfig:
                             f"{self.evaluate!r}")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise UserError(f"--jobs must be a positive integer, got {self.jobs!r}")
-        if not isinstance(self.run, dict) or not isinstance(self.method_params, dict):
-            raise UserError("'run' and 'method_params' in a sweep config must be mappings")
+        if self.evaluation_params is None:
+            self.evaluation_params = {}
+        if not all(isinstance(getattr(self, k), dict)
+                   for k in ("run", "method_params", "evaluation_params")):
+            raise UserError("'run', 'method_params' and 'evaluation_params' in a sweep config "
+                            "must be mappings (key: value)")
         stray = [m for m in self.method_params if m not in METHODS]
         if stray:
             raise UserError(f"method_params names unknown method(s) {', '.join(stray)}: "
@@ -173,8 +180,9 @@ def parse_param(text: str) -> tuple[str, list[str], Any]:
     """Parse one ``--param`` option ``scope.key=value``.
 
     ``scope`` is a method name (the value goes into that method's ``method_params``), ``dip``
-    (the DIPConfig of dipnet runs), ``model`` (the model's keyword arguments) or ``run`` (any
-    RunConfig field, e.g. ``run.lr=0.01``). The key may be dotted for nested dicts. The value is
+    (the DIPConfig of dipnet runs), ``model`` (the model's keyword arguments), ``run`` (any
+    RunConfig field, e.g. ``run.lr=0.01``) or ``eval`` (evaluation suite sizes, e.g.
+    ``eval.attack_points=200``). The key may be dotted for nested dicts. The value is
     parsed as YAML, so ``0.05``, ``true``, ``[1,2]`` get their types. Returns
     (scope, key path, value); raises UserError on malformed text.
     """
@@ -187,9 +195,9 @@ def parse_param(text: str) -> tuple[str, list[str], Any]:
         raise UserError(f"--param {text!r} needs a scope and a key (scope.key=value), e.g. "
                         f"sam.rho=0.05, dip.alpha=0.1 or run.lr=0.01")
     scope = parts[0]
-    if scope not in METHODS + ("dip", "model", "run"):
+    if scope not in METHODS + ("dip", "model", "run", "eval"):
         raise UserError(f"--param scope {scope!r} is unknown: use a method name "
-                        f"({', '.join(METHODS)}), dip, model or run")
+                        f"({', '.join(METHODS)}), dip, model, run or eval")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -216,6 +224,8 @@ def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
             _set_nested(data["method_params"].setdefault(scope, {}), keys, value)
         elif scope == "run":
             _set_nested(data["run"], keys, value)
+        elif scope == "eval":
+            _set_nested(data["evaluation_params"], keys, value)
         elif scope == "dip":
             if not isinstance(data["run"].get("dip"), dict):
                 data["run"]["dip"] = {}
@@ -346,28 +356,78 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
 
-def _evaluate_runs(run_dirs: Sequence[Path], suite: str, progress: bool,
+def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[str, str | None]:
+    """Worker entry point: evaluate one run (top level so a process pool can pickle it)."""
+    from ..evaluation.suite import evaluate_run
+    try:
+        evaluate_run(run_dir, suite=suite, progress=False, **_tuples(overrides))
+        return run_dir, None
+    except UserError:
+        raise
+    except Exception as err:  # keep the other evaluations; the report marks the gap
+        return run_dir, f"{type(err).__name__}: {err}"
+
+
+def _tuples(overrides: dict[str, Any]) -> dict[str, Any]:
+    # YAML gives lists; the suite's settings hold tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+
+
+def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
                    result: SweepResult) -> None:
     try:
-        from ..evaluation.suite import evaluate_run
+        from ..evaluation.suite import get_settings
     except ImportError as err:
         result.evaluation_skipped = f"evaluation package not available ({err})"
         print(f"dipnet: skipping evaluation: {result.evaluation_skipped}", file=sys.stderr)
         return
+    get_settings(sweep.evaluate, **_tuples(sweep.evaluation_params))  # bad names fail here
     todo = [d for d in run_dirs if is_finished(d) and not (d / "evaluation.json").is_file()]
-    iterator: Iterable[Path] = todo
-    if progress and todo:
+    if not todo:
+        return
+    bar = None
+    if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(todo, desc=f"evaluate ({suite})", unit="run")
-    for d in iterator:
-        try:
-            evaluate_run(d, suite=suite)
+        bar = tqdm(total=len(todo), desc=f"evaluate ({sweep.evaluate})", unit="run")
+
+    def _done(d: Path, err: str | None) -> None:
+        if err is None:
             result.evaluated.append(d)
-        except UserError:
-            raise
-        except Exception as err:  # keep the other evaluations; the report marks the gap
-            result.failed[d.name + " (evaluation)"] = f"{type(err).__name__}: {err}"
+        else:
+            result.failed[d.name + " (evaluation)"] = err
             print(f"dipnet: evaluation of {d.name} failed: {err}", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if sweep.jobs <= 1 or len(todo) <= 1:
+            for d in todo:
+                _done(d, _evaluate_one(str(d), sweep.evaluate, sweep.evaluation_params)[1])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx,
+                                        initializer=_single_thread) as pool:
+                futs = {pool.submit(_evaluate_one, str(d), sweep.evaluate,
+                                    sweep.evaluation_params): d for d in todo}
+                for fut in cf.as_completed(futs):
+                    try:
+                        _, err = fut.result()
+                    except UserError:
+                        for f in futs:
+                            f.cancel()
+                        raise
+                    except Exception as exc:
+                        err = f"{type(exc).__name__}: {exc}"
+                    _done(futs[fut], err)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _single_thread() -> None:
+    """Pool initializer: one torch thread per worker, so jobs workers share the cores."""
+    import torch
+    torch.set_num_threads(1)
 
 
 def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: bool = True,
@@ -438,7 +498,8 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
         else:
             # spawn, not fork: torch's thread pools do not survive a fork reliably.
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx,
+                                        initializer=_single_thread) as pool:
                 futs = {pool.submit(_train_one, cfg.to_dict(), str(d)): d for cfg, d in todo}
                 for fut in cf.as_completed(futs):
                     d = futs[fut]
@@ -456,7 +517,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
             bar.close()
 
     if sweep.evaluate != "none":
-        _evaluate_runs(result.run_dirs, sweep.evaluate, progress, result)
+        _evaluate_runs(result.run_dirs, sweep, progress, result)
     else:
         result.evaluation_skipped = "evaluation not requested (--evaluate none)"
     result.wall_clock_s = time.perf_counter() - t0
