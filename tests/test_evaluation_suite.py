@@ -119,10 +119,12 @@ def test_cli_evaluate_prints_summary_and_writes_json(runs, tmp_path, capsys):
     from dipnet.cli import main
 
     out = tmp_path / "ev.json"
+    rng = torch.random.get_rng_state()
     code = main(["evaluate", str(runs["dipnet"]), "--parts", "clean,calibration,attacks",
                  "--attack-points", "40", "--steps", "3", "--eps", "0,0.1", "--l2-eps", "0,1",
                  "--attacks", "pgd", "--k", "3", "--out", str(out), "--no-progress"])
     assert code == 0
+    assert torch.equal(rng, torch.random.get_rng_state())  # the caller's RNG is untouched
     text = capsys.readouterr().out
     assert "clean accuracy %" in text and "PGD linf eps 0.1 %" in text
     assert "deterministic" in text and "sampled" in text

@@ -41,7 +41,7 @@ class Predictor:
     logits_fn: LogitsFn
     stochastic: bool = False
     k: int = 1
-    chunk: int = 8192
+    chunk: int = 4096
 
     def __post_init__(self) -> None:
         if self.k < 1:

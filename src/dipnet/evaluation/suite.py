@@ -272,9 +272,13 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
                 seed=settings.subset_seed)
 
     t_all = time.perf_counter()
-    for part, fn in (("clean", clean), ("calibration", calibration), ("attacks", attacks),
-                     ("corruptions", corruptions), ("ood", ood), ("smoothness", smoothness)):
-        timed(part, fn)
+    # The suite seeds torch's global RNG per part (reproducible noise); fork it so that the
+    # caller's RNG stream (e.g. a sweep that trains next) is left as it was.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        for part, fn in (("clean", clean), ("calibration", calibration), ("attacks", attacks),
+                         ("corruptions", corruptions), ("ood", ood), ("smoothness", smoothness)):
+            timed(part, fn)
     timing["total"] = round(time.perf_counter() - t_all, 3)
     out.update({"timing": timing, "n_points": n_points, "settings": settings.to_dict(),
                 "notes": notes, "predictions": [p.name for p in predictors],
@@ -390,6 +394,16 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
     Raises:
         UserError: the folder is not a finished run, bad suite / settings, or k < 1.
     """
+    # Loading builds the model (random init) and the suite seeds the RNG per part: fork it so
+    # that the caller's RNG stream (a sweep that trains next) is left as it was.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _evaluate_run(run_dir, suite, k, device, data_dir, progress, write, out, overrides)
+
+
+def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
+                  device: str | torch.device | None, data_dir: str | None, progress: bool,
+                  write: bool, out: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
     from ..experiments.runs import load_run
 
     settings = get_settings(suite, **overrides)
