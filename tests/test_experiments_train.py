@@ -90,6 +90,17 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     assert strip(d["history"]) == strip(a["history"])
 
 
+def test_without_validation_split_and_with_capped_validation(tmp_path):
+    cfg = RunConfig(method="rs", val_fraction=0.0, **{**FAST, "epochs": 1})
+    m = run_training(cfg, tmp_path / "noval", progress=False)
+    assert m["val_accuracy"] is None and "val_accuracy" not in m["history"][0]
+    # rs predicts by sampling: its test accuracy IS the Monte Carlo one
+    assert m["prediction"] == "sampled" and m["test_accuracy"] == m["test_accuracy_mc"]
+    m = run_training(RunConfig(max_val=50, **{**FAST, "epochs": 1}), tmp_path / "cap",
+                     progress=False)
+    assert m["num_val"] == 50 and m["val_accuracy"] is not None
+
+
 def test_load_run_restores_the_trained_model(finished):
     cfg, out, metrics = finished
     run = load_run(out)

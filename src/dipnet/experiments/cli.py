@@ -76,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="use only N training examples (for small CPU budgets)")
     p.add_argument("--val-fraction", type=float, help="fraction of the training split held out "
                    "for validation (default 0.1)")
+    p.add_argument("--max-val", type=int, metavar="N", help="evaluate validation on at most N "
+                   "held-out examples (default all)")
     p.add_argument("--mc-samples", type=int, metavar="K", help="trajectories averaged by Monte "
                    "Carlo predictions (default 16)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files "
@@ -104,7 +106,8 @@ _FLAG_FIELDS = {
     "seed": "seed", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer",
     "weight_decay": "weight_decay", "lr_schedule": "lr_schedule",
     "train_perturbation": "train_perturbation", "perturbation_strength":
-    "perturbation_strength", "max_train": "max_train", "val_fraction": "val_fraction",
+    "perturbation_strength", "max_train": "max_train", "max_val": "max_val",
+    "val_fraction": "val_fraction",
     "mc_samples": "mc_samples", "data_dir": "data_dir", "threads": "num_threads",
     "device": "device",
 }
@@ -148,9 +151,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     if metrics:  # rank 0 (other DDP ranks return {})
         acc_mc = metrics.get("test_accuracy_mc")
         mc = f", MC({metrics['mc_samples']}) {acc_mc:.4f}" if acc_mc is not None else ""
+        val = metrics.get("val_accuracy")
+        val_s = f"val accuracy {val:.4f}" if val is not None else "no validation split"
         print(f"{cfg.run_name()}: test accuracy {metrics['test_accuracy']:.4f} "
               f"({metrics['prediction']}; deterministic "
-              f"{metrics['test_accuracy_deterministic']:.4f}{mc}), val accuracy "
-              f"{metrics['val_accuracy']:.4f}, {metrics['time_per_epoch_s']:.2f}s/epoch, "
-              f"peak memory {metrics['peak_memory_mb']:.0f} MB -> {out}")
+              f"{metrics['test_accuracy_deterministic']:.4f}{mc}), {val_s}, "
+              f"{metrics['time_per_epoch_s']:.2f}s/epoch, peak memory "
+              f"{metrics['peak_memory_mb']:.0f} MB -> {out}")
     return 0

@@ -31,6 +31,8 @@ class RunConfig:
         split_seed: seed of the train/validation split (and of the ``max_train`` subset);
             fixed (0) by default so that every method and seed sees the same split.
         max_train: keep only this many training examples (CPU budgets); None keeps all.
+        max_val: evaluate validation on at most this many of the held-out examples (a sampled
+            prediction costs mc_samples passes per epoch); None keeps all.
     Model:
         model: a registered model (``list_models()``) or ``"package.module:factory"``.
         model_params: keyword arguments for the model factory (e.g. ``{"hidden": [128]}``).
@@ -72,6 +74,7 @@ class RunConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     max_train: int | None = None
+    max_val: int | None = None
     train_perturbation: str = "none"
     perturbation_strength: float | None = None
     method_params: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +106,8 @@ class RunConfig:
                 raise bad(name, "an integer >= 0")
         if self.max_train is not None and (not _is_int(self.max_train) or self.max_train < 2):
             raise bad("max_train", "an integer >= 2, or null for the whole training set")
+        if self.max_val is not None and (not _is_int(self.max_val) or self.max_val < 1):
+            raise bad("max_val", "an integer >= 1, or null for the whole validation split")
         if self.num_threads is not None and (not _is_int(self.num_threads)
                                              or self.num_threads < 1):
             raise bad("num_threads", "an integer >= 1, or null")

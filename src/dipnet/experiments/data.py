@@ -105,7 +105,8 @@ def describe_datasets() -> dict[str, str]:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, max_train: int | None = None) -> DatasetSplits:
+                 seed: int = 0, max_train: int | None = None,
+                 max_val: int | None = None) -> DatasetSplits:
     """Load a registered data set and split it into train / validation / test.
 
     Args:
@@ -115,6 +116,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
         val_fraction: fraction of the official training split held out for validation.
         seed: seed of the validation split and of the ``max_train`` subset.
         max_train: keep only this many training examples (after carving the validation set).
+        max_val: keep only this many validation examples (the rest is dropped, not trained on,
+            so the training set does not depend on it).
     Returns:
         `DatasetSplits`.
     Raises:
@@ -135,6 +138,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
         if max_train < 2:
             raise UserError(f"max_train={max_train} must be >= 2.")
         train_idx = train_idx[:max_train]
+    if max_val is not None:
+        val_idx = val_idx[:max_val]
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64))
     return DatasetSplits(
         name=name,

@@ -196,7 +196,7 @@ def _resnet(input_shape: Sequence[int], num_classes: int, depth: int, width: int
 @register_model
 def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 8,
            width: int = 16) -> ResNet:
-    """CIFAR-style ResNet, depth 6n+2 (default 8: 77,754 parameters at width 16 on 1x28x28, 10 classes)."""
+    """CIFAR-style ResNet, depth 6n+2 (default 8: 77,754 parameters at width 16 on 1x28x28)."""
     return _resnet(input_shape, num_classes, depth, width)
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -72,7 +71,8 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
     if data_dir is not None:
         config.data_dir = data_dir
     data = (load_dataset(config.dataset, config.data_dir, config.val_fraction,
-                         config.split_seed, config.max_train) if load_data else None)
+                         config.split_seed, config.max_train, config.max_val)
+            if load_data else None)
     if data is not None:
         input_shape, num_classes = data.input_shape, data.num_classes
     else:
@@ -96,5 +96,4 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
         raise UserError(f"{weights_path} does not fit the model of {cfg_path} "
                         f"({str(err).splitlines()[0]}).") from None
     model.eval()
-    torch.set_grad_enabled(True)  # leave autograd as the caller expects
     return LoadedRun(path, config, model, method, data, metrics)  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from torch.utils.data import DistributedSampler
 from ..errors import UserError
 from .config import RunConfig, atomic_write_text
 from .data import DatasetSplits, Split, list_datasets, load_dataset
-from .methods import Method, get_method, unwrap
+from .methods import Method, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
 
@@ -365,7 +365,7 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
 
     # ---- data, model, method (before writing anything: missing data is a clean error)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
-                        cfg.max_train)
+                        cfg.max_train, cfg.max_val)
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
     num_train = len(train)
     seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -473,8 +473,9 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
             if key not in ("loss", "correct"):
                 row[f"train_{key}"] = sums[key] / max(seen, 1)
         if main:
-            v = evaluate_split(method, model, val, cfg.eval_batch_size, cfg.mc_samples)
-            row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
+            if len(val):
+                v = evaluate_split(method, model, val, cfg.eval_batch_size, cfg.mc_samples)
+                row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
             row.update(method.epoch_stats(model))
         row["train_time_s"] = train_time
         row["epoch_time_s"] = time.perf_counter() - t0
@@ -526,12 +527,12 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
                    command: str | None, rss_reset: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     k = cfg.mc_samples
-    test_default = evaluate_split(method, model, test, cfg.eval_batch_size, k)
     test_det = evaluate_split(method, model, test, cfg.eval_batch_size, k, "deterministic")
     test_mc = (evaluate_split(method, model, test, cfg.eval_batch_size, k, "sampled")
                if method.has_sampling else None)
+    test_default = test_mc if (method.default_prediction == "sampled" and test_mc) else test_det
     val_accs = [r["val_accuracy"] for r in history if "val_accuracy" in r]
-    finite = [a for a in val_accs if a == a]
+    finite = [a for a in val_accs if a == a]  # NaN-free
     best = int(np.argmax(finite)) if finite else None
     eval_time = time.perf_counter() - t0
     if device.type == "cuda":
