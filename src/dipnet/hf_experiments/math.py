@@ -56,8 +56,8 @@ class MathSettings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     data_seed: int = 0
-    train_size: int = 120
-    test_size: int = 100
+    train_size: int = 48
+    test_size: int = 50
     batch_size: int = 4
     grad_accum: int = 1
     epochs: float = 1.0
@@ -66,7 +66,7 @@ class MathSettings:
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
                                                              "o_proj"])
-    max_new_tokens: int = 10
+    max_new_tokens: int = 8
     eval_batch_size: int = 25
     rs_sigma: float = 0.5
     sam_rho: float = 0.05
@@ -201,14 +201,7 @@ def load_model(s: MathSettings) -> tuple[nn.Module, Any]:
             tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-            parent = os.path.dirname(cache)
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(dir=parent)
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if os.path.isdir(cache):
-                shutil.rmtree(cache)
-            os.replace(tmp, cache)  # atomic: a half-written cache is never used
+            _cache_dequantised(model, tok, cache)
         else:
             tok = AutoTokenizer.from_pretrained(cache)
             model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
@@ -218,6 +211,40 @@ def load_model(s: MathSettings) -> tuple[nn.Module, Any]:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model.to(s.device), tok
+
+
+def _cache_dequantised(model: nn.Module, tok: Any, cache: str) -> None:
+    # The GGUF weights are already dequantised to float32; transformers still marks the model
+    # as gguf-quantised and refuses save_pretrained, so the marker is dropped first. A failed
+    # cache only costs the slow load next time, never the run.
+    import warnings
+
+    model.hf_quantizer = None
+    for obj in (model, model.config):
+        if hasattr(obj, "quantization_config"):
+            try:
+                delattr(obj, "quantization_config")
+            except AttributeError:
+                pass
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    parent = os.path.dirname(cache)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if os.path.isdir(cache):
+            shutil.rmtree(cache)
+        os.replace(tmp, cache)  # atomic: a half-written cache is never used
+    except Exception as err:  # noqa: BLE001 - any failure only disables the cache
+        warnings.warn(f"could not cache the dequantised Gemma in {cache}: {err}")
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
 
 
 class AnswerCollator:
@@ -363,7 +390,7 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
     train, test = make_problems(s)
-    run_dir = os.path.join(s.out_dir, "runs")
+    run_dir = os.path.join(s.out_dir, "per_run")
     write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
     todo = [(m, sd) for sd in s.seeds for m in s.methods]
     pending = [t for t in todo if not os.path.exists(os.path.join(run_dir, f"{t[0]}_seed{t[1]}.json"))]
@@ -392,11 +419,11 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
 def write_report(out_dir: str) -> list[dict[str, Any]]:
     """Aggregate finished runs into results.json, results.md and results.png."""
     runs = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
+    for path in sorted(glob.glob(os.path.join(out_dir, "per_run", "*.json"))):
         with open(path) as f:
             runs.append(json.load(f))
     if not runs:
-        raise UserError(f"no finished runs under {out_dir}/runs; run the experiment first.")
+        raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
     base = next((r for r in runs if r["method"] == "base"), None)
     tuned = [r for r in runs if r["method"] != "base"]
     methods = [m for m in METHODS if any(r["method"] == m for r in tuned)]

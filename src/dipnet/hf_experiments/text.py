@@ -48,16 +48,16 @@ class TextSettings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     split_seed: int = 0
-    train_size: int = 480
+    train_size: int = 256
     val_size: int = 200
-    test_size: int = 256
-    max_length: int = 48
+    test_size: int = 150
+    max_length: int = 32
     batch_size: int = 16
     epochs: float = 1.0
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.01
-    char_rates: list[float] = field(default_factory=lambda: [0.05, 0.15])
-    attack_n: int = 32
+    char_rates: list[float] = field(default_factory=lambda: [0.05, 0.2])
+    attack_n: int = 16
     attack_steps: int = 4
     l2_eps: float = 0.1
     linf_eps: float = 0.5
@@ -71,6 +71,7 @@ class TextSettings:
     dip_variance_lr: float = 0.05
     dip_m: int = 1
     threads: int = 1
+    device: str = "cpu"
 
 
 # ---------------------------------------------------------------------- data
@@ -186,10 +187,12 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
-def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenize to fixed-length tensors (padding to ``max_length``)."""
-    return dict(tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
-                          return_tensors="pt"))
+def encode(tokenizer: Any, texts: list[str], max_length: int,
+           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tokenize to fixed-length tensors (padding to ``max_length``) on ``device``."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
+                    return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
 
 
 @torch.no_grad()
@@ -200,15 +203,15 @@ def predict_probs(model: nn.Module, tokenizer: Any, texts: list[str], s: TextSet
 
     out = []
     for sl in _batches(len(texts), s.batch_size):
-        enc = encode(tokenizer, texts[sl], s.max_length)
+        enc = encode(tokenizer, texts[sl], s.max_length, next(model.parameters()).device)
         if k == 0 or not projections(model):
             model.eval()
             if projections(model):
-                out.append(predict(model, enc, k=0).probs.numpy())
+                out.append(predict(model, enc, k=0).probs.cpu().numpy())
             else:
-                out.append(torch.softmax(model(**enc).logits.float(), -1).numpy())
+                out.append(torch.softmax(model(**enc).logits.float(), -1).cpu().numpy())
         else:
-            out.append(predict(model, enc, k=k).probs.numpy())
+            out.append(predict(model, enc, k=k).probs.cpu().numpy())
     return np.concatenate(out)
 
 
@@ -329,7 +332,7 @@ def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: l
             output_dir=tmp, per_device_train_batch_size=s.batch_size, max_steps=steps,
             learning_rate=s.lr, weight_decay=s.weight_decay, lr_scheduler_type="linear",
             logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
-            use_cpu=True, seed=seed, data_seed=seed, disable_tqdm=True,
+            use_cpu=s.device == "cpu", seed=seed, data_seed=seed, disable_tqdm=True,
             dataloader_num_workers=0)
         common = dict(model=model, args=args, train_dataset=train_ds)
         if method == "dipnet":
@@ -373,19 +376,20 @@ def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: l
     att: dict[str, list[bool]] = {"l2": [], "linf": []}
     att_mc: list[bool] = []
     for sl in _batches(n, s.batch_size):
-        enc_b = encode(tokenizer, test_texts[sl], s.max_length)
-        yb = torch.as_tensor(y[sl])
+        enc_b = encode(tokenizer, test_texts[sl], s.max_length, next(model.parameters()).device)
+        yb = torch.as_tensor(y[sl], device=enc_b["input_ids"].device)
         with torch.no_grad():
             e = model.get_input_embeddings()(enc_b["input_ids"])
             e = e * enc_b["attention_mask"].unsqueeze(-1)
         eps_l2 = s.l2_eps * e.flatten(1).norm(dim=1)  # relative to the e-mail's embedding norm
-        eps_linf = torch.tensor(s.linf_eps * emb_std)  # in units of the embedding entries' std
-        att["l2"] += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2, s.attack_steps).tolist()
+        eps_linf = torch.tensor(s.linf_eps * emb_std, device=e.device)  # in units of the embedding entries' std
+        att["l2"] += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2,
+                                          s.attack_steps).cpu().tolist()
         att["linf"] += pgd_embedding_attack(model, enc_b, yb, "linf", eps_linf,
-                                            s.attack_steps).tolist()
+                                            s.attack_steps).cpu().tolist()
         if stochastic and s.eot_k > 0 and s.mc_k > 0:
             att_mc += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2, s.attack_steps,
-                                           eot_k=s.eot_k, eval_k=s.mc_k).tolist()
+                                           eot_k=s.eot_k, eval_k=s.mc_k).cpu().tolist()
     res["attack_n"] = n
     res["pgd_l2_acc"] = float(np.mean(att["l2"]))
     res["pgd_linf_acc"] = float(np.mean(att["linf"]))
@@ -409,7 +413,7 @@ def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
             raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
     texts, labels = load_spam(s.data_dir)
     idx = split(len(texts), s)
-    run_dir = os.path.join(s.out_dir, "runs")
+    run_dir = os.path.join(s.out_dir, "per_run")
     write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
     todo = [(m, sd) for sd in s.seeds for m in s.methods]
     for method, seed in tqdm(todo, desc="text runs"):
@@ -428,7 +432,7 @@ def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
 
 def _load_runs(out_dir: str) -> list[dict[str, Any]]:
     runs = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
+    for path in sorted(glob.glob(os.path.join(out_dir, "per_run", "*.json"))):
         with open(path) as f:
             runs.append(json.load(f))
     return runs
@@ -438,7 +442,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     """Aggregate the finished runs into results.json, results.md and results.png."""
     runs = _load_runs(out_dir)
     if not runs:
-        raise UserError(f"no finished runs under {out_dir}/runs; run the experiment first.")
+        raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     rates = sorted({float(k) for r in runs for k in r["char_noise"]})
 

@@ -1,0 +1,197 @@
+"""The Hugging Face experiments' parts: e-mail parsing, character noise, calibration, PGD on
+embeddings, answer extraction, the answer-only collator, problem generation, the CLI."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+
+import dipnet  # noqa: E402
+from dipnet.hf_experiments import math as hmath  # noqa: E402
+from dipnet.hf_experiments import text  # noqa: E402
+from dipnet.hf_experiments.tokenizers import char_tokenizer  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_email_text_keeps_subject_and_body_only():
+    raw = ("From: a@b.c\nReceived: from x by y\nSubject: Cheap   pills\nX-Spam: yes\n\n"
+           "Buy\n now!\n")
+    assert text.email_text(raw) == "Cheap pills Buy now!"
+
+
+def test_char_noise_rate_zero_is_identity_and_seeded():
+    s = "the quick brown fox jumps over the lazy dog" * 3
+    assert text.char_noise(s, 0.0, random.Random(0)) == s
+    a = text.char_noise(s, 0.2, random.Random("k"))
+    assert a == text.char_noise(s, 0.2, random.Random("k")) and a != s
+    # Edits are local: at rate 0.2 most characters survive in order.
+
+
+    assert 0.7 * len(s) < len(a) < 1.3 * len(s)
+
+
+def test_calibration_metrics_on_known_values():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    m = text.calibration(probs, labels, bins=10)
+    assert m["acc"] == pytest.approx(0.75)
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.7])))
+    assert m["brier"] == pytest.approx(np.mean([0.02, 0.08, 0.72, 0.18]))
+    # Bins: 0.9 (right), 0.8 (right), 0.6 (wrong), 0.7 (right): |1-.9|+|1-.8|+|0-.6|+|1-.7| over 4.
+    assert m["ece"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.3) / 4)
+
+
+def _tiny_bert():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        num_hidden_layers=2, num_attention_heads=2, hidden_size=16, intermediate_size=32,
+        vocab_size=50, max_position_embeddings=32, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=2)).eval()
+
+
+def test_pgd_embedding_attack_zero_budget_is_clean_and_attack_hurts():
+    model = _tiny_bert()
+    g = torch.Generator().manual_seed(0)
+    enc = {"input_ids": torch.randint(3, 50, (16, 12), generator=g),
+           "attention_mask": torch.ones(16, 12, dtype=torch.long)}
+    with torch.no_grad():
+        clean_pred = model(**enc).logits.argmax(-1)
+    y = clean_pred.clone()  # every example starts correct
+    zero = text.pgd_embedding_attack(model, enc, y, "l2", torch.zeros(16), steps=3)
+    assert zero.all()
+    big = text.pgd_embedding_attack(model, enc, y, "linf", torch.tensor(2.0), steps=5)
+    assert big.float().mean() < 0.5
+    # The hook is gone afterwards: the model is unchanged.
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits.argmax(-1), clean_pred)
+
+
+def test_pgd_eot_on_projected_model_runs_and_restores_mode():
+    model = _tiny_bert()
+    dipnet.project(model, dipnet.DIPConfig(placement="blocks", init_variance=0.5))
+    enc = {"input_ids": torch.randint(3, 50, (4, 8)),
+           "attention_mask": torch.ones(4, 8, dtype=torch.long)}
+    y = torch.zeros(4, dtype=torch.long)
+    out = text.pgd_embedding_attack(model, enc, y, "l2", torch.full((4,), 0.5), steps=2,
+                                    eot_k=3, eval_k=3)
+    assert out.shape == (4,) and out.dtype == torch.bool
+    assert all(p.mode == "auto" for p in dipnet.projections(model).values())
+
+
+def test_split_is_disjoint_and_fixed_by_seed():
+    s = text.TextSettings(train_size=50, val_size=20, test_size=30)
+    a, b = text.split(200, s), text.split(200, s)
+    assert a == b
+    assert not set(a["train"]) & set(a["test"]) and not set(a["val"]) & set(a["test"])
+    from dipnet.errors import UserError
+
+    with pytest.raises(UserError, match="lower the sizes"):
+        text.split(90, s)
+
+
+def test_load_spam_missing_folder_is_a_clear_error(tmp_path):
+    from dipnet.errors import UserError
+
+    with pytest.raises(UserError, match="setup.sh"):
+        text.load_spam(str(tmp_path))
+
+
+@pytest.mark.parametrize("out,expected", [
+    (" The answer is 42.", ("42", True)),
+    (" the answer is -1,234.\nQuestion", ("-1234", True)),
+    (" 17 apples", ("17", False)),
+    (" no idea", (None, False)),
+])
+def test_extract_answer(out, expected):
+    assert hmath.extract_answer(out) == expected
+
+
+def test_is_correct_is_exact_numeric():
+    assert hmath.is_correct("42", "42") and hmath.is_correct("42.0", "42")
+    assert not hmath.is_correct("41", "42") and not hmath.is_correct(None, "42")
+
+
+def test_answer_collator_labels_only_the_target():
+    tok = char_tokenizer()
+    tok.padding_side = "left"
+    items = [{"question": "1 + 2 =", "answer": "3"}, {"question": "10 + 20 =", "answer": "30"}]
+    b = hmath.AnswerCollator(tok)(items)
+    keep = b["logits_to_keep"]
+    assert b["labels"].shape == (2, keep)
+    for r, x in enumerate(items):
+        lab = b["labels"][r]
+        tgt = tok.decode(lab[lab != -100])
+        assert tgt == hmath.target(x["answer"]) + tok.eos_token
+        # The window's first position is the last prompt token: it predicts the target's start.
+        assert lab[0] == -100
+    # Left padding: the last position is real in every row; positions count real tokens only.
+    assert (b["attention_mask"][:, -1] == 1).all()
+    assert b["position_ids"][1, -1] == b["attention_mask"][1].sum() - 1
+
+
+def test_answer_collator_loss_equals_full_logits_loss():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = char_tokenizer()
+    tok.padding_side = "left"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16,
+                                         intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=0)).eval()
+    items = [{"question": "1 + 2 =", "answer": "3"}, {"question": "10 + 20 =", "answer": "-30"}]
+    b = hmath.AnswerCollator(tok)(items)
+    with torch.no_grad():
+        cut = model(**b).loss
+        full_labels = torch.full_like(b["input_ids"], -100)
+        full_labels[:, -b["labels"].shape[1]:] = b["labels"]
+        full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                     position_ids=b["position_ids"], labels=full_labels).loss
+    torch.testing.assert_close(cut, full)
+
+
+def test_make_problems_are_held_out():
+    pytest.importorskip("reasoning_gym")
+    s = hmath.MathSettings(train_size=40, test_size=20)
+    train, test = hmath.make_problems(s)
+    assert len(train) == 40 and len(test) == 20
+    assert not {x["question"] for x in train} & {x["question"] for x in test}
+    assert {x["task"] for x in test} == set(s.tasks)
+
+
+def test_cli_help_lists_every_option(capsys):
+    from dipnet.cli import build_parser
+
+    parser = build_parser()
+    for cmd, cls in (("text-classify", text.TextSettings), ("math", hmath.MathSettings)):
+        with pytest.raises(SystemExit):
+            parser.parse_args([cmd, "--help"])
+        out = capsys.readouterr().out
+        import dataclasses
+
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in out
+
+
+@pytest.mark.slow
+def test_math_cli_end_to_end_tiny_model(tmp_path):
+    """The whole math pipeline on the random tiny Llama (plumbing, not accuracy); resumable."""
+    from dipnet.cli import main
+
+    args = ["math", "--model", "tiny", "--train-size", "8", "--test-size", "4", "--seeds", "0",
+            "--eval-batch-size", "4", "--max-new-tokens", "4", "--out-dir", str(tmp_path)]
+    assert main(args) == 0
+    runs = sorted(p.name for p in (tmp_path / "per_run").iterdir())
+    assert runs == ["base.json", "dipnet_seed0.json", "rs_seed0.json", "sam_seed0.json",
+                    "sft_seed0.json"]
+    mtime = (tmp_path / "per_run" / "sft_seed0.json").stat().st_mtime
+    assert main(args) == 0  # second call: nothing left to run
+    assert (tmp_path / "per_run" / "sft_seed0.json").stat().st_mtime == mtime
+    assert (tmp_path / "results.png").is_file() and (tmp_path / "results.md").is_file()
