@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from dipnet.errors import UserError
+from dipnet.evaluation.ood import ood_detection
 from dipnet.evaluation.report import render_section
-from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation
+from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation, run_predictors
+from dipnet.experiments.runs import load_run
 from dipnet.experiments.config import RunConfig
 from dipnet.experiments.train import run_training
 
@@ -98,13 +100,29 @@ def test_bad_inputs_give_clear_errors(tmp_path, runs):
         load_evaluation(tmp_path)
 
 
-def test_render_section_tables_and_figures(evaluated, tmp_path):
+def test_render_section_tables_and_figures(seed_runs, evaluated, tmp_path):
     md = render_section(evaluated, tmp_path / "fig")
     for png in ("attacks.png", "corruptions.png", "smoothness.png", "calibration.png"):
         assert (tmp_path / "fig" / png).stat().st_size > 5000, png  # a real plot, not empty
         assert f"]({png})" in md
     assert "ood.png" not in md  # digits has no OOD partner; the note says so instead
     assert "no out-of-distribution data set" in md
+    # With OOD rows (real scores of the runs' predictions against uniform-noise images, since
+    # digits has no partner data set), the OOD bars and table appear; the deterministic
+    # prediction has no mutual-information score and shows "-" there.
+    with_ood = {}
+    for method, paths in seed_runs.items():
+        with_ood[method] = []
+        for path, ev in zip(paths, evaluated[method]):
+            run = load_run(path)
+            x = run.data.test.x
+            noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+            rows = ood_detection(run_predictors(run, 4), "digits", x, {"uniform_noise": noise})
+            with_ood[method].append({**ev, "ood": rows})
+    md = render_section(with_ood, tmp_path / "fig2")
+    assert (tmp_path / "fig2" / "ood.png").stat().st_size > 5000
+    assert "vs uniform_noise (mutual_information)" in md
+    assert "| standard (deterministic) |" in md
     # One table row per (method, prediction); dipnet has both predictions.
     for label in ("standard (deterministic)", "dipnet (deterministic)", "dipnet (sampled)"):
         assert label in md
@@ -146,3 +164,15 @@ def test_docs_library_example_runs():
     (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
     torch.manual_seed(0)
     exec(compile(code, "docs/evaluation.md", "exec"), {})
+
+
+@pytest.mark.slow
+def test_full_suite_on_digits(runs):
+    # The full suite's extra paths: FGSM L2, restarts, the CE + margin ensemble, severity 3.
+    ev = evaluate_run(runs["dipnet"], "full", progress=False, write=False,
+                      attack_points=100, corruption_points=100, smoothness_points=20)
+    kinds = {(a["attack"], a["norm"]) for a in ev["attacks"]}
+    assert kinds == {("fgsm", "linf"), ("fgsm", "l2"), ("pgd", "linf"), ("pgd", "l2")}
+    pgd = [a for a in ev["attacks"] if a["attack"] == "pgd"]
+    assert all(a["losses"] == ["ce", "margin"] and a["restarts"] == 2 for a in pgd)
+    assert {c["severity"] for c in ev["corruptions"]} == {1, 2, 3, None}

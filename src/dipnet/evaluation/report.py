@@ -93,7 +93,7 @@ class _Index:
         for i, e in enumerate(self.evals[s[0]]):
             try:
                 v = fn(e, s[1])
-            except (KeyError, TypeError, IndexError):
+            except (KeyError, TypeError, IndexError, StopIteration):
                 v = None
             if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
                 out[int(e.get("seed", i))] = float(v)
