@@ -84,6 +84,10 @@ def test_missing_files_give_a_clear_error(tmp_path, monkeypatch):
         load_dataset("fashion_mnist", data_dir=str(tmp_path / "empty"))
     with pytest.raises(UserError, match=r"setup\.sh"):
         load_dataset("mnist")
+    # an explicit --data-dir is the only place looked at, even when data/ has the files
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"not found in: .*empty"):
+        load_dataset("mnist", data_dir=str(tmp_path / "empty"))
 
 
 def test_truncated_idx_file_is_reported(tmp_path):

@@ -205,9 +205,9 @@ def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict
 
 
 def _search_dirs(data_dir: str | None, subdir: str, extra: list[Path]) -> list[Path]:
+    if data_dir is not None:  # an explicit folder is the only place looked at
+        return [Path(data_dir), Path(data_dir) / subdir]
     dirs: list[Path] = []
-    if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / subdir]
     env = os.environ.get("DIPNET_DATA")
     if env:
         dirs += [Path(env) / subdir, Path(env)]
