@@ -351,18 +351,20 @@ class _DropoutHooks:
 
 @register_method
 class Dropout(Method):
-    """Dropout (Srivastava et al. 2014) before every Linear / Conv layer: p = 0.2 on the network
-    input and 0.5 on hidden Linear inputs (their MLP setting), 0.25 on hidden conv inputs
-    (their conv nets retained 0.75 in the middle conv layers). Deterministic prediction uses
-    the rescaled net (inverted dropout); `sample_logits` is MC dropout."""
+    """Dropout (Srivastava et al. 2014) before every Linear / Conv layer, with their rates:
+    on the network input 0.2 for an MLP (retention 0.8) and 0.1 for a conv net (retention
+    0.9; ``p_input`` null picks by the first layer's type), 0.5 on hidden Linear inputs, 0.25
+    on hidden conv inputs (their conv nets retained 0.75 in the conv layers). Deterministic
+    prediction uses the rescaled net (inverted dropout); `sample_logits` is MC dropout."""
 
     name = "dropout"
     description = "dropout before every Linear/Conv layer; MC dropout for sampling"
-    defaults = {"p": 0.5, "p_input": 0.2, "p_conv": 0.25}
+    defaults = {"p": 0.5, "p_input": None, "p_conv": 0.25}
 
     def validate(self) -> None:
         for key in self.defaults:
-            self._require(key, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+            self._require(key, lambda v: (v is None and key == "p_input")
+                          or (_is_num(v) and 0 <= v < 1), "a number in [0, 1)")
         self.hooks = _DropoutHooks()
 
     def prepare_model(self, model, cfg=None, num_train=0):
@@ -371,6 +373,8 @@ class Dropout(Method):
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 if first:
                     p = self.params["p_input"]
+                    if p is None:
+                        p = 0.2 if isinstance(module, nn.Linear) else 0.1
                     first = False
                 else:
                     p = self.params["p_conv"] if not isinstance(module, nn.Linear) \
