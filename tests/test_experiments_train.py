@@ -99,6 +99,10 @@ def test_without_validation_split_and_with_capped_validation(tmp_path):
     m = run_training(RunConfig(max_val=50, **{**FAST, "epochs": 1}), tmp_path / "cap",
                      progress=False)
     assert m["num_val"] == 50 and m["val_accuracy"] is not None
+    # --no-eval-mc: no Monte Carlo pass for a deterministic predictor that could sample
+    m = run_training(RunConfig(method="dipnet", eval_mc=False, **{**FAST, "epochs": 1}),
+                     tmp_path / "nomc", progress=False)
+    assert m["test_accuracy_mc"] is None and m["prediction"] == "deterministic"
 
 
 def test_load_run_restores_the_trained_model(finished):

@@ -79,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-val", type=int, metavar="N", help="evaluate validation on at most N "
                    "held-out examples (default all)")
     p.add_argument("--mc-samples", type=int, metavar="K", help="trajectories averaged by Monte "
-                   "Carlo predictions (default 16)")
+                   "Carlo predictions (default 8)")
+    p.add_argument("--no-eval-mc", dest="eval_mc", action="store_const", const=False,
+                   help="skip the extra Monte Carlo test accuracy of methods that predict "
+                        "deterministically (dipnet, dropout); saves mc_samples test passes")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files "
                    "(default: data/, $DIPNET_DATA and the system locations; see "
                    "docs/experiments.md)")
@@ -108,7 +111,8 @@ _FLAG_FIELDS = {
     "train_perturbation": "train_perturbation", "perturbation_strength":
     "perturbation_strength", "max_train": "max_train", "max_val": "max_val",
     "val_fraction": "val_fraction",
-    "mc_samples": "mc_samples", "data_dir": "data_dir", "threads": "num_threads",
+    "mc_samples": "mc_samples", "eval_mc": "eval_mc", "data_dir": "data_dir",
+    "threads": "num_threads",
     "device": "device",
 }
 

@@ -51,7 +51,11 @@ class RunConfig:
     Evaluation:
         eval_batch_size: batch size for validation / test passes.
         mc_samples: trajectories averaged by Monte Carlo predictions (methods whose default
-            prediction is sampled, e.g. randomized smoothing, and the extra MC accuracy).
+            prediction is sampled, e.g. randomized smoothing, and the extra MC accuracy);
+            default 8, DIPConfig's k.
+        eval_mc: also measure the Monte Carlo test accuracy of methods that predict
+            deterministically but can sample (dipnet, dropout): mc_samples extra passes over
+            the test set (minutes for a ResNet on the CPU).
     Runtime (do not change results on one machine):
         device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         num_threads: torch CPU threads; None leaves torch's default.
@@ -81,7 +85,8 @@ class RunConfig:
     dip: dict[str, Any] = field(default_factory=dict)
     model_params: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 1000
-    mc_samples: int = 16
+    mc_samples: int = 8
+    eval_mc: bool = True
     data_dir: str | None = None
     num_threads: int | None = None
     device: str = "auto"
@@ -111,6 +116,8 @@ class RunConfig:
         if self.num_threads is not None and (not _is_int(self.num_threads)
                                              or self.num_threads < 1):
             raise bad("num_threads", "an integer >= 1, or null")
+        if not isinstance(self.eval_mc, bool):
+            raise bad("eval_mc", "true or false")
         if not _is_num(self.lr) or not self.lr > 0:
             raise bad("lr", "a number > 0")
         for name in ("weight_decay", "momentum"):

@@ -528,8 +528,9 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
     t0 = time.perf_counter()
     k = cfg.mc_samples
     test_det = evaluate_split(method, model, test, cfg.eval_batch_size, k, "deterministic")
+    want_mc = method.has_sampling and (cfg.eval_mc or method.default_prediction == "sampled")
     test_mc = (evaluate_split(method, model, test, cfg.eval_batch_size, k, "sampled")
-               if method.has_sampling else None)
+               if want_mc else None)
     test_default = test_mc if (method.default_prediction == "sampled" and test_mc) else test_det
     val_accs = [r["val_accuracy"] for r in history if "val_accuracy" in r]
     finite = [a for a in val_accs if a == a]  # NaN-free
