@@ -46,7 +46,9 @@ RUN_METRICS: tuple[tuple[str, str, float, bool | None], ...] = (
     ("test_accuracy_mc", "test accuracy, Monte Carlo prediction (%)", 100.0, True),
     ("val_accuracy", "validation accuracy (%)", 100.0, True),
     ("final_train_loss", "final training loss", 1.0, False),
-    ("time_per_epoch_s", "time per epoch (s)", 1.0, False),
+    ("train_cpu_per_epoch_s", "training CPU time per epoch (s)", 1.0, False),
+    ("train_time_per_epoch_s", "training wall time per epoch (s)", 1.0, False),
+    ("time_per_epoch_s", "time per epoch incl. validation (s)", 1.0, False),
     ("peak_memory_mb", "peak memory (MB)", 1.0, False),
     ("wall_clock_s", "wall clock (s)", 1.0, False),
 )
@@ -142,8 +144,17 @@ def _num(x: Any) -> float | None:
 
 
 # --- evaluation.json -> flat scalars ---------------------------------------------------------
-_ID_NUMERIC = {"eps", "epsilon", "severity", "k", "steps", "samples", "m"}
-_SKIP_KEY = re.compile(r"(time|seconds|wall|_s$)")
+_ID_NUMERIC = {"eps", "epsilon", "severity", "steps", "samples", "m"}
+# Bookkeeping, not outcomes: sizes, settings, timings, versions.
+_SKIP_KEY = re.compile(r"(time|seconds|wall|_s$|^n_|_points$|^k$|restarts|eot_samples|"
+                       r"ece_bins|settings|stderr|schema_version|^seed$|environment|notes|"
+                       r"predictions)")
+#: The evaluation scalars shown in the report's own table (all of them go to results.json).
+_HEADLINE = re.compile(
+    r"^(clean/[^/]+/accuracy|calibration/[^/]+/ece|attacks/pgd/.*/eps=(?!0\.0/).*/accuracy"
+    r"|corruptions/mean/[^/]+/accuracy|ood/.*/auroc"
+    r"|smoothness/[^/]+/(loss_grad_norm|lipschitz_adversarial|input_hessian_spectral)/mean"
+    r"|smoothness/[^/]+/weight_hessian_(trace|top_eigenvalue))$")
 
 
 def flatten_evaluation(ev: dict[str, Any] | None) -> dict[str, float]:
@@ -183,6 +194,12 @@ def flatten_evaluation(ev: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
+def _mean_hist(hist: list[Any], key: str) -> float | None:
+    vals = [_num(h.get(key)) for h in hist if isinstance(h, dict)]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def _run_row(r: RunRecord) -> dict[str, Any]:
     m = r.metrics
     hist = m.get("history") or []
@@ -198,6 +215,8 @@ def _run_row(r: RunRecord) -> dict[str, Any]:
         "val_accuracy": _num(m.get("val_accuracy")),
         "final_train_loss": final_loss,
         "time_per_epoch_s": _num(m.get("time_per_epoch_s")),
+        "train_time_per_epoch_s": _mean_hist(hist, "train_time_s"),
+        "train_cpu_per_epoch_s": _mean_hist(hist, "train_cpu_time_s"),
         "peak_memory_mb": _num(m.get("peak_memory_mb")),
         "wall_clock_s": _num(m.get("wall_clock_s")),
         "num_params": m.get("num_params"), "extra_params": m.get("extra_params"),
@@ -342,9 +361,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def _json_clean(obj: Any) -> Any:
-    """NaN/inf -> None so results.json is strict JSON (readable by any parser)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+    """NaN/inf -> None so results.json is strict JSON (readable by any parser); floats are
+    rounded to 7 significant digits (float32 metrics carry no more) to keep the file small."""
+    if isinstance(obj, float):
+        return float(f"{obj:.7g}") if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _json_clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -355,8 +375,12 @@ def _json_clean(obj: Any) -> Any:
 def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write results.json and results.csv (atomically); returns their paths."""
     jpath, cpath = out_dir / "results.json", out_dir / "results.csv"
-    atomic_write_text(jpath, json.dumps(_json_clean(results), indent=1,
-                                        default=_json_default, allow_nan=False))
+    clean = _json_clean(results)
+    text = json.dumps(clean, indent=1, default=_json_default, allow_nan=False)
+    if len(text) > 900_000:  # big sweeps with evaluations: drop the indentation, not data
+        text = json.dumps(clean, separators=(",", ":"), default=_json_default,
+                          allow_nan=False)
+    atomic_write_text(jpath, text)
     flat: list[dict[str, Any]] = []
     for row in results["runs"]:
         flat.append({"row_type": "run", **row})
@@ -472,9 +496,19 @@ def _paired_table(results: dict[str, Any], dataset: str, model: str, metric: str
                       "paired t p", "Wilcoxon p", "method > standard"], rows)
 
 
+def _cost_key(results: dict[str, Any], dataset: str, model: str) -> str:
+    """CPU seconds per epoch where the runs recorded them (steadier on a shared machine),
+    else wall seconds of the training part of the epoch."""
+    has_cpu = any("train_cpu_per_epoch_s" in a for a in results["aggregates"]
+                  if a["dataset"] == dataset and a["model"] == model)
+    return "train_cpu_per_epoch_s" if has_cpu else "train_time_per_epoch_s"
+
+
 def _cost_table(results: dict[str, Any], dataset: str, model: str) -> str:
     idx = _agg_index(results)
     tests = _test_index(results)
+    key = _cost_key(results, dataset, model)
+    with_cpu = key == "train_cpu_per_epoch_s"
     rows = []
     for a in results["aggregates"]:
         if a["dataset"] != dataset or a["model"] != model:
@@ -482,23 +516,31 @@ def _cost_table(results: dict[str, Any], dataset: str, model: str) -> str:
         pert, m = a["train_perturbation"], a["method"]
         base = idx.get((dataset, model, pert, BASELINE), {})
 
-        def rel(key: str) -> str:
-            mine, ref = a.get(key, {}).get("mean"), base.get(key, {}).get("mean")
+        def rel(k: str) -> str:
+            mine, ref = a.get(k, {}).get("mean"), base.get(k, {}).get("mean")
             if _num(mine) is None or not _num(ref):
                 return "-"
             return f"{mine / ref:.2f}x"
 
-        t = tests.get((dataset, model, pert, m, "time_per_epoch_s"), {})
-        rows.append([_PERT_LABEL.get(pert, pert), m,
-                     format_mean_std(a.get("time_per_epoch_s", {}), 1.0, 3), rel("time_per_epoch_s"),
-                     format_p(t.get("t_p")) if m != BASELINE else "-",
-                     format_mean_std(a.get("peak_memory_mb", {}), 1.0, 1), rel("peak_memory_mb"),
-                     a.get("num_params") if a.get("num_params") is not None else "-",
-                     a.get("extra_params") if a.get("extra_params") is not None else "-",
-                     format_mean_std(a.get("wall_clock_s", {}), 1.0, 1)])
-    return _md_table(["condition", "method", "time/epoch (s)", "x standard", "paired t p",
-                      "peak memory (MB)", "x standard", "params", "extra params",
-                      "wall clock (s)"], rows)
+        t = tests.get((dataset, model, pert, m, key), {})
+        row = [_PERT_LABEL.get(pert, pert), m]
+        if with_cpu:
+            row += [format_mean_std(a.get("train_cpu_per_epoch_s", {}), 1.0, 2),
+                    rel("train_cpu_per_epoch_s")]
+        row += [format_mean_std(a.get("train_time_per_epoch_s", {}), 1.0, 2),
+                rel("train_time_per_epoch_s"),
+                format_p(t.get("t_p")) if m != BASELINE else "-",
+                format_mean_std(a.get("time_per_epoch_s", {}), 1.0, 2),
+                format_mean_std(a.get("peak_memory_mb", {}), 1.0, 0), rel("peak_memory_mb"),
+                a.get("num_params") if a.get("num_params") is not None else "-",
+                a.get("extra_params") if a.get("extra_params") is not None else "-"]
+        rows.append(row)
+    header = ["condition", "method"]
+    if with_cpu:
+        header += ["train CPU s/epoch", "x standard"]
+    header += ["train wall s/epoch", "x standard", "paired t p", "epoch incl. validation (s)",
+               "peak memory (MB)", "x standard", "params", "extra params"]
+    return _md_table(header, rows)
 
 
 def _variance_table(results: dict[str, Any], dataset: str, model: str) -> str:
@@ -523,7 +565,7 @@ def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) ->
                      key=_method_order)
     keys = sorted({k for a in results["aggregates"] if a["dataset"] == dataset
                    and a["model"] == model and a["train_perturbation"] == pert
-                   for k in a if k.startswith("eval/")})
+                   for k in a if k.startswith("eval/") and _HEADLINE.match(k[5:])})
     rows = []
     for k in keys:
         cells = [f"`{k[5:]}`"]
@@ -553,7 +595,7 @@ def _plt():
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    fig.savefig(tmp, dpi=80, bbox_inches="tight")
     tmp.replace(path)
     _plt().close(fig)
     return path
@@ -663,8 +705,10 @@ def _plot_cost(results: dict[str, Any], ds: str, model: str, path: Path) -> Path
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     width = 0.8 / len(conds)
     x = np.arange(len(methods))
-    for ax, key, label in zip(axes, ("time_per_epoch_s", "peak_memory_mb"),
-                              ("time per epoch", "peak memory")):
+    ck = _cost_key(results, ds, model)
+    for ax, key, label in zip(axes, (ck, "peak_memory_mb"),
+                              ("training " + ("CPU" if ck.startswith("train_cpu") else "wall")
+                               + " time per epoch", "peak memory")):
         for i, c in enumerate(conds):
             ref = idx.get((ds, model, c, BASELINE), {}).get(key, {}).get("mean")
             vals, errs = [], []
@@ -737,8 +781,12 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
         return lines
     lines += ["", f"## Test-time evaluation ({ds} / {model})", "",
               f"{len(evald)} of {sum(r.group[:2] == (ds, model) for r in records)} runs have an "
-              "evaluation.json (`dipnet evaluate`). Each cell: mean ± std over seeds, with the "
-              "paired t-test p-value against standard (same seeds)."]
+              "evaluation.json (`dipnet evaluate`). Headline scalars first (accuracies as "
+              "fractions; PGD with EOT for the sampled prediction; smoothness = input-gradient "
+              "norm, adversarial local Lipschitz estimate, input-Hessian spectral norm, "
+              "weight-Hessian trace and top eigenvalue). Each cell: mean ± std over seeds, "
+              "with the paired t-test p-value against standard (same seeds); every scalar is "
+              "in results.json under `eval/`."]
     try:
         from ..evaluation.report import render_section
     except ImportError:
@@ -845,10 +893,21 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             if p3:
                 figs.append(p3)
                 md += ["", f"![learned variance per layer]({rel(p3)})"]
+        kinds = sorted({str(r.metrics.get("peak_memory_kind")) for r in records
+                        if r.group[:2] == (ds, model) and r.metrics.get("peak_memory_kind")})
         md += ["", f"## Compute cost ({ds} / {model})", "",
-               "Time per training epoch and peak memory, measured in the same sweep on the same "
-               "machine; 'x standard' is the ratio of means. The paired t-test is on time per "
-               "epoch. Timings on a shared machine are noisy: compare ratios, not seconds.", "",
+               "Per training epoch (validation excluded): CPU seconds of the process (the "
+               "steadier figure on a shared machine: it does not count time other jobs held "
+               "the cores) and wall seconds; then the whole epoch including the validation "
+               "pass (Monte Carlo for sampled predictions), peak memory, and the parameter "
+               "count (extra = DIPNet's variances). 'x standard' is the ratio of means; the "
+               f"paired t-test is on {'CPU' if _cost_key(results, ds, model).startswith('train_cpu') else 'wall'} "
+               "time per epoch (CPU time is shown where the runs recorded it). Wall times "
+               "on a shared machine are noisy: compare ratios. The training-input condition adds its "
+               "own cost (FGSM: one more forward/backward per step)."
+               + (f" Peak memory is the {kinds[0]}: with a data set and torch in the process "
+                  "it is dominated by that baseline, not by the model." if len(kinds) == 1
+                  else ""), "",
                _cost_table(results, ds, model)]
         p4 = _plot_cost(results, ds, model, fig_dir / f"cost_{ds}_{model}.png")
         if p4:
