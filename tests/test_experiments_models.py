@@ -40,7 +40,11 @@ def test_every_model_takes_dipnet_projections(name, placement):
     torch.manual_seed(0)
     model = create_model(name, (1, 28, 28), 10)
     if placement == "blocks" and name == "mlp":
-        pytest.skip("the MLP has no repeated blocks")
+        # the MLP has no repeated blocks: a clear error naming its layers, model untouched
+        with pytest.raises(dipnet.TargetError, match="no repeated blocks.*features.1"):
+            dipnet.project(model, dipnet.DIPConfig(placement=placement))
+        assert not dipnet.projections(model)
+        return
     x = torch.rand(3, 1, 28, 28)
     model.eval()
     before = model(x)
