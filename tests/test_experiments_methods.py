@@ -99,6 +99,16 @@ def test_dipnet_adds_projections_and_keeps_weight_decay_off_variances(digits):
     assert all(abs(v - 1e-2) < 1e-6 for v in stats.values())  # DIPConfig's init_variance
 
 
+def test_dipnet_variance_lr_gets_its_own_group(digits):
+    model, method = _build("dipnet", digits, variance_lr=0.05)
+    opt = method.make_optimizer(model, RunConfig(lr=1e-3))
+    variance_ids = {id(p) for p in dipnet.variance_parameters(model)}
+    lrs = {any(id(p) in variance_ids for p in g["params"]): g["lr"] for g in opt.param_groups}
+    assert lrs == {False: 1e-3, True: 0.05}
+    with pytest.raises(UserError, match="variance_lr"):
+        _build("dipnet", digits, variance_lr=-1)
+
+
 class _Recorder(nn.Module):
     """Wraps a model and keeps the last input it saw."""
 
