@@ -36,6 +36,7 @@ from transformers import Trainer
 from .config import DIPConfig
 from .errors import UserError
 from .inject import (
+    _CONFIG_ATTR,
     deterministic,
     get_config,
     load_projections,
@@ -96,7 +97,7 @@ def project_model(model: nn.Module, config: DIPConfig | None = None) -> nn.Modul
                                      "target_types": list(config.target_types or []) or None})
         inner.target_types = list(config.target_types or []) + [LoraLayer]
         project(model, inner)
-        object.__setattr__(model, "_dipnet_config", config)
+        object.__setattr__(model, _CONFIG_ATTR, config)  # save_projections records the user's config
     else:
         project(model, config)
     for p in variance_parameters(model):
