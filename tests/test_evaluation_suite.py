@@ -93,6 +93,12 @@ def test_bad_inputs_give_clear_errors(tmp_path, runs):
         evaluate_run(runs["standard"], suite="huge", progress=False)
     with pytest.raises(UserError, match="unknown suite setting"):
         get_settings("quick", epsilons=1)
+    with pytest.raises(UserError, match="fgsm_l2='x' is invalid"):
+        get_settings("quick", fgsm_l2="x")
+    with pytest.raises(UserError, match="clean_points=0 is invalid"):
+        get_settings("quick", clean_points=0)
+    with pytest.raises(UserError, match="do not apply"):  # checked before the long parts run
+        evaluate_run(runs["standard"], progress=False, corruptions=("fog",))
     with pytest.raises(UserError, match="does not exist"):
         load_evaluation(tmp_path)
     (tmp_path / "evaluation.json").write_text("{not json")
@@ -135,7 +141,8 @@ def test_cli_evaluate_prints_summary_and_writes_json(runs, tmp_path, capsys):
     rng = torch.random.get_rng_state()
     code = main(["evaluate", str(runs["dipnet"]), "--parts", "clean,calibration,attacks",
                  "--attack-points", "40", "--steps", "3", "--eps", "0,0.1", "--l2-eps", "0,1",
-                 "--attacks", "pgd", "--k", "3", "--out", str(out), "--no-progress"])
+                 "--attacks", "pgd", "--k", "3", "--out", str(out), "--no-progress",
+                 "--set", "clean_points=100", "--set", "pgd_losses=[ce, margin]"])
     assert code == 0
     assert torch.equal(rng, torch.random.get_rng_state())  # the caller's RNG is untouched
     text = capsys.readouterr().out
@@ -143,12 +150,15 @@ def test_cli_evaluate_prints_summary_and_writes_json(runs, tmp_path, capsys):
     assert "deterministic" in text and "sampled" in text
     ev = load_evaluation(out)
     assert {a["attack"] for a in ev["attacks"]} == {"pgd"} and ev["k"] == 3
+    assert ev["n_points"]["clean"] == 100 and ev["attacks"][0]["losses"] == ["ce", "margin"]
     assert ev["corruptions"] == [] and "corruptions" not in ev["timing"]
     # Bad values: one line, exit code 2, no traceback.
     assert main(["evaluate", str(runs["dipnet"]), "--severities", "9", "--no-progress"]) == 2
     assert "severities" in capsys.readouterr().err
     assert main(["evaluate", str(runs["dipnet"]), str(runs["standard"]), "--out", str(out)]) == 2
     assert "--out names one file" in capsys.readouterr().err
+    assert main(["evaluate", str(runs["dipnet"]), "--set", "restarts"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
 
 
 def test_docs_library_example_runs():

@@ -86,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default 8 for quick, k for full)")
     p.add_argument("--severities", type=_ints, default=None, metavar="S1,S2",
                    help="corruption severities 1..5 (default 1,2 for quick, 1,2,3 for full)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="settings",
+                   help="any other suite setting (repeatable), e.g. --set clean_points=2000 "
+                        "--set pgd_losses=[ce,margin] --set restarts=3 (YAML values; names in "
+                        "docs/evaluation.md and dipnet.evaluation.suite.SuiteSettings)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the JSON here instead of RUN_DIR/evaluation.json (one run only)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -159,6 +163,27 @@ def format_summary(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, values parsed as YAML; lists become tuples.
+
+    Raises:
+        UserError: an item without ``=``, or a value that is not valid YAML.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE; e.g. --set clean_points=2000.")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML.") from None
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Evaluate each RUN_DIR; print a summary per run; returns 0."""
     import torch
@@ -174,6 +199,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
                  "parts": args.parts, "attack_points": args.attack_points,
                  "pgd_steps": args.steps, "eot_samples": args.eot_samples,
                  "severities": args.severities}
+    overrides.update(parse_settings(args.settings))
     for run_dir in args.run_dirs:
         ev = evaluate_run(run_dir, args.suite, k=args.k, device=args.device,
                           data_dir=args.data_dir, progress=not args.no_progress, out=args.out,

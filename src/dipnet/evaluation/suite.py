@@ -48,6 +48,7 @@ class SuiteSettings:
     predictions with EOT over ``eot_samples`` trajectories per step (None = k).
     """
 
+    clean_points: int | None = None  # None = the whole test set (clean and calibration)
     attack_points: int = 300
     linf_eps: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
     l2_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -102,6 +103,22 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
     bad = sorted(set(overrides) - fields)
     if bad:
         raise UserError(f"unknown suite setting(s) {bad}; known: {sorted(fields)}.")
+    base = SUITES[suite]
+    for key, value in overrides.items():
+        ref = getattr(base, key)
+        ref = ref if ref is not None else getattr(SUITES["full" if suite == "quick" else "quick"], key)
+        if value is None or ref is None:
+            continue
+        if isinstance(ref, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(ref, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(ref, tuple):
+            ok = isinstance(value, (tuple, list))
+        else:
+            ok = isinstance(value, type(ref))
+        if not ok and not (key in ("clean_points", "ood_points", "eot_samples") and isinstance(value, int)):
+            raise UserError(f"suite setting {key}={value!r} is invalid: expected a value like {ref!r}.")
     for key, allowed in (("parts", PARTS), ("attacks", ("fgsm", "pgd")), ("pgd_losses", ("ce", "margin"))):
         value = overrides.get(key)
         if value is not None and (not value or set(value) - set(allowed)):
@@ -110,7 +127,7 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
         value = overrides.get(key)
         if value is not None and any(not math.isfinite(float(e)) or float(e) < 0 for e in value):
             raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")
-    for key in ("attack_points", "corruption_points", "smoothness_points", "weight_points",
+    for key in ("clean_points", "ood_points", "attack_points", "corruption_points", "smoothness_points", "weight_points",
                 "pgd_steps", "restarts", "eot_samples", "batch_size"):
         value = overrides.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -178,6 +195,13 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
                            "ood": [], "smoothness": {}}
     x, y = data.x_test, data.y_test
     bounds = _bounds(x)
+    if settings.corruptions and "corruptions" in settings.parts:
+        # Fail before the long parts run, not after.
+        allowed = available_corruptions(tuple(x.shape[1:]), quick=False)
+        bad = [c for c in settings.corruptions if c not in allowed]
+        if bad:
+            raise UserError(f"corruption(s) {bad} do not apply to inputs of shape "
+                            f"{tuple(x.shape[1:])}; choose from {', '.join(allowed)}.")
     n_points: dict[str, int] = {}
 
     def timed(part: str, fn: Callable[[], None]) -> None:
@@ -190,23 +214,25 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
 
     log_probs: dict[str, torch.Tensor] = {}
 
+    xcl, ycl = _subset(x, y, settings.clean_points, settings.subset_seed)
+
     def clean() -> None:
         for p in predictors:
             torch.manual_seed(settings.subset_seed)
-            lp = predict_log_probs(p, x, settings.batch_size)
+            lp = predict_log_probs(p, xcl, settings.batch_size)
             log_probs[p.name] = lp
-            out["clean"][p.name] = {"accuracy": accuracy(lp, y), "nll": nll(lp, y),
-                                    "n_points": int(len(y)), "k": p.k}
-        n_points["clean"] = int(len(y))
+            out["clean"][p.name] = {"accuracy": accuracy(lp, ycl), "nll": nll(lp, ycl),
+                                    "n_points": int(len(ycl)), "k": p.k}
+        n_points["clean"] = int(len(ycl))
 
     def calibration() -> None:
         for p in predictors:
             lp = log_probs.get(p.name)
             if lp is None:
                 torch.manual_seed(settings.subset_seed)
-                lp = predict_log_probs(p, x, settings.batch_size)
-            out["calibration"][p.name] = calibration_metrics(lp, y)
-        n_points["calibration"] = int(len(y))
+                lp = predict_log_probs(p, xcl, settings.batch_size)
+            out["calibration"][p.name] = calibration_metrics(lp, ycl)
+        n_points["calibration"] = int(len(ycl))
 
     def attacks() -> None:
         xa, ya = _subset(x, y, settings.attack_points, settings.subset_seed)
