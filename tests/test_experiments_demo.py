@@ -1,8 +1,9 @@
 """`dipnet demo`: the same code path as the real demo, at a tiny size (digits, 1 epoch).
 
 The real demo (Fashion-MNIST, 5 methods, 2 seeds, trimmed quick evaluation) is timed in
-docs/sweeps.md; here the CLI command runs end to end with DEMO_SWEEP swapped for a small sweep (standard and
-DIPNet, two seeds), two worker processes as in the real one, and a shrunken evaluation suite.
+docs/results/README.md; here the CLI command runs end to end with DEMO_SWEEP swapped for a
+small sweep (standard and DIPNet, two seeds), two worker processes as in the real one, and a
+shrunken evaluation suite.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ TINY_DEMO = {
     "method_params": {},
     "evaluation_params": {"attack_points": 24, "linf_eps": [0.0, 0.1], "l2_eps": [0.0, 1.0],
                           "pgd_steps": 3, "eot_samples": 2, "corruption_points": 24,
-                          "corruptions": ["gaussian_noise"], "severities": [1], "ood_points": 100, "smoothness_points": 4,
+                          "corruptions": ["gaussian_noise"], "severities": [1],
+                          "ood_points": 100, "smoothness_points": 4,
                           "lipschitz_random": 1, "lipschitz_steps": 2, "hessian_iters": 2,
                           "weight_points": 16, "trace_probes": 1, "power_iters": 2,
                           # the other parts have their own tests; leaving them out keeps this fast

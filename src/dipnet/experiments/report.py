@@ -253,7 +253,8 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
     rows = [_run_row(r) for r in records]
     by_group: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_group[(row["dataset"], row["model"], row["train_perturbation"])][row["method"]].append(row)
+        key = (row["dataset"], row["model"], row["train_perturbation"])
+        by_group[key][row["method"]].append(row)
     metric_keys = [k for k, *_ in RUN_METRICS] + sorted(
         {k for row in rows for k in row if k.startswith("eval/")})
 
@@ -736,6 +737,21 @@ img{max-width:100%}code{background:#f5f5f5;padding:0 3px}pre{background:#f5f5f5;
 overflow-x:auto}h1,h2,h3{border-bottom:1px solid #eee}"""
 
 
+def _compact_png(path: Path) -> bytes:
+    """The PNG re-encoded with a 256-colour palette: plots have few colours, and this makes
+    the embedded page about 3x smaller (a page with a dozen figures stays well under 1 MB)."""
+    raw = path.read_bytes()
+    try:
+        from PIL import Image
+        with Image.open(io.BytesIO(raw)) as im:
+            pal = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            buf = io.BytesIO()
+            pal.save(buf, format="PNG", optimize=True)
+        return buf.getvalue() if buf.tell() < len(raw) else raw
+    except Exception:  # Pillow missing or an odd file: embed it as it is
+        return raw
+
+
 def markdown_to_html(markdown: str, base_dir: Path, title: str) -> str:
     """Render Markdown to one self-contained HTML page, images embedded as base64.
 
@@ -751,7 +767,8 @@ def markdown_to_html(markdown: str, base_dir: Path, title: str) -> str:
         if p is None or not p.is_file():
             return match.group(0)
         mime = "image/svg+xml" if p.suffix == ".svg" else f"image/{p.suffix.lstrip('.') or 'png'}"
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        data = base64.b64encode(_compact_png(p) if p.suffix == ".png"
+                                else p.read_bytes()).decode("ascii")
         return f'src="data:{mime};base64,{data}"'
 
     body = re.sub(r'src="([^"]+)"', inline, body)
@@ -807,9 +824,12 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
             # render_section writes its figures under `sub` and refers to them relative to
             # it; make those links relative to the report.
             rel = sub.relative_to(out_dir).as_posix()
-            section = re.sub(r"\]\((?!https?:|data:|/)([^)]+)\)",
-                             lambda m: f"]({m.group(1) if m.group(1).startswith(rel) else rel + '/' + m.group(1)})",
-                             section)
+
+            def _link(m: re.Match[str], rel: str = rel) -> str:
+                target = m.group(1)
+                return f"]({target if target.startswith(rel) else rel + '/' + target})"
+
+            section = re.sub(r"\]\((?!https?:|data:|/)([^)]+)\)", _link, section)
             lines += ["", section]
     return lines
 
@@ -855,7 +875,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
            "with standard training run on the same seed (`*`: p < 0.05)."]
     if unfinished:
         md += ["", f"**{len(unfinished)} run(s) not finished** (running, interrupted or failed) "
-               f"and left out: {', '.join(unfinished[:10])}{' …' if len(unfinished) > 10 else ''}."]
+               f"and left out: {', '.join(unfinished[:10])}"
+               f"{' …' if len(unfinished) > 10 else ''}."]
     for note in results["notes"]:
         md += ["", f"> {note}"]
 
@@ -895,15 +916,19 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                 md += ["", f"![learned variance per layer]({rel(p3)})"]
         kinds = sorted({str(r.metrics.get("peak_memory_kind")) for r in records
                         if r.group[:2] == (ds, model) and r.metrics.get("peak_memory_kind")})
+        cpu = _cost_key(results, ds, model).startswith("train_cpu")
         md += ["", f"## Compute cost ({ds} / {model})", "",
-               "Per training epoch (validation excluded): CPU seconds of the process (the "
-               "steadier figure on a shared machine: it does not count time other jobs held "
-               "the cores) and wall seconds; then the whole epoch including the validation "
+               ("Per training epoch (validation excluded): CPU seconds of the process (the "
+                "steadier figure on a shared machine: it does not count time other jobs held "
+                "the cores) and wall seconds" if cpu else
+                "Per training epoch (validation excluded): wall seconds (these runs did not "
+                "record CPU time)")
+               + "; then the whole epoch including the validation "
                "pass (Monte Carlo for sampled predictions), peak memory, and the parameter "
                "count (extra = DIPNet's variances). 'x standard' is the ratio of means; the "
-               f"paired t-test is on {'CPU' if _cost_key(results, ds, model).startswith('train_cpu') else 'wall'} "
-               "time per epoch (CPU time is shown where the runs recorded it). Wall times "
-               "on a shared machine are noisy: compare ratios. The training-input condition adds its "
+               f"paired t-test is on {'CPU' if cpu else 'wall'} time per epoch (CPU time is "
+               "shown where the runs recorded it). Wall times on a shared machine are noisy: "
+               "compare ratios. The training-input condition adds its "
                "own cost (FGSM: one more forward/backward per step)."
                + (f" Peak memory is the {kinds[0]}: with a data set and torch in the process "
                   "it is dominated by that baseline, not by the model." if len(kinds) == 1
@@ -919,19 +944,23 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     invocations = (prov or {}).get("invocations") or []
     if invocations:
         last = invocations[-1]
-        md += [f"- command: `{last.get('command')}`"
-               + (f" ({len(invocations)} invocations, resumed)" if len(invocations) > 1 else ""),
-               f"- date: {last.get('date')}; git commit: `{last.get('git_commit')}`",
-               f"- hardware: {last.get('cpu')} ({last.get('cpu_count')} logical CPUs), "
+        if len(invocations) == 1:
+            md += [f"- command: `{last.get('command')}`",
+                   f"- date: {last.get('date')}; git commit: `{last.get('git_commit')}`"]
+        else:
+            md += ["- commands, in order (a later one reuses the finished runs):"]
+            md += [f"  - `{inv.get('command')}` ({inv.get('date')}, git commit "
+                   f"`{(inv.get('git_commit') or '?')[:12]}`)" for inv in invocations]
+        md += [f"- hardware: {last.get('cpu')} ({last.get('cpu_count')} logical CPUs), "
                f"GPU: {last.get('cuda') or 'none'}; {last.get('platform')}",
                f"- software: Python {last.get('python')}, torch {last.get('torch')}, numpy "
                f"{last.get('numpy')}, dipnet {last.get('dipnet')}"]
     md += [f"- seeds: {seeds}",
            "- rebuild this report: `dipnet report " + str(sweep_dir) + "`"]
     if sweep_cfg:
-        md += ["", "Sweep configuration (`sweep.yaml`, re-runnable with `dipnet compare "
-               "--config`):", "", "```yaml", yaml.safe_dump(sweep_cfg, sort_keys=False).strip(),
-               "```"]
+        md += ["", "Sweep configuration of the last command (`sweep.yaml`, re-runnable with "
+               "`dipnet compare --config`):", "", "```yaml",
+               yaml.safe_dump(sweep_cfg, sort_keys=False).strip(), "```"]
     text = "\n".join(md) + "\n"
     mpath, hpath = out / "report.md", out / "report.html"
     atomic_write_text(mpath, text)
