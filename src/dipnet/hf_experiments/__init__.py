@@ -1,0 +1,1 @@
+"""Experiments with Hugging Face models: spam classification (`text`) and math reasoning (`math`)."""
