@@ -9,7 +9,12 @@ as the committed sweep (docs/results/fashion_mnist/: 10,000 training images, 5 e
   - unscaled barrier (paper's literal form) with variance_lr=0.05 (so it can act)
   - m=4, gamma=0.05: the paper's from-scratch stability setting
 
-Run:  .venv/bin/python scripts/ablation.py [--out runs/ablation] [--docs docs/results/ablation]
+With --preset resnet: a CIFAR-style ResNet-8 (BatchNorm, residual blocks) on the same 10,000
+Fashion-MNIST images, 3 epochs, 3 seeds: standard vs DIPNet with placement layers (every conv /
+linear input), blocks (each residual block's input) and input (the image only): the placement
+decision, measured where it can matter.
+
+Run:  .venv/bin/python scripts/ablation.py [--preset mlp|resnet] [--out DIR] [--docs DIR]
 Finished runs are reused (run_training), so an interrupted ablation resumes.
 """
 
@@ -35,23 +40,46 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
+RESNET_VARIANTS: dict[str, tuple[str, dict]] = {
+    "standard": ("standard", {}),
+    "dipnet, placement=layers (default)": ("dipnet", {}),
+    "dipnet, placement=blocks": ("dipnet", {"placement": "blocks"}),
+    "dipnet, placement=input": ("dipnet", {"placement": "input"}),
+}
+PRESETS = {
+    "mlp": dict(variants=VARIANTS, model="mlp", epochs=5, model_params={"hidden": [256, 256]},
+                max_val=None, title="Fashion-MNIST MLP 784-256-256-10, 5 epochs"),
+    # Validation capped at 2,000 images: on the CPU a full 6,000-image pass costs as much as
+    # a third of a ResNet epoch, and validation selects nothing here.
+    "resnet": dict(variants=RESNET_VARIANTS, model="resnet8", epochs=3, model_params={},
+                   max_val=2000,
+                   title="Fashion-MNIST ResNet-8, 3 epochs"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/ablation", help="run folders (default %(default)s)")
-    parser.add_argument("--docs", default="docs/results/ablation",
-                        help="where results.json and README.md go (default %(default)s)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="mlp",
+                        help="mlp: design decisions on an MLP; resnet: placement on a ResNet-8")
+    parser.add_argument("--out", default=None, help="run folders (default runs/ablation[_resnet])")
+    parser.add_argument("--docs", default=None, help="where results.json and README.md go "
+                        "(default docs/results/ablation[_resnet])")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     parser.add_argument("--dataset", default="fashion_mnist", help="data set (default %(default)s)")
     args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    suffix = "" if args.preset == "mlp" else f"_{args.preset}"
+    args.out = args.out or f"runs/ablation{suffix}"
+    args.docs = args.docs or f"docs/results/ablation{suffix}"
     rows = {}
-    for label, (method, params) in VARIANTS.items():
+    for label, (method, params) in preset["variants"].items():
         accs, variances, times = [], [], []
         for seed in range(args.seeds):
-            cfg = RunConfig(dataset=args.dataset, model="mlp", method=method, epochs=5,
-                            seed=seed, max_train=10000, batch_size=128, lr=1e-3,
-                            model_params={"hidden": [256, 256]}, method_params=dict(params),
-                            num_threads=1, eval_mc=False)
+            cfg = RunConfig(dataset=args.dataset, model=preset["model"], method=method,
+                            epochs=preset["epochs"], seed=seed, max_train=10000, max_val=preset["max_val"],
+                            batch_size=128, lr=1e-3, model_params=dict(preset["model_params"]),
+                            method_params=dict(params), num_threads=1, eval_mc=False)
             slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
             metrics = run_training(cfg, Path(args.out) / f"{slug}-s{seed}", progress=False)
             accs.append(metrics["test_accuracy"])
@@ -64,12 +92,11 @@ def main() -> None:
 
     base = rows["standard"]["test_accuracy"]
     lines = [
-        "# DIPNet ablation (Fashion-MNIST MLP, clean inputs)", "",
-        "Same set-up as docs/results/fashion_mnist (10,000 training images, 5 epochs, MLP "
-        "784-256-256-10, Adam lr 1e-3 cosine), 3 seeds; test accuracy on the full 10,000-image "
-        "test set, deterministic prediction. Paired t-test against standard over seeds (n=3: "
-        "low power).", "",
-        "Command: `.venv/bin/python scripts/ablation.py`", "",
+        f"# DIPNet ablation ({preset['title']}, clean inputs)", "",
+        "10,000 training images (as docs/results/fashion_mnist), Adam lr 1e-3 cosine, "
+        f"{args.seeds} seeds; test accuracy on the full 10,000-image test set, deterministic "
+        "prediction. Paired t-test against standard over seeds (n=3: low power).", "",
+        f"Command: `.venv/bin/python scripts/ablation.py --preset {args.preset}`", "",
         "| variant | test accuracy % (mean ± std) | Δ vs standard | p | CPU s/epoch | mean variance per layer (seed 0) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
