@@ -51,6 +51,19 @@ def test_second_sweep_trains_nothing(tmp_path):
     assert load_sweep_config(tmp_path / "sweep.yaml").to_dict() == sweep.to_dict()
 
 
+def test_changed_settings_do_not_silently_reuse_old_runs(tmp_path):
+    run_sweep(SweepConfig.from_dict({**TINY, "methods": ["standard"], "seeds": [0]}), tmp_path,
+              progress=False)
+    changed = {**TINY, "methods": ["standard"], "seeds": [0],
+               "run": {**TINY["run"], "epochs": 2}}
+    with pytest.raises(UserError, match="other settings.*epochs: 1 there vs 2 now"):
+        run_sweep(SweepConfig.from_dict(changed), tmp_path, progress=False)
+    # runtime-only fields (threads) may change without retraining
+    same = {**TINY, "methods": ["standard"], "seeds": [0],
+            "run": {**TINY["run"], "num_threads": 2}}
+    assert run_sweep(SweepConfig.from_dict(same), tmp_path, progress=False).trained == []
+
+
 def test_interrupted_sweep_resumes_only_missing_runs(tmp_path):
     sweep = SweepConfig.from_dict(TINY)
     first = run_sweep(sweep, tmp_path, progress=False)

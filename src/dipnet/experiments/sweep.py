@@ -290,6 +290,28 @@ def is_finished(run_dir: Path) -> bool:
         return False
 
 
+def _check_same_run(cfg: Any, run_dir: Path) -> None:
+    """Refuse to reuse a finished run whose settings differ from the sweep's.
+
+    A sweep rerun with, say, other --epochs into the same folder would otherwise mix old and
+    new runs in one report. Runtime-only fields (threads, data folder, device) may differ.
+    Raises UserError naming the first differing fields.
+    """
+    path = run_dir / "config.yaml"
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        old_cfg = type(cfg).from_dict(old).result_dict()
+    except (OSError, yaml.YAMLError, UserError, TypeError, ValueError):
+        return  # unreadable or from another engine version: the engine itself checks on resume
+    new_cfg = cfg.result_dict()
+    diff = [f"{k}: {old_cfg.get(k)!r} there vs {new_cfg.get(k)!r} now"
+            for k in sorted(set(old_cfg) | set(new_cfg)) if old_cfg.get(k) != new_cfg.get(k)]
+    if diff:
+        raise UserError(f"{run_dir} already holds a finished run with other settings "
+                        f"({'; '.join(diff[:3])}): use another --out, or delete that folder "
+                        f"to retrain it")
+
+
 @dataclass
 class SweepResult:
     """What a sweep did: run dirs trained now, reused from disk, failed, and evaluated."""
@@ -465,6 +487,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
         d = out / "runs" / cfg.run_name()
         result.run_dirs.append(d)
         if is_finished(d):
+            _check_same_run(cfg, d)
             result.reused.append(d)
         else:
             todo.append((cfg, d))
