@@ -95,7 +95,7 @@ def main() -> None:
         f"# DIPNet ablation ({preset['title']}, clean inputs)", "",
         "10,000 training images (as docs/results/fashion_mnist), Adam lr 1e-3 cosine, "
         f"{args.seeds} seeds; test accuracy on the full 10,000-image test set, deterministic "
-        "prediction. Paired t-test against standard over seeds (n=3: low power).", "",
+        f"prediction. Paired t-test against standard over seeds (n={args.seeds}: low power).", "",
         f"Command: `.venv/bin/python scripts/ablation.py --preset {args.preset}`", "",
         "| variant | test accuracy % (mean ± std) | Δ vs standard | p | CPU s/epoch | mean variance per layer (seed 0) |",
         "| --- | --- | --- | --- | --- | --- |",
