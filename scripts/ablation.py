@@ -96,7 +96,7 @@ def main() -> None:
         "10,000 training images (as docs/results/fashion_mnist), Adam lr 1e-3 cosine, "
         f"{args.seeds} seeds; test accuracy on the full 10,000-image test set, deterministic "
         f"prediction. Paired t-test against standard over seeds (n={args.seeds}: low power).", "",
-        f"Command: `.venv/bin/python scripts/ablation.py --preset {args.preset}`", "",
+        f"Command: `.venv/bin/python scripts/ablation.py --preset {args.preset} --seeds {args.seeds}`", "",
         "| variant | test accuracy % (mean ± std) | Δ vs standard | p | CPU s/epoch | mean variance per layer (seed 0) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
