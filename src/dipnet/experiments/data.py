@@ -196,7 +196,8 @@ def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+        # np.array copies: IDX arrays read with frombuffer are read-only, which torch warns about.
+        torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()},
                    tmp)
         os.replace(tmp, path)
     except OSError:
