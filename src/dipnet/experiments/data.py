@@ -191,13 +191,13 @@ def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict
             return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
         except Exception:  # noqa: BLE001 (any damage: rebuild)
             pass
-    arrays = make()
+    # np.array copies: IDX arrays read with frombuffer are read-only, which torch warns about.
+    arrays = {k: np.array(v, order="C") for k, v in make().items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
-        # np.array copies: IDX arrays read with frombuffer are read-only, which torch warns about.
-        torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()},
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
                    tmp)
         os.replace(tmp, path)
     except OSError:
