@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 
 from dipnet.experiments.config import RunConfig
+from dipnet.fileio import atomic_write_text
 from dipnet.experiments.stats import format_mean_std, format_p, paired_test, summarize
-from dipnet.experiments.sweep import atomic_write_text
 from dipnet.experiments.train import run_training
 
 VARIANTS: dict[str, tuple[str, dict]] = {

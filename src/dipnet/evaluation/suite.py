@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import fileio
 from ..errors import UserError
 from .attacks import robust_accuracy_curve
 from .calibration import calibration_metrics
@@ -325,17 +325,7 @@ def _finite(obj: Any) -> Any:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically (temp file + os.replace)."""
-    obj = _finite(obj)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fileio.atomic_write_json(path, _finite(obj), indent=1, allow_nan=False)
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import DIPConfig, DIPConfigError
 from ..errors import UserError
+from ..fileio import atomic_write_text
 
 PERTURBATIONS: tuple[str, ...] = ("none", "gaussian", "fgsm")
 # Paper Table 1: Gaussian noise sigma 0.2 and FGSM epsilon 0.2, both on [0, 1] pixels.
@@ -220,22 +220,6 @@ class RunConfig:
         text = ("# dipnet run config; re-run with: dipnet train --config this_file\n"
                 + yaml.safe_dump(self.to_dict(), sort_keys=False))
         atomic_write_text(Path(path), text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _plain(value: Any) -> Any:

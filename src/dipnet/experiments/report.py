@@ -32,7 +32,8 @@ import yaml
 
 from ..errors import UserError
 from .stats import (LOW_POWER_NOTE, format_mean_std, format_p, paired_test, summarize)
-from .sweep import METHODS, PERTURBATIONS, atomic_write_text
+from ..fileio import atomic_write_text
+from .sweep import METHODS, PERTURBATIONS
 
 __all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
            "summary_table", "markdown_to_html", "ReportPaths", "RESULTS_SCHEMA_VERSION"]

@@ -19,7 +19,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,10 +27,11 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from ..errors import UserError
+from ..fileio import atomic_write_text
 
 __all__ = ["SweepConfig", "SweepResult", "METHODS", "PERTURBATIONS", "EVALUATE_SUITES",
            "expand_grid", "run_sweep", "load_sweep_config", "parse_param", "is_finished",
-           "provenance", "atomic_write_text"]
+           "provenance"]
 
 #: Every training method the engine implements (see dipnet.experiments.methods).
 METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
@@ -39,24 +39,6 @@ METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup",
 #: The paper's training-input conditions (Table 1 columns).
 PERTURBATIONS = ("none", "gaussian", "fgsm")
 EVALUATE_SUITES = ("quick", "full", "none")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + os.replace).
-
-    A reader never sees a half-written file, and a crash leaves the old file in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import UserError
-from .config import RunConfig, atomic_write_text
+from ..fileio import atomic_write_json
+from .config import RunConfig
 from .data import DatasetSplits, Split, list_datasets, load_dataset
 from .methods import Method, get_method
 from .models import count_parameters, create_model, list_models
@@ -200,10 +201,6 @@ def evaluate_split(method: Method, model: nn.Module, split: Split, batch_size: i
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _atomic_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def save_checkpoint(out: Path, model: nn.Module, state: dict[str, Any]) -> Path:
     """Write checkpoint/epoch-NNNN/{model.safetensors,state.pt}, then switch latest.json.
 
@@ -221,7 +218,7 @@ def save_checkpoint(out: Path, model: nn.Module, state: dict[str, Any]) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_json(root / "latest.json", {"epoch": state["epoch"], "dir": name})
+    atomic_write_json(root / "latest.json", {"epoch": state["epoch"], "dir": name})
     for old in root.iterdir():
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -511,7 +508,7 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(out / ".model.safetensors.tmp"))
     os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
-    _atomic_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
         f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
     for h in list(log.handlers):

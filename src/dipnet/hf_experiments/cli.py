@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -102,28 +104,24 @@ def _settings(cls: Any, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def _text(args: argparse.Namespace) -> int:
-    from .text import TextSettings, run_sweep, write_report
-
-    s = _settings(TextSettings, args)
+def _run(module: str, settings: str, args: argparse.Namespace) -> int:
+    """Run (or, with --report-only, only re-report) one experiment and print its table."""
+    mod = importlib.import_module(f"{__package__}.{module}")
+    s = _settings(getattr(mod, settings), args)
     if args.report_only:
-        write_report(s.out_dir)
+        mod.write_report(s.out_dir)
     else:
-        run_sweep(s)
-    print(open(f"{s.out_dir}/results.md").read())
+        mod.run_sweep(s)
+    print(Path(s.out_dir, "results.md").read_text())
     return 0
+
+
+def _text(args: argparse.Namespace) -> int:
+    return _run("text", "TextSettings", args)
 
 
 def _math(args: argparse.Namespace) -> int:
-    from .math import MathSettings, run_sweep, write_report
-
-    s = _settings(MathSettings, args)
-    if args.report_only:
-        write_report(s.out_dir)
-    else:
-        run_sweep(s)
-    print(open(f"{s.out_dir}/results.md").read())
-    return 0
+    return _run("math", "MathSettings", args)
 
 
 def register(subparsers: Any) -> None:

@@ -3,16 +3,15 @@ atomic result files, summary statistics."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import tempfile
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..fileio import atomic_write_json, atomic_write_text
 from transformers import Trainer
 
 from ..config import DIPConfig
@@ -29,30 +28,10 @@ def seed_everything(seed: int) -> None:
 
 def write_json(path: str, data: Any) -> None:
     """Write ``data`` as JSON atomically (temp file + os.replace): a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_json(path, data, indent=2, sort_keys=True)
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a text file atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+write_text = atomic_write_text
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

@@ -1,0 +1,43 @@
+"""Atomic file writes shared by every part of dipnet that writes results or configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same folder, then os.replace.
+
+    A reader never sees a half-written file, and a crash leaves the old file in place.
+    Parent folders are created.
+
+    Raises:
+        OSError: if the folder cannot be created or written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
+    """Write ``obj`` as JSON (``json.dumps(obj, **dump_kwargs)``, default indent 2) atomically.
+
+    Raises:
+        OSError: as `atomic_write_text`; ValueError / TypeError: if ``obj`` is not JSON.
+    """
+    dump_kwargs.setdefault("indent", 2)
+    atomic_write_text(path, json.dumps(obj, **dump_kwargs) + "\n")
