@@ -7,7 +7,8 @@ import math
 import pytest
 
 from dipnet.experiments.stats import (confidence_interval, format_mean_std, format_p,
-                                      paired_test, summarize)
+                                      format_paired_p, is_significant, low_power_note,
+                                      paired_test, summarize, wilcoxon_floor)
 
 
 def test_summarize_known_values():
@@ -61,3 +62,70 @@ def test_formatting():
     assert format_mean_std(summarize([])) == "-"
     assert format_p(0.0004) == "<0.001" and format_p(float("nan")) == "-"
     assert format_p(0.0432) == "0.043"
+
+
+# --- issue 9 item 4: round-off must never look like significance ---------------------------
+def test_roundoff_constant_difference_is_degenerate_not_significant():
+    # differences 0.2 and 0.2000000001: constant up to round-off; scipy's t-test gives ~1e-10
+    t = paired_test([0.9, 0.8], [0.7, 0.5999999999])
+    assert t.degenerate and t.n == 2
+    assert math.isnan(t.t_p) and math.isnan(t.t_stat) and math.isnan(t.wilcoxon_p)
+    assert not t.significant
+    assert format_paired_p(t) == "n/a (constant difference)"
+    # the same with three pairs, and with the float-exact 0.9-0.7 vs 0.8-0.6 (5.6e-17 apart)
+    t3 = paired_test([0.9, 0.8, 0.7], [0.7, 0.5999999999, 0.5])
+    assert t3.degenerate and math.isnan(t3.t_p) and not t3.significant
+    tf = paired_test([0.9, 0.8, 0.7], [0.7, 0.6, 0.5])
+    assert tf.degenerate and math.isnan(tf.t_p)
+    # the tolerance is relative: a constant difference of 1e6 with round-off is degenerate too
+    big = paired_test([1e6 + 0.1 + 0.2, 2e6 + 0.3], [0.3, 1e6 + 0.3])
+    assert big.degenerate
+    # the interval of a constant difference is that difference (zero width), not NaN
+    assert t.ci_low == pytest.approx(0.2) and t.ci_high == pytest.approx(0.2)
+
+
+def test_roundoff_zero_pairs_are_zeros_for_wilcoxon():
+    # 0.1 + 0.2 - 0.3 = 5.6e-17 is a zero difference, not the smallest positive rank
+    noisy = paired_test([0.1 + 0.2, 0.6, 0.9, 0.75], [0.3, 0.5, 0.7, 0.6])
+    exact = paired_test([0.3, 0.6, 0.9, 0.75], [0.3, 0.5, 0.7, 0.6])
+    assert noisy.wilcoxon_p == pytest.approx(exact.wilcoxon_p)
+
+
+def test_never_star_with_fewer_than_three_pairs():
+    # diffs 1.0 and 1.01: t = 201 with 1 df, p = 0.003 < 0.05, yet two pairs prove nothing
+    t = paired_test([1.0, 1.01], [0.0, 0.0])
+    assert t.t_p < 0.05 and not t.degenerate
+    assert not t.significant
+    assert not is_significant(0.003, 2) and is_significant(0.003, 3)
+    # exact Wilcoxon floor with n pairs is 2 / 2^n: 0.5 at n=2
+    assert t.wilcoxon_p == pytest.approx(0.5)
+
+
+def test_wilcoxon_floor_matches_the_note():
+    for n in (2, 3, 4, 5, 6):
+        t = paired_test([1.0 + 0.1 * i for i in range(n)], [0.0] * n)
+        assert t.wilcoxon_p == pytest.approx(2 / 2 ** n) == pytest.approx(wilcoxon_floor(n))
+    note = low_power_note(2)
+    assert "0.5" in note and "2 seeds" in note and "0.25" not in note
+    assert "0.25" in low_power_note(3) and "3 seeds" in low_power_note(3)
+
+
+def test_real_difference_with_enough_pairs_is_still_starred():
+    base = [0.80, 0.82, 0.79, 0.81, 0.83, 0.80]
+    diffs = [0.020, 0.025, 0.018, 0.030, 0.022, 0.027]
+    t = paired_test([b + d for b, d in zip(base, diffs)], base)
+    assert not t.degenerate and t.n == 6
+    assert t.t_p < 1e-4 and t.significant
+    assert t.wilcoxon_p == pytest.approx(2 / 2 ** 6)  # all positive: the exact floor, < 0.05
+    assert format_paired_p(t).endswith("*")
+
+
+def test_paired_test_confidence_interval_of_mean_difference():
+    # differences 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.302652730 (tables)
+    t = paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    half = 4.302652730 / math.sqrt(3)
+    assert (t.ci_low, t.ci_high) == pytest.approx((2 - half, 2 + half), rel=1e-8)
+    d = t.to_dict()
+    assert {"ci_low", "ci_high", "degenerate", "significant"} <= set(d)
+    one = paired_test([1.0], [0.0])
+    assert math.isnan(one.ci_low) and math.isnan(one.ci_high) and not one.significant

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from ..errors import UserError
-from .stats import (LOW_POWER_NOTE, format_mean_std, format_p, paired_test, summarize)
+from .stats import (format_mean_std, format_p, format_paired_p, low_power_note, paired_test,
+                    summarize)
 from ..fileio import atomic_write_text
 from .sweep import METHODS, PERTURBATIONS
 
@@ -336,9 +337,10 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
                               "variance": summarize(vals).to_dict()})
 
     notes = []
-    ns = sorted({a["n"] for a in aggregates})
-    if ns and max(ns) <= 5:
-        notes.append(LOW_POWER_NOTE.replace("n seeds", f"{max(ns)} seeds"))
+    # The caveat quotes the floors of the smallest comparison actually tested.
+    ns = sorted({t["n"] for t in tests if t["n"] >= 2} or {a["n"] for a in aggregates})
+    if ns and ns[0] <= 5:
+        notes.append(low_power_note(ns[0]))
     if not any(a["method"] == BASELINE for a in aggregates):
         notes.append("standard training is not in this sweep, so no paired tests were run.")
     return {
@@ -430,12 +432,6 @@ def _test_index(results: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
             for t in results["paired_tests"]}
 
 
-def _stars(p: float | None) -> str:
-    if p is None or not isinstance(p, float) or not math.isfinite(p):
-        return ""
-    return "*" if p < 0.05 else ""
-
-
 def summary_table(results: dict[str, Any], dataset: str, model: str) -> str:
     """Markdown table like the paper's Table 1: test accuracy (%) per method and condition.
 
@@ -474,7 +470,7 @@ def summary_table(results: dict[str, Any], dataset: str, model: str) -> str:
         else:
             d = t.get("mean_diff")
             cells += [f"{d * 100:+.2f}" if _num(d) is not None else "-",
-                      format_p(t.get("t_p")) + _stars(t.get("t_p")), format_p(t.get("wilcoxon_p")),
+                      format_paired_p(t), format_paired_p(t, "wilcoxon_p"),
                       f"{t.get('wins', 0)}/{t.get('n', 0)}"]
         rows.append(cells)
     return _md_table(header, rows)
@@ -492,8 +488,8 @@ def _paired_table(results: dict[str, Any], dataset: str, model: str, metric: str
                      t["method"], t["n"],
                      f"{d * scale:+.3f}" if _num(d) is not None else "-",
                      f"{sd * scale:.3f}" if _num(sd) is not None else "-",
-                     format_p(t.get("t_p")) + _stars(t.get("t_p")),
-                     format_p(t.get("wilcoxon_p")), f"{t['wins']}/{t['n']}"])
+                     format_paired_p(t), format_paired_p(t, "wilcoxon_p"),
+                     f"{t['wins']}/{t['n']}"])
     return _md_table(["condition", "method", "pairs", f"mean Δ ({unit})", f"std Δ ({unit})",
                       "paired t p", "Wilcoxon p", "method > standard"], rows)
 
@@ -531,7 +527,7 @@ def _cost_table(results: dict[str, Any], dataset: str, model: str) -> str:
                     rel("train_cpu_per_epoch_s")]
         row += [format_mean_std(a.get("train_time_per_epoch_s", {}), 1.0, 2),
                 rel("train_time_per_epoch_s"),
-                format_p(t.get("t_p")) if m != BASELINE else "-",
+                format_paired_p(t, star=False) if m != BASELINE and t else "-",
                 format_mean_std(a.get("time_per_epoch_s", {}), 1.0, 2),
                 format_mean_std(a.get("peak_memory_mb", {}), 1.0, 0), rel("peak_memory_mb"),
                 a.get("num_params") if a.get("num_params") is not None else "-",
@@ -580,7 +576,7 @@ def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) ->
             cell = format_mean_std(s, 1.0, 3)
             t = tests.get((dataset, model, pert, m, k))
             if t and m != BASELINE:
-                cell += f" (p={format_p(t.get('t_p'))}{_stars(t.get('t_p'))})"
+                cell += f" (p={format_paired_p(t)})"
             cells.append(cell)
         rows.append(cells)
     return _md_table(["metric"] + methods, rows)
@@ -873,7 +869,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
            f"training-input conditions {', '.join(_PERT_LABEL.get(c, c) for c in conds)}. "
            "Accuracy is on the clean test set (never used for tuning or early stopping); the "
            "validation split is carved from the training set. Paired tests compare each method "
-           "with standard training run on the same seed (`*`: p < 0.05)."]
+           "with standard training run on the same seed (`*`: paired t-test p < 0.05 with at least "
+           "3 pairs; \"n/a (constant difference)\": every pair differs by the same amount, so "
+           "no test is defined)."]
     if unfinished:
         md += ["", f"**{len(unfinished)} run(s) not finished** (running, interrupted or failed) "
                f"and left out: {', '.join(unfinished[:10])}"

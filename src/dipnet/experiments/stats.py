@@ -17,13 +17,51 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["Summary", "PairedTest", "summarize", "paired_test", "confidence_interval",
-           "LOW_POWER_NOTE"]
+           "low_power_note", "wilcoxon_floor", "is_significant", "format_paired_p",
+           "ALPHA", "MIN_PAIRS_FOR_SIGNIFICANCE", "RELATIVE_TOLERANCE", "CONSTANT_DIFFERENCE"]
 
-LOW_POWER_NOTE = (
-    "With n seeds per method the paired tests have little power: at n=3 a t-test needs a "
-    "difference of several standard deviations of the paired differences to reach p<0.05, and "
-    "the exact Wilcoxon signed-rank test cannot go below p=0.25 (two-sided). Read p-values as "
-    "a consistency check, not as proof either way.")
+#: Significance level of the report's star.
+ALPHA = 0.05
+#: Fewer pairs than this never get a star: with two pairs a t-test has one degree of freedom
+#: and the exact Wilcoxon test cannot go below p = 0.5.
+MIN_PAIRS_FOR_SIGNIFICANCE = 3
+#: Spread of the paired differences at or below RELATIVE_TOLERANCE * max(1, |mean difference|)
+#: is round-off, not data: the differences are constant and no test is defined. Metrics here are
+#: float32 fractions or seconds written as float64 (about 1e-7 relative precision at best), so
+#: 1e-9 is far below any real spread and far above double round-off (about 1e-16).
+RELATIVE_TOLERANCE = 1e-9
+#: What a table shows in place of a p-value when the differences are constant.
+CONSTANT_DIFFERENCE = "n/a (constant difference)"
+
+
+def wilcoxon_floor(n: int) -> float:
+    """Smallest two-sided p-value the exact Wilcoxon signed-rank test can give with n pairs.
+
+    Every difference of the same sign is the most extreme of the 2^n equally likely sign
+    patterns, on either side: p = 2 / 2^n (0.5 at n=2, 0.25 at n=3, 0.0625 at n=5, 0.03125 at
+    n=6, the first n where it can fall below 0.05). Returns NaN for n < 1.
+    """
+    return math.nan if n < 1 else min(1.0, 2.0 / 2.0 ** n)
+
+
+def low_power_note(n: int) -> str:
+    """The report's caveat for a comparison over ``n`` seeds (n >= 1), with the true floors."""
+    floor = wilcoxon_floor(n)
+    return (f"With {n} seeds per method the paired tests have little power: a t-test with "
+            f"{max(n - 1, 0)} degree(s) of freedom needs a difference of several standard "
+            "deviations of the paired differences to reach p<0.05, and the exact two-sided "
+            f"Wilcoxon signed-rank test cannot go below 2/2^{n} = {floor:.4g} with {n} pairs "
+            "(below 0.05 only from 6 pairs on). Stars (t-test p<0.05) are given only with at "
+            f"least {MIN_PAIRS_FOR_SIGNIFICANCE} pairs, and never when the differences are "
+            "constant (no spread, no test). Read p-values as a consistency check, not as "
+            "proof either way.")
+
+
+def is_significant(p: float | None, n: int) -> bool:
+    """True when ``p`` is a finite p-value below ALPHA from at least MIN_PAIRS_FOR_SIGNIFICANCE
+    pairs; False for anything else (NaN, None, too few pairs)."""
+    return (p is not None and isinstance(p, (int, float)) and math.isfinite(p)
+            and p < ALPHA and n >= MIN_PAIRS_FOR_SIGNIFICANCE)
 
 
 @dataclass(frozen=True)
@@ -54,8 +92,12 @@ class PairedTest:
 
     Takes no position on direction: ``mean_diff`` > 0 means ``a`` is larger. ``t_p`` is the
     two-sided paired t-test p-value (scipy.stats.ttest_rel), ``wilcoxon_p`` the two-sided
-    Wilcoxon signed-rank p-value (exact for small n; NaN when every difference is zero, where
-    the test is undefined). ``n`` counts pairs.
+    Wilcoxon signed-rank p-value (exact for small n without ties). ``n`` counts pairs.
+    ``ci_low``/``ci_high`` bound the 95% Student-t confidence interval of the mean difference
+    (NaN below two pairs). ``degenerate`` is True when the differences are constant up to
+    round-off (see RELATIVE_TOLERANCE): then both p-values and ``t_stat`` are NaN, because no
+    test is defined, and the interval has zero width. ``significant``: t-test p < ALPHA with at
+    least MIN_PAIRS_FOR_SIGNIFICANCE pairs (what the report stars).
     """
 
     n: int
@@ -64,10 +106,18 @@ class PairedTest:
     t_stat: float
     t_p: float
     wilcoxon_p: float
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    degenerate: bool = False
 
-    def to_dict(self) -> dict[str, float]:
-        """Plain dict (JSON-ready)."""
-        return asdict(self)
+    @property
+    def significant(self) -> bool:
+        """Whether the report stars this comparison (never for degenerate or n < 3)."""
+        return not self.degenerate and is_significant(self.t_p, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready), including ``significant``."""
+        return {**asdict(self), "significant": self.significant}
 
 
 def _clean(values: Sequence[float]) -> np.ndarray:
@@ -112,13 +162,15 @@ def summarize(values: Sequence[float], level: float = 0.95) -> Summary:
     return Summary(n, mean, std, std / math.sqrt(n), low, high, level)
 
 
-def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Paired t-test and Wilcoxon signed-rank test of ``a`` against ``b``.
+def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedTest:
+    """Paired t-test, Wilcoxon signed-rank test and t interval of ``a - b``.
 
-    Takes two equally long sequences whose i-th entries belong together (same seed). Pairs
-    with a missing value on either side are dropped. Returns a PairedTest; p-values are NaN when
-    fewer than two pairs remain or when the test is undefined (all differences equal).
-    Raises ValueError when the lengths differ.
+    Takes two equally long sequences whose i-th entries belong together (same seed) and the
+    confidence level of the interval. Pairs with a missing value on either side are dropped.
+    Returns a PairedTest: p-values are NaN below two pairs and when the differences are
+    constant up to round-off (``degenerate``), where a test is undefined and scipy would
+    otherwise return a p-value of about 1e-16 from a spread of 1e-11. Raises ValueError when
+    the lengths differ or the level is outside (0, 1).
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples must have equal length, got {len(a)} and {len(b)}")
@@ -128,18 +180,24 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     n = len(pairs)
     if n == 0:
         return PairedTest(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-    diff = np.array([x - y for x, y in pairs])
+    xs = np.array([p[0] for p in pairs])
+    ys = np.array([p[1] for p in pairs])
+    diff = xs - ys
+    # A difference within round-off of its operands is a zero (0.1 + 0.2 - 0.3 = 5.6e-17 must
+    # not be ranked as the smallest positive difference by the Wilcoxon test).
+    scale = np.maximum(1.0, np.maximum(np.abs(xs), np.abs(ys)))
+    diff = np.where(np.abs(diff) <= RELATIVE_TOLERANCE * scale, 0.0, diff)
     mean_diff = float(diff.mean())
     if n < 2:
         return PairedTest(n, mean_diff, math.nan, math.nan, math.nan, math.nan)
     std_diff = float(diff.std(ddof=1))
-    if std_diff == 0.0:
-        # Constant differences: the t statistic is infinite (or 0/0); scipy warns and returns
-        # nan/inf. Report NaN rather than a misleading p of 0.
-        t_stat, t_p = math.nan, math.nan
-    else:
-        res = _st.ttest_rel([p[0] for p in pairs], [p[1] for p in pairs])
-        t_stat, t_p = float(res.statistic), float(res.pvalue)
+    if std_diff <= RELATIVE_TOLERANCE * max(1.0, abs(mean_diff)):
+        # Constant differences: t = mean / 0 (or 0/0) and every sign pattern ties; no test.
+        return PairedTest(n, mean_diff, std_diff, math.nan, math.nan, math.nan,
+                          mean_diff, mean_diff, degenerate=True)
+    ci_low, ci_high = confidence_interval(diff, level)
+    res = _st.ttest_1samp(diff, 0.0)  # = ttest_rel(a, b), on the round-off-cleaned differences
+    t_stat, t_p = float(res.statistic), float(res.pvalue)
     if np.all(diff == 0):
         w_p = math.nan
     else:
@@ -147,7 +205,29 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
             w_p = float(_st.wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
         except ValueError:
             w_p = math.nan
-    return PairedTest(n, mean_diff, std_diff, t_stat, t_p, w_p)
+    return PairedTest(n, mean_diff, std_diff, t_stat, t_p, w_p, ci_low, ci_high)
+
+
+def format_paired_p(test: PairedTest | dict[str, Any] | None, which: str = "t_p",
+                    star: bool = True) -> str:
+    """p-value text of one paired test for a table cell.
+
+    Takes a PairedTest (or its dict), which p-value (``"t_p"`` or ``"wilcoxon_p"``) and whether
+    to append the star. Returns CONSTANT_DIFFERENCE for constant differences, '-' when
+    undefined, else format_p's text, with '*' when the comparison is significant (only the
+    t-test p is starred).
+    """
+    if test is None:
+        return "-"
+    d = test.to_dict() if isinstance(test, PairedTest) else test
+    if d.get("degenerate"):
+        return CONSTANT_DIFFERENCE
+    p = d.get(which)
+    text = format_p(p if isinstance(p, (int, float)) else None)
+    sig = d.get("significant")
+    if sig is None:  # a dict written before the field existed: recompute
+        sig = is_significant(p, int(d.get("n") or 0))
+    return text + ("*" if star and which == "t_p" and sig else "")
 
 
 def format_mean_std(summary: Summary | dict[str, Any], scale: float = 1.0,
