@@ -37,7 +37,7 @@ def _build(method_name, digits, **params):
 
 def test_registry_holds_the_issue_methods():
     assert set(list_methods()) == {"standard", "dipnet", "sam", "rs", "input_noise", "dropout",
-                                   "mixup", "cutmix", "cutout"}
+                                   "mixup", "cutmix", "cutout", "fixed_noise"}
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -27,12 +27,26 @@ from .inject import (
     variance_parameters,
     variances,
 )
+from .monitor import (
+    VarianceGradientMeter,
+    activation_variances,
+    calibrate,
+    variance_histograms,
+    variance_stats,
+)
 from .objective import DIPLoss, LossParts, barrier, repeat_batch, stability
 from .predict import Prediction, mc_logits, predict
+from .pretrained import (
+    from_pretrained,
+    load_state_dict,
+    save_pretrained,
+    summary,
+    summary_dict,
+)
 from .projection import GaussianProjection, ProjectionShapeError
 from .targeting import Target, TargetError, resolve_targets
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402 (installed metadata, else the source)
 
 __all__ = [
     "AlreadyProjectedError",
@@ -64,4 +78,15 @@ __all__ = [
     "stability",
     "variance_parameters",
     "variances",
+    "from_pretrained",
+    "load_state_dict",
+    "save_pretrained",
+    "summary",
+    "summary_dict",
+    "__version__",
+    "VarianceGradientMeter",
+    "activation_variances",
+    "calibrate",
+    "variance_histograms",
+    "variance_stats",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Literal, Sequence
 Placement = Literal["layers", "blocks", "input", "custom"]
 Parameterization = Literal["softplus", "exp"]
 BarrierScaling = Literal["elbo", "unscaled"]
+BarrierReduction = Literal["sum", "mean"]
 StabilityOn = Literal["logits", "probs"]
 
 PLACEMENTS: tuple[str, ...] = ("layers", "blocks", "input", "custom")
@@ -45,6 +46,12 @@ class DIPConfig:
             standard deviation of 0.1: about a tenth of a unit-scale activation, small enough that
             training starts from (almost) the plain network and large enough that the data term
             and the barrier, not the initialisation, decide where the variance goes.
+        init_scale: if set (> 0), each projection instead starts at ``init_scale`` times the
+            mean per-feature variance of ITS OWN input, measured on a first batch by
+            `dipnet.calibrate` (the experiment harness calls it on the first training examples).
+            Activations differ in scale by orders of magnitude between layers (about 0.09 at the
+            input of a Fashion-MNIST MLP, 0.002 at its head), so one absolute number is a large
+            noise for one layer and none for another. Default None (use ``init_variance``).
         parameterization: ``"softplus"`` (variance = softplus(raw) + floor, gradients stay
             bounded for large variances) or ``"exp"`` (variance = exp(raw) + floor, i.e. a learned
             log-variance). Default ``"softplus"``.
@@ -62,6 +69,10 @@ class DIPConfig:
             a prior over the whole data set, the NLL a per-example mean), ``"unscaled"`` adds it
             per mini-batch as the paper's equation is written, which with a mean NLL drives every
             variance to beta / alpha. Default ``"elbo"``.
+        barrier_reduction: ``"sum"`` adds the barrier over every feature of every layer (the
+            paper's sum); ``"mean"`` averages it over the features of each layer and sums over
+            layers, so a 784-feature layer and a 10-feature layer are held with the same force.
+            Default ``"sum"``.
         stability_on: compute the stability penalty on ``"logits"`` or ``"probs"``.
         m: sampled trajectories per example in training, >= 1, run as one batched forward pass.
             Default 1.
@@ -83,6 +94,8 @@ class DIPConfig:
     beta: float = 0.2
     gamma: float = 0.0
     barrier_scaling: BarrierScaling = "elbo"
+    barrier_reduction: BarrierReduction = "sum"
+    init_scale: float | None = None
     stability_on: StabilityOn = "logits"
     m: int = 1
     k: int = 8
@@ -137,6 +150,12 @@ class DIPConfig:
             raise bad("parameterization", "'softplus' or 'exp'")
         if self.barrier_scaling not in ("elbo", "unscaled"):
             raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
+        if self.barrier_reduction not in ("sum", "mean"):
+            raise bad("barrier_reduction", "'sum' (over every feature) or 'mean' (per layer)")
+        if self.init_scale is not None and (not _is_number(self.init_scale)
+                                            or not self.init_scale > 0
+                                            or not math.isfinite(self.init_scale)):
+            raise bad("init_scale", "None or a finite number > 0")
         if self.stability_on not in ("logits", "probs"):
             raise bad("stability_on", "'logits' or 'probs'")
         for name in ("m", "k"):

@@ -78,19 +78,28 @@ def repeat_batch(inputs: Any, m: int, batch_size: int | None = None) -> Any:
     return inputs
 
 
-def barrier(model: nn.Module, alpha: float, beta: float) -> torch.Tensor:
+def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum") -> torch.Tensor:
     """alpha * sum(lambda) - beta * sum(ln lambda) over all projections' variances (unscaled).
 
+    Args:
+        model: a projected model.
+        alpha, beta: the barrier weights.
+        reduction: ``"sum"`` over every feature of every layer, or ``"mean"``: the mean over
+            each layer's features, summed over layers (`DIPConfig.barrier_reduction`).
     Raises:
         NotProjectedError: if the model has no projections.
+        ValueError: an unknown reduction.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     projs = list(projections(model).values())
     if not projs:
         raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
     total = projs[0].raw_variance.new_zeros(())
     for p in projs:
         v = p.variance
-        total = total + alpha * v.sum() - beta * torch.log(v).sum()
+        layer = alpha * v.sum() - beta * torch.log(v).sum()
+        total = total + (layer / v.numel() if reduction == "mean" else layer)
     return total
 
 
@@ -180,7 +189,7 @@ class DIPLoss(nn.Module):
     def scaled_barrier(self, model: nn.Module) -> torch.Tensor:
         """The barrier as it enters the loss (divided by N under the ELBO scaling)."""
         config = self.resolve_config(model)
-        b = barrier(model, config.alpha, config.beta)
+        b = barrier(model, config.alpha, config.beta, config.barrier_reduction)
         if config.barrier_scaling == "elbo":
             b = b / float(self.num_train)  # type: ignore[arg-type]
         return b

@@ -65,13 +65,13 @@ class GaussianProjection(nn.Module):
         self.parameterization = parameterization
         self.variance_floor = float(variance_floor)
         self.on = on
-        if parameterization == "softplus":
-            raw0 = _inverse_softplus(init_variance - variance_floor)
-        elif parameterization == "exp":
-            raw0 = math.log(init_variance - variance_floor)
-        else:
+        if parameterization not in ("softplus", "exp"):
             raise ValueError(f"unknown parameterization {parameterization!r}")
-        self.raw_variance = nn.Parameter(torch.full((num_features,), float(raw0)))
+        self.raw_variance = nn.Parameter(torch.empty(num_features))
+        # The value training started from, kept (as a plain float, not state) so that
+        # monitoring can say how far each variance moved; `set_variance` updates it.
+        self.init_variance = float(init_variance)
+        self.set_variance(init_variance)
         self.mode: Mode = "auto"
         # Set by `attach`; kept in __dict__ (not _modules) so the host is not a child of its
         # own projection. deepcopy/pickle follow it through the memo, so copies stay consistent.
@@ -84,6 +84,42 @@ class GaussianProjection(nn.Module):
         if self.parameterization == "softplus":
             return F.softplus(self.raw_variance) + self.variance_floor
         return torch.exp(self.raw_variance) + self.variance_floor
+
+    def raw_from_variance(self, variance: torch.Tensor | float) -> torch.Tensor:
+        """The raw parameter value that gives ``variance`` (a float or a per-feature tensor).
+
+        Raises:
+            ValueError: a variance not above ``variance_floor``.
+        """
+        v = torch.as_tensor(variance, dtype=torch.float32).expand(self.num_features)
+        excess = v - self.variance_floor
+        if not bool((excess > 0).all()):
+            raise ValueError(f"variances must exceed variance_floor={self.variance_floor}")
+        if self.parameterization == "softplus":
+            # softplus^-1(y) = y + log(-expm1(-y)), finite for large y.
+            return excess + torch.log(-torch.expm1(-excess))
+        return torch.log(excess)
+
+    @torch.no_grad()
+    def set_variance(self, variance: torch.Tensor | float, as_init: bool = True) -> None:
+        """Set lambda to ``variance`` (a float for every feature, or one per feature).
+
+        Args:
+            variance: the new variance(s), each above ``variance_floor``.
+            as_init: also record it as the initial variance that monitoring compares with (the
+                mean, for a per-feature tensor).
+        """
+        raw = self.raw_from_variance(variance).to(self.raw_variance.device)
+        self.raw_variance.copy_(raw)
+        if as_init:
+            self.init_variance = float(torch.as_tensor(variance, dtype=torch.float64).mean())
+
+    def variance_derivative(self) -> torch.Tensor:
+        """d lambda / d raw per feature (detached): sigmoid(raw) for softplus, exp(raw) for exp."""
+        with torch.no_grad():
+            if self.parameterization == "softplus":
+                return torch.sigmoid(self.raw_variance)
+            return torch.exp(self.raw_variance)
 
     @property
     def log_variance(self) -> torch.Tensor:

@@ -138,6 +138,15 @@ class Method:
         """Extra per-epoch numbers for the history (dipnet: variances)."""
         return {}
 
+    def final_stats(self, model: nn.Module) -> dict[str, Any]:
+        """Extra numbers for metrics.json at the end of training (dipnet: variance histograms)."""
+        return {}
+
+    def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
+        """Set data-dependent initial state from a batch of training inputs, after
+        `prepare_model` and before any checkpoint is loaded (dipnet: the variances relative to
+        each layer's activation scale). Default: nothing."""
+
     # ------------------------------------------------------------------ prediction
     def predict_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The deterministic prediction's logits (differentiable; caller sets eval mode)."""
@@ -195,30 +204,38 @@ class Standard(Method):
 @register_method
 class DIPNetMethod(Method):
     """DIPNet (paper Eq. 3-4) via `dipnet.project` and `dipnet.DIPLoss`; parameters are the
-    `dipnet.DIPConfig` fields (placement, alpha, beta, gamma, m, ...). Prediction is
-    deterministic (projections off; the paper's Algorithm 3); `sample_logits` draws one
-    trajectory through every projection."""
+    `dipnet.DIPConfig` fields (placement, alpha, beta, gamma, m, ...) and ``variance_lr``.
+    Prediction is deterministic (projections off; the paper's Algorithm 3); `sample_logits`
+    draws one trajectory through every projection.
+
+    Every epoch the history records each layer's variance statistics (``variance``: mean, min,
+    max, quantiles, initial value, relative change) and the mean gradient of the data term and of
+    the barrier with respect to lambda (``variance_grad``), so a run shows whether its variances
+    learned anything (docs/results/variance_study/)."""
 
     name = "dipnet"
     description = "DIPNet: learned Gaussian input projection before every layer"
     # variance_lr: learning rate of the variances; None = the run's lr (the paper learns them
     # "with the weights" and gives no separate rate). With Adam a raw variance moves about lr
-    # per step, so at lr 1e-3 a few hundred steps leave the variances near their initial value;
-    # the ablation in docs/results/ablation/ measures what a faster rate changes.
+    # per step whatever its gradient, so at lr 1e-3 a few hundred steps leave the variances near
+    # their initial value: docs/results/variance_study/ measures the update rules.
     defaults = {**DIPConfig().to_dict(), "variance_lr": None}
+    learn_variance = True
 
     def validate(self) -> None:
         params = dict(self.params)
-        self.variance_lr = params.pop("variance_lr")
+        self.variance_lr = params.pop("variance_lr", None)
+        self.profile = params.pop("profile", None)
         if self.variance_lr is not None and not (_is_num(self.variance_lr)
                                                  and self.variance_lr > 0):
-            raise UserError(f"method 'dipnet' parameter variance_lr={self.variance_lr!r} is "
-                            "invalid: expected a number > 0 (or null for the run's lr).")
+            raise UserError(f"method {self.name!r} parameter variance_lr={self.variance_lr!r} "
+                            "is invalid: expected a number > 0 (or null for the run's lr).")
         try:
             self.dip_config = DIPConfig.from_dict(params)
         except DIPConfigError as err:
-            raise UserError(f"method 'dipnet': {err}") from None
+            raise UserError(f"method {self.name!r}: {err}") from None
         self.loss_fn: dipnet.DIPLoss | None = None
+        self.meter: dipnet.VarianceGradientMeter | None = None
 
     def prepare_model(self, model: nn.Module, cfg: Any = None, num_train: int = 0) -> nn.Module:
         dipnet.project(model, self.dip_config)
@@ -226,7 +243,17 @@ class DIPNetMethod(Method):
         # projection config. num_train is the FULL training-set size (ELBO scaling), also
         # under DDP, where every rank's mean NLL estimates the same per-example mean.
         self.loss_fn = dipnet.DIPLoss(self.dip_config, num_train=max(int(num_train), 1))
+        self.meter = dipnet.VarianceGradientMeter(self.dip_config, max(int(num_train), 1))
+        if not self.learn_variance:
+            for p in dipnet.variance_parameters(model):
+                p.requires_grad_(False)
         return model
+
+    def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
+        if self.dip_config.init_scale is not None:
+            # Under the same seed the same weights and examples give the same values, so a
+            # resumed run recomputes them identically before its checkpoint overwrites them.
+            dipnet.calibrate(unwrap(model), x)
 
     def extra_parameters(self, model: nn.Module) -> int:
         return sum(p.numel() for p in dipnet.variance_parameters(unwrap(model)))
@@ -234,6 +261,8 @@ class DIPNetMethod(Method):
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         variance = {id(p) for p in dipnet.variance_parameters(model)}
         weights = [p for p in model.parameters() if p.requires_grad and id(p) not in variance]
+        if not self.learn_variance:
+            return [{"params": weights, "weight_decay": weight_decay}]
         # No weight decay on the variances: the barrier is their only prior.
         variance_group: dict[str, Any] = {"params": dipnet.variance_parameters(model),
                                           "weight_decay": 0.0}
@@ -250,9 +279,30 @@ class DIPNetMethod(Method):
         out["correct"] = _correct(parts.outputs[0], y)
         return parts.total, out
 
+    def train_step(self, model, optimizer, x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.training_loss(model, x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: non-finite training loss {float(loss)}")
+        loss.backward()
+        if self.meter is not None and self.learn_variance:
+            self.meter.update(unwrap(model))
+        optimizer.step()
+        return parts
+
     def epoch_stats(self, model: nn.Module) -> dict[str, Any]:
-        return {"variance_mean": {name or "<input>": float(v.mean())
-                                  for name, v in dipnet.variances(unwrap(model)).items()}}
+        stats = dipnet.variance_stats(unwrap(model))
+        out: dict[str, Any] = {"variance_mean": {k: v["mean"] for k, v in stats.items()},
+                               "variance": stats}
+        if self.meter is not None and self.learn_variance:
+            out["variance_grad"] = self.meter.summary()
+        return out
+
+    def final_stats(self, model: nn.Module) -> dict[str, Any]:
+        stats = dipnet.variance_stats(unwrap(model))
+        return {"variance_init": {k: v["init"] for k, v in stats.items()},
+                "variance_final": stats,
+                "variance_final_hist": dipnet.variance_histograms(unwrap(model))}
 
     def predict_logits(self, model, x):
         with dipnet.deterministic(unwrap(model)):
@@ -261,6 +311,48 @@ class DIPNetMethod(Method):
     def sample_logits(self, model, x):
         with dipnet.sampling(unwrap(model)):
             return model(x)
+
+
+@register_method
+class FixedNoise(DIPNetMethod):
+    """The control that isolates what LEARNING the variances buys: the same projections as
+    ``dipnet`` (same placement, same initial variance or ``init_scale`` calibration, same m),
+    with every variance frozen. ``profile`` (a mapping from projected layer name, as in a dipnet
+    run's ``variance_mean``, to a variance) freezes each layer at a given value instead, e.g. the
+    per-layer profile a learned run ended with. The barrier is then a constant and does not
+    change the gradients."""
+
+    name = "fixed_noise"
+    description = "DIPNet's projections with the variances frozen (the learning control)"
+    defaults = {**DIPConfig().to_dict(), "variance_lr": None, "profile": None}
+    learn_variance = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.profile is not None and not (
+                isinstance(self.profile, dict)
+                and all(isinstance(k, str) and _is_num(v) and v > 0
+                        for k, v in self.profile.items())):
+            raise UserError("method 'fixed_noise' parameter profile must map layer names to "
+                            "variances > 0 (e.g. {features.1: 0.02, head: 0.005}) or be null.")
+
+    def prepare_model(self, model, cfg=None, num_train=0):
+        super().prepare_model(model, cfg, num_train)
+        if self.profile is not None:
+            projs = {name or "<input>": p for name, p in dipnet.projections(model).items()}
+            unknown = sorted(set(self.profile) - set(projs))
+            missing = sorted(set(projs) - set(self.profile))
+            if unknown or missing:
+                raise UserError(f"method 'fixed_noise' profile does not fit the model: unknown "
+                                f"layers {unknown[:3]}, layers without a value {missing[:3]}; "
+                                f"its projected layers are {sorted(projs)[:6]}.")
+            for name, value in self.profile.items():
+                projs[name].set_variance(float(value))
+        return model
+
+    def calibrate(self, model, x):
+        if self.profile is None:
+            super().calibrate(model, x)
 
 
 # ---------------------------------------------------------------------- SAM

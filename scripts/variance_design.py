@@ -1,0 +1,140 @@
+"""Variance-learning design study: which update rule lets DIPNet's lambda find its balance?
+
+Phase 1 of the variance study (docs/results/variance_study/). Every candidate trains the same
+Fashion-MNIST MLP 784-512-512-10 (20,000 training images, 8 epochs, batch 128, Adam lr 1e-3 with
+a cosine schedule, m = 1, ELBO-scaled barrier unless stated) from the same seeds, through the
+core API only (`dipnet.project`, `DIPLoss`, `calibrate`, `variance_stats`). Every 25 steps it
+records each layer's lambda statistics, and at the end:
+  - converged: the per-layer mean log(lambda) moved less than 5% over the last epoch
+    (|delta ln lambda| < 0.05), i.e. lambda stopped moving;
+  - moved: mean |lambda / lambda_init - 1| per layer (how far from where it started);
+  - layers differ: the ratio of the largest to the smallest layer-mean lambda / init;
+  - features differ: the spread (std) of log10(lambda) over each layer's features;
+  - validation accuracy (deterministic prediction; the test split is not touched here).
+
+Run:  .venv/bin/python scripts/variance_design.py [--seeds 2] [--out runs/variance_design]
+       [--only NAME ...] [--max-train 20000] [--epochs 8]
+Each (candidate, seed) writes one JSON file; finished ones are reused, so it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dipnet
+from dipnet.experiments.data import load_dataset
+from dipnet.experiments.models import create_model
+from dipnet.fileio import atomic_write_json
+
+# name -> (DIPConfig fields, variance learning rate or None for the weights' lr)
+CANDIDATES: dict[str, tuple[dict[str, Any], float | None]] = {
+    # today's default: softplus, absolute init 0.01, the weights' Adam lr
+    "softplus, lr 1e-3 (old default)": ({}, None),
+    "softplus, variance lr 1e-2": ({}, 1e-2),
+    "log-variance, variance lr 1e-2": ({"parameterization": "exp"}, 1e-2),
+    "log-variance, lr 1e-2, init 0.1 x act. var": (
+        {"parameterization": "exp", "init_scale": 0.1}, 1e-2),
+    "log-variance, lr 1e-2, init 0.1 x act. var, per-layer mean barrier": (
+        {"parameterization": "exp", "init_scale": 0.1, "barrier_reduction": "mean"}, 1e-2),
+    "log-variance, lr 3e-2, init 0.1 x act. var": (
+        {"parameterization": "exp", "init_scale": 0.1}, 3e-2),
+}
+
+
+def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    fields, vlr = CANDIDATES[name]
+    data = load_dataset("fashion_mnist", None, 0.1, 0, args.max_train, 2000)
+    train, val = data.train, data.val
+    torch.manual_seed(seed)
+    model = create_model("mlp", data.input_shape, data.num_classes, hidden=[512, 512])
+    cfg = dipnet.DIPConfig(placement="layers", m=1, **fields)
+    dipnet.project(model, cfg)
+    if cfg.init_scale is not None:
+        dipnet.calibrate(model, train.x[:512])
+    loss_fn = dipnet.DIPLoss(cfg, num_train=len(train))
+    opt = torch.optim.Adam(dipnet.parameter_groups(model, variance_lr=vlr), lr=1e-3)
+    base = [g["lr"] for g in opt.param_groups]
+    meter = dipnet.VarianceGradientMeter(cfg, len(train))
+    steps_per_epoch = len(train) // 128
+    total = steps_per_epoch * args.epochs
+    trace: list[dict[str, Any]] = [{"step": 0, "stats": dipnet.variance_stats(model)}]
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    t0 = time.perf_counter()
+    epoch_means: list[dict[str, float]] = [
+        {k: math.log(v["mean"]) for k, v in trace[0]["stats"].items()}]
+    grads: list[dict[str, Any]] = []
+    for epoch in range(args.epochs):
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+        model.train()
+        for idx in torch.randperm(len(train), generator=gen)[:steps_per_epoch * 128].split(128):
+            parts = loss_fn(model, train.x[idx], train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            parts.total.backward()
+            meter.update(model)
+            opt.step()
+            step += 1
+            if step % 25 == 0:
+                trace.append({"step": step, "stats": dipnet.variance_stats(model)})
+        grads.append(meter.summary())
+        epoch_means.append({k: math.log(v["mean"])
+                            for k, v in dipnet.variance_stats(model).items()})
+    model.eval()
+    with torch.no_grad():
+        val_acc = float((dipnet.predict(model, val.x, k=0).labels == val.y).float().mean())
+    final = dipnet.variance_stats(model)
+    last_move = {k: abs(epoch_means[-1][k] - epoch_means[-2][k]) for k in final}
+    ratios = [v["mean"] / v["init"] for v in final.values()]
+    return {
+        "candidate": name, "seed": seed, "config": cfg.to_dict(), "variance_lr": vlr,
+        "steps": total, "seconds": time.perf_counter() - t0, "val_accuracy": val_acc,
+        "final": final, "trace": trace, "grad_split": grads,
+        "last_epoch_move_ln": last_move,
+        "converged": all(v < 0.05 for v in last_move.values()),
+        "moved": {k: v["rel_change"] for k, v in final.items()},
+        "layer_ratio_spread": max(ratios) / min(ratios),
+        "feature_log10_std": {k: v["log10_std"] for k, v in final.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--out", default="runs/variance_design")
+    ap.add_argument("--only", nargs="*", help="candidate names (default all)")
+    ap.add_argument("--max-train", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(CANDIDATES)
+    rows = []
+    for name in names:
+        for seed in range(args.seeds):
+            slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
+            path = out / f"{slug}-s{seed}-n{args.max_train}-e{args.epochs}.json"
+            if path.is_file():
+                res = json.loads(path.read_text())
+            else:
+                res = train_one(name, seed, args)
+                atomic_write_json(path, res)
+            rows.append(res)
+            layers = ", ".join(f"{k} {v['init']:.2g}->{v['mean']:.3g}"
+                               for k, v in res["final"].items())
+            print(f"{name} s{seed}: val {res['val_accuracy']:.4f} converged "
+                  f"{res['converged']} layer-spread {res['layer_ratio_spread']:.2f} | {layers} "
+                  f"({res['seconds']:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
