@@ -19,7 +19,7 @@ from dipnet.experiments.models import create_model
 from dipnet.experiments.perturb import fgsm, gaussian, perturb_batch
 
 torch.set_num_threads(1)
-STOCHASTIC = {"dipnet", "rs", "dropout"}  # methods with a sampled prediction
+STOCHASTIC = {"fixed_noise", "dipnet", "rs", "dropout"}  # methods with a sampled prediction
 
 
 @pytest.fixture(scope="module")
