@@ -163,7 +163,7 @@ class RunConfig:
 
     def resolved_method_params(self) -> dict[str, Any]:
         """The method's parameters: for dipnet, ``dip`` merged with ``method_params``."""
-        if self.method == "dipnet":
+        if self.method in ("dipnet", "fixed_noise"):  # the methods built on DIPConfig
             return {**self.dip, **self.method_params}
         return dict(self.method_params)
 

@@ -369,6 +369,9 @@ def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: st
     model = create_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_params)
     base_params = count_parameters(model)
     model = method.prepare_model(model, cfg, num_train).to(device)
+    # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
+    # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
+    method.calibrate(model, train.x[:512])
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -578,6 +581,7 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
         "num_params": base_params,
         "extra_params": extra,
         "variances": variances,
+        **method.final_stats(model),
         "method_params": method.params,
         "num_train": len(data.train),
         "num_val": len(val),
