@@ -181,3 +181,25 @@ def test_full_suite_on_digits(runs):
     pgd = [a for a in ev["attacks"] if a["attack"] == "pgd"]
     assert all(a["losses"] == ["ce", "margin"] and a["restarts"] == 2 for a in pgd)
     assert {c["severity"] for c in ev["corruptions"]} == {1, 2, 3, None}
+
+
+@pytest.mark.parametrize("where", ["under_file", "is_dir"])
+def test_out_that_cannot_be_written_is_one_line_before_any_work(runs, tmp_path, capsys, where):
+    # Issue 9 item 8: `--out file/x.json` gave a FileExistsError traceback after the whole
+    # evaluation had run. Now: one line naming the path, exit 2, nothing written, checked first.
+    from dipnet.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    out = blocker / "x.json" if where == "under_file" else tmp_path
+    code = main(["evaluate", str(runs["standard"]), "--parts", "clean", "--no-progress",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(blocker if where == "under_file" else out) in err and "--out" in err
+    assert blocker.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temp file left
+    # The library entry point gives the same clear error.
+    with pytest.raises(UserError, match="--out"):
+        evaluate_run(runs["standard"], progress=False, out=out, parts=("clean",))

@@ -423,6 +423,8 @@ def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
     from ..experiments.runs import load_run
 
     settings = get_settings(suite, **overrides)
+    if write and out is not None:
+        check_out_path(out)  # before the long work, not after it
     dev = _device(device)
     t0 = time.perf_counter()
     run = load_run(run_dir, data_dir=data_dir)
@@ -460,9 +462,38 @@ def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
     result = {**header, **result}
     if write:
         target = Path(out) if out is not None else Path(run_dir) / "evaluation.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(target, result)
+        try:
+            atomic_write_json(target, result)
+        except OSError as err:
+            what = "--out " if out is not None else ""
+            raise UserError(f"cannot write {what}{target} ({err.strerror or err}); choose a "
+                            "writable file path.") from None
     return result
+
+
+def check_out_path(out: str | os.PathLike) -> Path:
+    """Check, before any work, that the JSON can be written to ``out`` (the ``--out`` value).
+
+    Returns:
+        ``out`` as a Path.
+    Raises:
+        UserError: ``out`` is a folder, lies under a file, or its nearest existing folder is
+            not writable.
+    """
+    target = Path(out)
+    if target.is_dir():
+        raise UserError(f"--out {target} is a folder; give a file name, e.g. --out "
+                        f"{target / 'evaluation.json'}.")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {target} cannot be written: {parent} is a file, not a "
+                                "folder; choose another path.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"--out {target} cannot be written: no permission to write in "
+                                f"{parent}; choose another path.")
+            break
+    return target
 
 
 def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
