@@ -45,6 +45,9 @@ CANDIDATES: dict[str, tuple[dict[str, Any], float | None]] = {
         {"parameterization": "exp", "init_scale": 0.1, "barrier_reduction": "mean"}, 1e-2),
     "log-variance, lr 3e-2, init 0.1 x act. var": (
         {"parameterization": "exp", "init_scale": 0.1}, 3e-2),
+    "log-variance, lr 3e-2": ({"parameterization": "exp"}, 3e-2),
+    "log-variance, lr 1e-1, init 0.1 x act. var": (
+        {"parameterization": "exp", "init_scale": 0.1}, 1e-1),
 }
 
 
@@ -91,6 +94,10 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         val_acc = float((dipnet.predict(model, val.x, k=0).labels == val.y).float().mean())
     final = dipnet.variance_stats(model)
+    # The input layer's features are the pixels, the same in every seed: if the learned
+    # per-pixel variances agree across seeds, the features learned something real.
+    first = next(iter(dipnet.projections(model).values()))
+    input_profile = [float(v) for v in first.variance.detach()]
     last_move = {k: abs(epoch_means[-1][k] - epoch_means[-2][k]) for k in final}
     ratios = [v["mean"] / v["init"] for v in final.values()]
     return {
@@ -102,7 +109,51 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "moved": {k: v["rel_change"] for k, v in final.items()},
         "layer_ratio_spread": max(ratios) / min(ratios),
         "feature_log10_std": {k: v["log10_std"] for k, v in final.items()},
+        "input_profile": input_profile,
     }
+
+
+def summarize(rows: list[dict[str, Any]], path: Path) -> str:
+    """A markdown table per candidate (means over seeds) and a JSON file beside it."""
+    import numpy as np
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(f"{r['candidate']} [{r['steps']} steps]", []).append(r)
+    out, lines = {}, [
+        "| candidate | val acc % | final lambda per layer (x init) | net grad / barrier grad, "
+        "last epoch | last-epoch move of ln lambda | log10 spread over features | "
+        "input-pixel profile: corr. across seeds |", "|---|---|---|---|---|---|---|"]
+    for name, rs in by.items():
+        layers = list(rs[0]["final"])
+        lam = {k: float(np.mean([r["final"][k]["mean"] for r in rs])) for k in layers}
+        ratio = {k: float(np.mean([r["final"][k]["mean"] / r["final"][k]["init"] for r in rs]))
+                 for k in layers}
+        bal = {k: float(np.mean([abs(r["grad_split"][-1][k]["data"]
+                                     + r["grad_split"][-1][k]["barrier"])
+                                 / abs(r["grad_split"][-1][k]["barrier"]) for r in rs]))
+               for k in layers}
+        move = {k: float(np.mean([r["last_epoch_move_ln"][k] for r in rs])) for k in layers}
+        spread = {k: float(np.mean([r["feature_log10_std"][k] for r in rs])) for k in layers}
+        corr = float("nan")
+        if len(rs) >= 2 and all("input_profile" in r for r in rs):
+            prof = np.log(np.array([r["input_profile"] for r in rs]))
+            cs = [np.corrcoef(prof[i], prof[j])[0, 1] for i in range(len(rs))
+                  for j in range(i + 1, len(rs))]
+            corr = float(np.mean(cs))
+        val = [r["val_accuracy"] for r in rs]
+        out[name] = {"seeds": len(rs), "val_accuracy": val, "lambda": lam, "ratio_to_init": ratio,
+                     "net_over_barrier_grad": bal, "last_epoch_move_ln": move,
+                     "feature_log10_std": spread, "input_profile_corr": corr}
+        fmt = lambda d, f: ", ".join(f"{k} {f(v)}" for k, v in d.items())  # noqa: E731
+        lines.append(
+            f"| {name} | {100 * np.mean(val):.2f} ± {100 * np.std(val, ddof=1) if len(val) > 1 else 0:.2f} | "
+            f"{fmt(lam, lambda v: f'{v:.3g}')} ({fmt(ratio, lambda v: f'x{v:.3g}')}) | "
+            f"{fmt(bal, lambda v: f'{v:.2f}')} | {fmt(move, lambda v: f'{v:.3f}')} | "
+            f"{fmt(spread, lambda v: f'{v:.2f}')} | {corr:.2f} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, out)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -113,6 +164,8 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summary", metavar="JSON", help="also write a summary of every finished "
+                    "run in --out to this JSON file (and print the markdown table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -134,6 +187,12 @@ def main() -> None:
             print(f"{name} s{seed}: val {res['val_accuracy']:.4f} converged "
                   f"{res['converged']} layer-spread {res['layer_ratio_spread']:.2f} | {layers} "
                   f"({res['seconds']:.0f}s)", flush=True)
+    if args.summary:
+        print(summarize(_all_finished(out), Path(args.summary)))
+
+
+def _all_finished(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
 
 if __name__ == "__main__":

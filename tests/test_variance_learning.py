@@ -178,3 +178,30 @@ def test_fixed_noise_profile_and_calibration():
         get_method("fixed_noise", profile={"0": -1})
     model, _, _ = _train_steps("fixed_noise", steps=1, init_scale=0.5)
     assert float(dipnet.variances(model)["0"].mean()) == pytest.approx(0.5, rel=0.15)
+
+
+def test_dip_loss_calibrates_on_first_batch_once_and_never_after_training():
+    model = _mlp()
+    cfg = dipnet.DIPConfig(init_scale=0.5, parameterization="exp", variance_lr=0.1)
+    dipnet.project(model, cfg)
+    x, y = torch.randn(64, 12) * 2.0, torch.randint(4, (64,))
+    expected = 0.5 * float((x).var(0, unbiased=False).mean())
+    loss_fn = dipnet.DIPLoss(cfg, num_train=100)
+    opt = torch.optim.Adam(dipnet.parameter_groups(model), lr=1e-3)
+    assert opt.param_groups[1]["lr"] == 0.1  # the config's variance_lr
+    model.train()
+    loss_fn(model, x, y).total.backward()
+    p0 = dipnet.projections(model)["0"]
+    assert p0.calibrated and float(p0.variance.mean()) == pytest.approx(expected, rel=1e-4)
+    opt.step()
+    after_step = p0.raw_variance.detach().clone()
+    loss_fn(model, x * 10, y)  # a second batch does not recalibrate
+    assert torch.equal(p0.raw_variance.detach(), after_step)
+    # A fresh model that receives trained variances (a resume) is not reset either.
+    other = _mlp()
+    dipnet.project(other, cfg)
+    other.load_state_dict(model.state_dict())
+    dipnet.DIPLoss(cfg, num_train=100)(other, x, y)
+    assert torch.equal(dipnet.projections(other)["0"].raw_variance.detach(), after_step)
+    with pytest.raises(dipnet.DIPConfigError, match="variance_lr"):
+        dipnet.DIPConfig(variance_lr=0)

@@ -55,8 +55,14 @@ class DIPConfig:
         parameterization: ``"softplus"`` (variance = softplus(raw) + floor, gradients stay
             bounded for large variances) or ``"exp"`` (variance = exp(raw) + floor, i.e. a learned
             log-variance). Default ``"softplus"``.
-        variance_floor: added to every variance, >= 0, so that ln(variance) stays finite.
+        variance_floor: added to every variance, > 0, so that ln(variance) stays finite.
             Default 1e-6.
+
+        variance_lr: learning rate of the variances' own optimizer group
+            (`dipnet.parameter_groups`), > 0, or None for the optimizer's learning rate. With
+            Adam a parameter moves about one learning rate per step whatever the size of its
+            gradient, so at a weight learning rate of 1e-3 the variances barely leave their
+            initial value within a normal training budget. Default None.
 
     Objective (paper Eq. 3-4; gamma is the paper's "lambda"):
         alpha: weight of sum(variance) in the barrier, > 0. Default 0.1 (paper).
@@ -96,6 +102,7 @@ class DIPConfig:
     barrier_scaling: BarrierScaling = "elbo"
     barrier_reduction: BarrierReduction = "sum"
     init_scale: float | None = None
+    variance_lr: float | None = None
     stability_on: StabilityOn = "logits"
     m: int = 1
     k: int = 8
@@ -137,7 +144,12 @@ class DIPConfig:
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
                 raise bad(name, "a finite number > 0")
-        for name in ("variance_floor", "gamma"):
+        # variance_floor > 0 is what keeps ln(variance) finite.
+        for name in ("variance_floor",):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0 or not math.isfinite(value):
+                raise bad(name, "a finite number > 0 (it keeps ln(variance) finite)")
+        for name in ("gamma",):
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0 or not math.isfinite(value):
                 raise bad(name, "a finite number >= 0")
@@ -152,6 +164,10 @@ class DIPConfig:
             raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
         if self.barrier_reduction not in ("sum", "mean"):
             raise bad("barrier_reduction", "'sum' (over every feature) or 'mean' (per layer)")
+        if self.variance_lr is not None and (not _is_number(self.variance_lr)
+                                             or not self.variance_lr > 0
+                                             or not math.isfinite(self.variance_lr)):
+            raise bad("variance_lr", "None or a finite number > 0")
         if self.init_scale is not None and (not _is_number(self.init_scale)
                                             or not self.init_scale > 0
                                             or not math.isfinite(self.init_scale)):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import DIPConfig
@@ -76,8 +78,8 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
         )
     targets = resolve_targets(model, config)
     modules = dict(model.named_modules())
-    ref = next(model.parameters(), None)
     for t in targets:
+        host = modules[t.name]
         proj = GaussianProjection(
             t.num_features,
             feature_dim=t.feature_dim,
@@ -85,14 +87,24 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
             parameterization=config.parameterization,
             variance_floor=config.variance_floor,
             on=t.on,
+            batched_ndim=t.batched_ndim,
         )
-        if ref is not None:
-            # Variances stay float32 even in a half-precision model: they are tiny numbers
-            # whose logarithm enters the loss.
-            proj.to(device=ref.device)
-        proj.attach(modules[t.name])
+        device = _device_of(host) or _device_of(model)
+        if device is not None:
+            # Only the device: variances stay float32 even in a half-precision model (they
+            # are tiny numbers whose logarithm enters the loss).
+            proj.to(device=device)
+        proj.attach(host)
     object.__setattr__(model, _CONFIG_ATTR, config)
     return model
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    # The host's own device: in a model split over devices (device_map, pipeline stages) the
+    # first parameter of the whole model can sit elsewhere.
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return None
 
 
 def remove(model: nn.Module) -> nn.Module:
@@ -122,7 +134,8 @@ def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list
 
     Args:
         model: a projected model.
-        variance_lr: learning rate of the variances; None keeps the optimizer's default lr.
+        variance_lr: learning rate of the variances; None takes the model's
+            ``DIPConfig.variance_lr``, and if that is None too the optimizer's default lr.
     Returns:
         A list of two dicts for ``torch.optim.X(groups, lr=..., weight_decay=...)``.
     Raises:
@@ -133,6 +146,9 @@ def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list
         raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
     ids = {id(p) for p in var}
     group: dict = {"params": var, "weight_decay": 0.0}
+    if variance_lr is None:
+        config = get_config(model)
+        variance_lr = config.variance_lr if config is not None else None
     if variance_lr is not None:
         group["lr"] = variance_lr
     return [{"params": [p for p in model.parameters() if id(p) not in ids]}, group]
@@ -224,6 +240,23 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[str]:
+    """Why a saved raw-variance tensor cannot be loaded (empty if it can)."""
+    if not raw.is_floating_point():
+        return [f"{key}: dtype {raw.dtype}, expected a floating-point tensor"]
+    raw = raw.detach().to(torch.float32)
+    # The variance the projection would compute (softplus/exp + floor), so an exp-parameterised
+    # raw value of 200 (variance e^200 = inf in float32) is refused too.
+    base = F.softplus(raw) if proj.parameterization == "softplus" else torch.exp(raw)
+    variance = base + proj.variance_floor
+    bad = int((~torch.isfinite(raw)).sum()) + int(
+        (torch.isfinite(raw) & ~torch.isfinite(variance)).sum())
+    if bad:
+        return [f"{key}: {bad} non-finite variance(s) of {raw.numel()}; the file is damaged or "
+                "was saved from a diverged run"]
+    return []
+
+
 def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load projections saved by `save_projections` into ``model``.
 
@@ -233,8 +266,9 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Returns:
         ``model``.
     Raises:
-        ProjectionFileError: if the file is missing, not a dipnet projections file, or its
-            projections do not match the model's.
+        ProjectionFileError: if the file is missing, not a dipnet projections file, holds no
+            valid config, holds non-finite variances, or its projections do not match the
+            model's.
     """
     from safetensors import safe_open
 
@@ -251,7 +285,14 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ProjectionFileError(f"{path} is not a dipnet projections file (no format tag).")
     was_projected = bool(projections(model))
     if not was_projected:
-        project(model, DIPConfig.from_dict(json.loads(metadata["config"])))
+        try:
+            saved = DIPConfig.from_dict(json.loads(metadata["config"]))
+        except (KeyError, TypeError, ValueError) as err:  # DIPConfigError is a ValueError
+            raise ProjectionFileError(
+                f"{path} holds no usable DIPConfig ({type(err).__name__}: {err}); re-save it "
+                "with dipnet.save_projections."
+            ) from None
+        project(model, saved)
     projs = projections(model)
     expected = {
         (f"{name}.{ATTR}.raw_variance" if name else f"{ATTR}.raw_variance"): p
@@ -267,6 +308,8 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             if tensors[key].shape != p.raw_variance.shape:
                 problems.append(f"{key}: file {tuple(tensors[key].shape)} vs model "
                                 f"{tuple(p.raw_variance.shape)}")
+            else:
+                problems += _bad_values(key, tensors[key], p)
     if problems:
         if not was_projected:
             remove(model)

@@ -116,14 +116,47 @@ def calibrate(model: nn.Module, inputs: Batch, scale: float | None = None,
     if scale is None or not scale > 0:
         raise ValueError("calibrate needs scale > 0 (or a DIPConfig with init_scale set)")
     out: dict[str, float] = {}
+    projs = projections(model)
     for name, var in activation_variances(model, inputs, **forward_kwargs).items():
-        p = projections(model)[name]
+        p = projs[name]
         # A layer whose inputs are constant on the batch (dead units) still needs a variance
         # above the floor for ln(lambda) to be finite.
         value = max(float(scale) * float(var.mean()), 10.0 * p.variance_floor)
         p.set_variance(value)
+        p.calibrated = True
         out[name] = value
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every process saw its own batch: take rank 0's values so that replicas stay equal.
+        for name, p in projs.items():
+            torch.distributed.broadcast(p.raw_variance.data, src=0)
+            p.init_variance = float(p.variance.detach().mean())
+            out[name] = p.init_variance
     return out
+
+
+def maybe_calibrate(model: nn.Module, inputs: Batch, config: DIPConfig | None = None,
+                    **forward_kwargs: Any) -> bool:
+    """`calibrate` the model if its config asks for it (``init_scale``) and no projection has
+    been calibrated or trained yet; returns whether it calibrated.
+
+    "Not trained yet" means every variance still holds exactly the value it was constructed
+    with, so a model whose trained variances were loaded from a checkpoint is never reset.
+    """
+    config = config or get_config(model)
+    if config is None or config.init_scale is None:
+        return False
+    projs = projections(model)
+    if not projs or any(p.calibrated for p in projs.values()):
+        return False
+    with torch.no_grad():
+        untouched = all(torch.equal(p.raw_variance, p.raw_from_variance(p.init_variance).to(
+            p.raw_variance.device)) for p in projs.values())
+    if not untouched:
+        for p in projs.values():
+            p.calibrated = True  # trained values: keep them, and stop checking
+        return False
+    calibrate(model, inputs, config.init_scale, **forward_kwargs)
+    return True
 
 
 @torch.no_grad()

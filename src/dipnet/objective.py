@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -15,6 +18,85 @@ from .inject import NotProjectedError, get_config, projections
 Batch = torch.Tensor | Mapping[str, Any]
 
 
+class BatchTooLargeError(ValueError):
+    """m (or k) copies of a batch cannot fit in the memory of its device; nothing was allocated."""
+
+
+class DIPLossWarning(UserWarning):
+    """`DIPLoss` was used in a way that silently changes what it computes."""
+
+
+# ---------------------------------------------------------------------- memory bound on copies
+def available_bytes(device: torch.device) -> int | None:
+    """Memory that can still be allocated on ``device``, in bytes; None where it cannot be told.
+
+    CUDA: free device memory plus what the caching allocator holds unused. CPU: the kernel's
+    MemAvailable, bounded by the cgroup (container) limit when there is one.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                found.append(int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _batch_tensors(inputs: Any, batch_size: int) -> list[torch.Tensor]:
+    # The tensors `repeat_batch` copies: those whose first axis is the batch.
+    if isinstance(inputs, torch.Tensor):
+        return [inputs] if inputs.dim() > 0 and inputs.shape[0] == batch_size else []
+    if isinstance(inputs, Mapping):
+        return [t for v in inputs.values() for t in _batch_tensors(v, batch_size)]
+    if isinstance(inputs, (list, tuple)):
+        return [t for v in inputs for t in _batch_tensors(v, batch_size)]
+    return []
+
+
+def check_copies_fit(inputs: Any, copies: int, what: str,
+                     fix: str = "use fewer copies or a smaller batch") -> None:
+    """Refuse ``copies`` stacked copies of a batch whose inputs alone exceed the free memory.
+
+    The forward pass needs far more than its inputs, so this only catches the hopeless cases
+    (``DIPConfig(m=10**6)``) with a clear message instead of an out-of-memory error.
+
+    Args:
+        inputs: the batch (tensor, mapping or sequence).
+        copies: how many copies would be stacked along the batch axis.
+        what: the caller and its count, for the message (``"DIPLoss with m=8"``).
+        fix: what the user can change.
+    Raises:
+        BatchTooLargeError: the copies need more bytes than `available_bytes` reports.
+    """
+    tensors = _batch_tensors(inputs, batch_size_of(inputs))
+    if copies <= 1 or not tensors:
+        return
+    need = copies * sum(t.numel() * t.element_size() for t in tensors)
+    device = tensors[0].device
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise BatchTooLargeError(
+            f"{what}: {copies} copies of this batch need {need / 1e9:.3g} GB for the inputs "
+            f"alone, more than the {free / 1e9:.3g} GB available on {device}; {fix}."
+        )
+
+
 @dataclass
 class LossParts:
     """The DIPNet loss and its parts, for one mini-batch.
@@ -23,8 +105,9 @@ class LossParts:
         total: nll + barrier + gamma * stability; call ``.backward()`` on it.
         nll: mean negative log-likelihood over the m trajectories.
         barrier: the (scaled) variance barrier alpha*sum(lambda) - beta*sum(ln lambda).
-        stability: the unscaled stability term (mean over examples of the summed unbiased
-            variance across trajectories); 0 when m = 1.
+        stability: the unscaled stability term (see `stability`: the unbiased variance across
+            trajectories summed over classes, averaged over the counted examples / positions);
+            0 when m = 1.
         outputs: the model outputs, shape (m, B, ...) (the logits, or what ``output_fn`` picks).
     """
 
@@ -103,19 +186,91 @@ def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum")
     return total
 
 
-def stability(outputs: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of the unbiased variance across trajectories, summed over outputs.
+def stability(outputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The stability penalty: the unbiased variance across the m trajectories, summed over the
+    last (class / vocabulary) axis, averaged over the positions that count.
+
+    For classifier outputs (m, B, C) that is the mean over examples; for token outputs
+    (m, B, T, V) the mean over the (B, T) positions where ``mask`` is True (`token_mask`: the
+    positions whose label is not -100), so padding never enters it and gamma means the same for
+    any sequence length. Outputs (m, B) with no class axis: the mean variance over examples.
+    `DIPLoss` and `dipnet.hf.DIPTrainer` both use this definition.
 
     Args:
-        outputs: shape (m, B, ...), m >= 2.
+        outputs: shape (m, B, ...), m >= 2 (m < 2 gives 0).
+        mask: boolean, shape ``outputs.shape[1:-1]``; None counts every position.
     Returns:
-        A scalar tensor.
+        A scalar tensor (0 when no position counts).
+    Raises:
+        ValueError: a mask of the wrong shape.
+    """
+    total, count = stability_sum(outputs, mask)
+    return total / count.clamp_min(1)
+
+
+def stability_sum(outputs: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parts of `stability`: (summed variance over the counted positions, their count).
+
+    Under gradient accumulation the sum of each micro-batch is divided by the count of the
+    whole accumulated batch, which gives the big-batch mean.
     """
     m = outputs.shape[0]
+    per_position_shape = outputs.shape[1:] if outputs.dim() == 2 else outputs.shape[1:-1]
+    if mask is not None and tuple(mask.shape) != tuple(per_position_shape):
+        raise ValueError(f"stability mask has shape {tuple(mask.shape)}, expected "
+                         f"{tuple(per_position_shape)} (the outputs without m and the class axis)")
     if m < 2:
-        return outputs.new_zeros(())
+        zero = outputs.new_zeros((), dtype=torch.float32)
+        return zero, zero
     var = outputs.float().var(dim=0, unbiased=True)  # (B, ...)
-    return var.reshape(var.shape[0], -1).sum(dim=1).mean()
+    if outputs.dim() > 2:
+        var = var.sum(-1)
+    if mask is None:
+        return var.sum(), var.new_tensor(float(var.numel()))
+    mask = mask.to(device=var.device, dtype=torch.bool)
+    return (var * mask).sum(), mask.sum().to(var.dtype)
+
+
+def token_mask(labels: torch.Tensor, shift: bool) -> torch.Tensor:
+    """The positions that count for `stability`: label not -100; for a causal LM (``shift``)
+    position t predicts label t+1, so it counts when label t+1 does, and the last never does.
+
+    Args:
+        labels: integer labels, shape (B,) or (B, T).
+        shift: True for a causal LM whose loss shifts the labels (`shifts_labels`).
+    Returns:
+        A boolean tensor of the labels' shape.
+    """
+    if not shift or labels.dim() < 2:
+        return labels != -100
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[..., :-1] = labels[..., 1:] != -100
+    return mask
+
+
+def shifts_labels(model: nn.Module) -> bool:
+    """True for a Hugging Face causal LM (its own loss at position t targets label t+1).
+
+    Needs no transformers import: a model that is not from transformers answers False.
+    """
+    if "transformers" not in sys.modules:
+        return False
+    inner = model
+    while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        inner = inner.module
+    if any(c.__name__ == "PeftModel" for c in type(inner).__mro__):
+        inner = inner.get_base_model()
+    if getattr(getattr(inner, "config", None), "is_encoder_decoder", False):
+        return False
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return False
+    if LOSS_MAPPING.get(getattr(inner, "loss_type", None)) is ForCausalLMLoss:
+        return True
+    return type(inner).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
 def _default_output(out: Any) -> torch.Tensor:
@@ -153,6 +308,13 @@ class DIPLoss(nn.Module):
             output; default: the tensor itself, or ``.logits``.
     Raises:
         ValueError: at construction if ``barrier_scaling="elbo"`` and ``num_train`` is missing.
+        BatchTooLargeError: at call time, if m copies of the batch's inputs alone exceed the
+            memory free on their device (before anything is allocated).
+    Warns:
+        DIPLossWarning: once per `DIPLoss`, if gamma > 0 and m > 1 but no projection samples
+            (the model is in eval mode): the stability term is then identically 0. A warning,
+            not an error, because computing the loss in eval mode (a validation loss) is
+            legitimate; only its stability part is meaningless there.
     """
 
     def __init__(
@@ -169,6 +331,7 @@ class DIPLoss(nn.Module):
             self._check_scaling(config)
         self.criterion = criterion
         self.output_fn = output_fn or _default_output
+        self._calibration_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
     def _check_scaling(self, config: DIPConfig) -> None:
         if config.barrier_scaling == "elbo" and (self.num_train is None or self.num_train < 1):
@@ -206,8 +369,18 @@ class DIPLoss(nn.Module):
             forward_kwargs: extra keyword arguments for the model, not repeated.
         """
         config = self.resolve_config(model)
+        if config.init_scale is not None and model not in self._calibration_checked:
+            # The first training batch sets the initial variances relative to each layer's
+            # activation scale (DIPConfig.init_scale), unless that already happened.
+            from .monitor import maybe_calibrate
+
+            maybe_calibrate(model, inputs, config, **forward_kwargs)
+            self._calibration_checked.add(model)
         m = config.m
         b = batch_size_of(inputs)
+        check_copies_fit(inputs, m, f"DIPLoss with m={m}", "lower DIPConfig.m or the batch size")
+        if config.gamma > 0 and m > 1:
+            self._warn_if_not_sampling(model)
         stacked = repeat_batch(inputs, m, b)
         if isinstance(stacked, Mapping):
             raw = model(**stacked, **forward_kwargs)
@@ -238,11 +411,37 @@ class DIPLoss(nn.Module):
         bar = self.scaled_barrier(model)
         if config.gamma > 0 and m > 1:
             f = outputs.softmax(-1) if config.stability_on == "probs" else outputs
-            stab = stability(f)
+            stab = stability(f, self._counted(model, inputs, targets, outputs))
         else:
             stab = nll.new_zeros(())
         total = nll + bar + config.gamma * stab
         return LossParts(total=total, nll=nll, barrier=bar, stability=stab, outputs=outputs)
+
+    @staticmethod
+    def _counted(model: nn.Module, inputs: Batch, targets: torch.Tensor | None,
+                 outputs: torch.Tensor) -> torch.Tensor | None:
+        # The positions the stability term averages over: those whose target is not -100 (the
+        # model's own labels, shifted for a causal LM, when no targets are given).
+        shift = False
+        labels = targets
+        if labels is None and isinstance(inputs, Mapping):
+            labels = inputs.get("labels")
+            shift = shifts_labels(model)
+        if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
+                or tuple(labels.shape) != tuple(outputs.shape[1:-1])):
+            return None
+        return token_mask(labels, shift)
+
+    def _warn_if_not_sampling(self, model: nn.Module) -> None:
+        if getattr(self, "_warned_not_sampling", False):
+            return
+        if not any(p.sampling for p in projections(model).values()):
+            self._warned_not_sampling = True
+            warnings.warn(
+                "DIPLoss: the model's projections are not sampling (eval mode or "
+                "dipnet.deterministic), so the m trajectories are identical and the stability "
+                "term is 0; call model.train() before computing the training loss.",
+                DIPLossWarning, stacklevel=3)
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

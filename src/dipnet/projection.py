@@ -13,7 +13,9 @@ from torch import nn
 # their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".
 ATTR = "dip_projection"
 
-Mode = Literal["auto", "sample", "off"]
+# "check" validates every input like "sample" but adds no noise (dipnet.predict with k = 0 uses
+# it, so a bad input gives the same error whatever k is).
+Mode = Literal["auto", "sample", "off", "check"]
 
 
 def _inverse_softplus(y: float) -> float:
@@ -46,6 +48,15 @@ class GaussianProjection(nn.Module):
             Linear inputs and token streams).
         init_variance, parameterization, variance_floor: see `DIPConfig`.
         on: ``"input"`` (project the host's first input) or ``"output"`` (project its output).
+        batched_ndim: for a conv host, the number of axes of a batched input (3 for Conv1d):
+            an input with one axis fewer is unbatched and holds its features on axis 0.
+    Raises:
+        ValueError: ``num_features < 1``, ``variance_floor <= 0`` or an unknown
+            parameterization.
+
+    The variances stay float32 when the model is cast to half precision (``model.half()``,
+    ``model.to(torch.bfloat16)``): they are small numbers whose logarithm enters the loss.
+    Device moves, and casts to float64, apply as usual.
     """
 
     def __init__(
@@ -56,10 +67,15 @@ class GaussianProjection(nn.Module):
         parameterization: str = "softplus",
         variance_floor: float = 1e-6,
         on: str = "input",
+        batched_ndim: int | None = None,
     ) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
+        if not variance_floor > 0:
+            raise ValueError(f"variance_floor must be > 0 (it keeps ln(variance) finite), "
+                             f"got {variance_floor}")
+        self.batched_ndim = batched_ndim
         self.num_features = int(num_features)
         self.feature_dim = int(feature_dim)
         self.parameterization = parameterization
@@ -72,6 +88,8 @@ class GaussianProjection(nn.Module):
         # monitoring can say how far each variance moved; `set_variance` updates it.
         self.init_variance = float(init_variance)
         self.set_variance(init_variance)
+        # True once `dipnet.calibrate` has set the initial variance from the data.
+        self.calibrated = False
         self.mode: Mode = "auto"
         # Set by `attach`; kept in __dict__ (not _modules) so the host is not a child of its
         # own projection. deepcopy/pickle follow it through the memo, so copies stay consistent.
@@ -149,23 +167,45 @@ class GaussianProjection(nn.Module):
             return False
         return self.training
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``x + sqrt(lambda) * eps`` with fresh independent noise for every element.
+    def feature_axis(self, x: torch.Tensor) -> int:
+        """The axis of ``x`` that holds the features (0 for an unbatched conv input).
 
         Raises:
-            ProjectionShapeError: if ``x``'s feature axis does not have ``num_features`` entries.
+            ProjectionShapeError: if ``x`` is not floating point, or that axis does not have
+                ``num_features`` entries.
         """
         if not torch.is_floating_point(x):
             raise ProjectionShapeError(
                 f"DIPNet projection got a {x.dtype} tensor; token ids cannot be projected. "
                 "Project the embedding output instead (placement='input' or 'blocks')."
             )
-        dim = self.feature_dim if self.feature_dim >= 0 else x.dim() + self.feature_dim
-        if x.dim() == 0 or dim >= x.dim() or x.shape[dim] != self.num_features:
+        feature_dim = self.feature_dim
+        if self.batched_ndim is not None and x.dim() == self.batched_ndim - 1:
+            # A conv layer also takes one unbatched example (C, L...): its channels are axis 0.
+            feature_dim = 0
+        dim = feature_dim if feature_dim >= 0 else x.dim() + feature_dim
+        if x.dim() == 0 or not 0 <= dim < x.dim() or x.shape[dim] != self.num_features:
+            # The batch axis is shown as N: under m / k trajectories it holds m*B rows, a
+            # number the user never passed.
+            shape = [str(s) for s in x.shape]
+            if x.dim() >= 2 and dim != 0:
+                shape[0] = "N"
+            got = (f"{x.shape[dim]}" if x.dim() and 0 <= dim < x.dim()
+                   else f"a {x.dim()}-d input")
             raise ProjectionShapeError(
                 f"DIPNet projection expected {self.num_features} features on axis "
-                f"{self.feature_dim}\n  got input of shape {tuple(x.shape)}"
+                f"{feature_dim}, got {got} (input shape ({', '.join(shape)})); pass inputs "
+                "shaped like the ones the model was built for."
             )
+        return dim
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + sqrt(lambda) * eps`` with fresh independent noise for every element.
+
+        Raises:
+            ProjectionShapeError: if ``x``'s feature axis does not have ``num_features`` entries.
+        """
+        dim = self.feature_axis(x)
         std = self.variance.sqrt().to(x.dtype)
         shape = [1] * x.dim()
         shape[dim] = self.num_features
@@ -177,12 +217,32 @@ class GaussianProjection(nn.Module):
         """Project ``x`` if sampling, else return it unchanged."""
         return self.project(x) if self.sampling else x
 
+    def _hooked(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sampling:
+            return self.project(x)
+        self.feature_axis(x)  # "check" mode: the same validation, no noise
+        return x
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "GaussianProjection":
+        # Module.to / half / bfloat16 reach the variances through this; a cast below float32
+        # is dropped (the device move in it is kept).
+        def keep_precision(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if (isinstance(out, torch.Tensor) and t.is_floating_point()
+                    and out.is_floating_point() and out.dtype != t.dtype
+                    and torch.finfo(out.dtype).bits < 32):
+                wide = t.dtype if torch.finfo(t.dtype).bits >= 32 else torch.float32
+                return t.to(device=out.device, dtype=wide, copy=True)
+            return out
+
+        return super()._apply(keep_precision, recurse)
+
     # ------------------------------------------------------------------ hooks
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if args:
             first = args[0]
             if isinstance(first, torch.Tensor):
-                u = self.project(first)
+                u = self._hooked(first)
                 # Same tensor passed several times (self-attention's query, key, value) gets the
                 # same sample: it is one input, projected once.
                 new_args = tuple(u if a is first else a for a in args)
@@ -196,7 +256,7 @@ class GaussianProjection(nn.Module):
             value = kwargs.get(key)
             if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
                 kwargs = dict(kwargs)
-                kwargs[key] = self.project(value)
+                kwargs[key] = self._hooked(value)
                 return args, kwargs
         raise ProjectionShapeError(
             f"DIPNet projection on {type(module).__name__}: no tensor input found "
@@ -205,7 +265,7 @@ class GaussianProjection(nn.Module):
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):
-            return self.project(output)
+            return self._hooked(output)
         raise ProjectionShapeError(
             f"DIPNet output projection on {type(module).__name__}: output is a "
             f"{type(output).__name__}, not a tensor."
@@ -232,7 +292,7 @@ class GaussianProjection(nn.Module):
         host = self._host
         if host is None:
             return
-        want = self.sampling
+        want = self.sampling or self.mode == "check"
         has = self._registered(host)
         if want and not has:
             if self.on == "output":
@@ -243,9 +303,10 @@ class GaussianProjection(nn.Module):
             self._unregister(host)
 
     def set_mode(self, mode: Mode) -> None:
-        """``"auto"`` samples in train mode only; ``"sample"`` always; ``"off"`` never."""
-        if mode not in ("auto", "sample", "off"):
-            raise ValueError(f"mode must be 'auto', 'sample' or 'off', got {mode!r}")
+        """``"auto"`` samples in train mode only; ``"sample"`` always; ``"off"`` never;
+        ``"check"`` never, but validates each input as a sampling pass would."""
+        if mode not in ("auto", "sample", "off", "check"):
+            raise ValueError(f"mode must be 'auto', 'sample', 'off' or 'check', got {mode!r}")
         self.mode = mode
         self.sync_hook()
 

@@ -219,21 +219,17 @@ class DIPNetMethod(Method):
     # "with the weights" and gives no separate rate). With Adam a raw variance moves about lr
     # per step whatever its gradient, so at lr 1e-3 a few hundred steps leave the variances near
     # their initial value: docs/results/variance_study/ measures the update rules.
-    defaults = {**DIPConfig().to_dict(), "variance_lr": None}
+    defaults = DIPConfig().to_dict()
     learn_variance = True
 
     def validate(self) -> None:
         params = dict(self.params)
-        self.variance_lr = params.pop("variance_lr", None)
         self.profile = params.pop("profile", None)
-        if self.variance_lr is not None and not (_is_num(self.variance_lr)
-                                                 and self.variance_lr > 0):
-            raise UserError(f"method {self.name!r} parameter variance_lr={self.variance_lr!r} "
-                            "is invalid: expected a number > 0 (or null for the run's lr).")
         try:
             self.dip_config = DIPConfig.from_dict(params)
         except DIPConfigError as err:
             raise UserError(f"method {self.name!r}: {err}") from None
+        self.variance_lr = self.dip_config.variance_lr
         self.loss_fn: dipnet.DIPLoss | None = None
         self.meter: dipnet.VarianceGradientMeter | None = None
 
@@ -324,7 +320,7 @@ class FixedNoise(DIPNetMethod):
 
     name = "fixed_noise"
     description = "DIPNet's projections with the variances frozen (the learning control)"
-    defaults = {**DIPConfig().to_dict(), "variance_lr": None, "profile": None}
+    defaults = {**DIPConfig().to_dict(), "profile": None}
     learn_variance = False
 
     def validate(self) -> None:
