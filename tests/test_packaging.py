@@ -311,3 +311,22 @@ def PYPROJECT_VERSION() -> str:  # noqa: N802 (reads like the constant it stands
     from dipnet._version import VERSION
 
     return VERSION
+
+
+# Both need src/dipnet/cli.py changes owned elsewhere (issue 11, "One CLI grammar"); strict, so
+# that the mark must come off the moment the CLI is fixed.
+@pytest.mark.xfail(strict=True, reason="issue 11: `dipnet --help` imports yaml (the sweep CLI) "
+                   "at parser build time; remove this mark once cli.py loads subcommands lazily")
+def test_the_core_only_command_line_answers_help(core_env: Path) -> None:
+    run = subprocess.run([str(core_env / "bin" / "dipnet"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "train" in run.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11: cli.py has no --version yet (add "
+                   "`parser.add_argument('--version', action='version', version=...)`)")
+def test_the_command_line_reports_the_package_version(core_env: Path) -> None:
+    run = subprocess.run([str(core_env / "bin" / "dipnet"), "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and PYPROJECT_VERSION() in run.stdout, run.stderr[-2000:]
