@@ -214,3 +214,31 @@ def test_parameter_groups_exempt_variances_from_weight_decay() -> None:
         opt.step()
     for name, v in dipnet.variances(model).items():
         assert torch.equal(v, before[name])
+
+
+# ---------------------------------------------------------------------------- modes restored
+def test_remove_in_train_mode_leaves_no_hook_and_a_deterministic_model() -> None:
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.5))
+    plain = mlp()
+    model.train()
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 3
+    dipnet.remove(model)
+    assert all(len(m._forward_pre_hooks) == 0 and len(m._forward_hooks) == 0
+               for m in model.modules())
+    x = torch.randn(4, 6)
+    assert torch.equal(model(x), plain(x))  # train mode, and no noise left anywhere
+    assert dipnet.get_config(model) is None
+
+
+@pytest.mark.parametrize("k", [0, 3])
+@pytest.mark.parametrize("training", [True, False])
+def test_predict_restores_the_callers_mode(k: int, training: bool) -> None:
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.5))
+    model.train(training)
+    dipnet.predict(model, torch.randn(4, 6), k=k)
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+    # The projections' hooks follow the restored mode (sampling only in train mode).
+    hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == (3 if training else 0)
+    assert all(p.mode == "auto" for p in dipnet.projections(model).values())

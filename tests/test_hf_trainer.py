@@ -136,41 +136,131 @@ def test_nll_gradient_reaches_every_variance(tmp_path, arch):
         assert (g_total[k] - p.raw_variance.grad).abs().sum() > 0, k
 
 
-def test_m_trajectories_average_not_sum(tmp_path):
+# Noise of std 1e-6 (variance 1e-12): trajectories are the same to 1e-6, so the m-trajectory
+# loss equals the one-trajectory loss, and accumulated vs big-batch runs are comparable.
+QUIET = dict(init_variance=1e-12, variance_floor=1e-13)
+
+
+def _loss_path(tr: DIPTrainer, path: str) -> None:
+    """Route the NLL through one of the Trainer's three loss paths."""
+    if path == "label_smoothing":
+        from transformers.trainer_pt_utils import LabelSmoother
+
+        tr.label_smoother = LabelSmoother(epsilon=0.1)
+    elif path == "compute_loss_func":
+        def token_mean(outputs, labels, num_items_in_batch=None):
+            logits = outputs["logits"][:, :-1].reshape(-1, V).float()
+            target = labels[:, 1:].reshape(-1)
+            total = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100,
+                                                      reduction="sum")
+            return total / (num_items_in_batch if num_items_in_batch is not None
+                            else (target != -100).sum())
+
+        tr.compute_loss_func = token_mean
+
+
+@pytest.mark.parametrize("path", ["model_loss", "label_smoothing", "compute_loss_func"])
+@pytest.mark.parametrize("num_items", [None, 23])
+def test_m_trajectories_average_not_sum(tmp_path, path, num_items):
     model = tiny("llama")
-    project_model(model, dipnet.DIPConfig(init_variance=1e-12, variance_floor=0.0))
+    project_model(model, dipnet.DIPConfig(**QUIET))
     x = batch(data("llama", 4))
-    nll = {}
+    total = {}
     for m in (1, 3):
-        cfg = dipnet.DIPConfig(init_variance=1e-12, variance_floor=0.0, m=m)
         tr = DIPTrainer(model=model, args=targs(tmp_path), train_dataset=data("llama"),
-                        dip_config=cfg)
+                        dip_config=dipnet.DIPConfig(**QUIET, m=m))
+        _loss_path(tr, path)
         model.train()
         with torch.no_grad():
-            tr.compute_loss(model, dict(x))
-        nll[m] = tr._dip_sums["dip_nll"]
-    # Noise of std 1e-6: the three trajectories are the same, so their mean is one NLL.
-    assert nll[3] == pytest.approx(nll[1], rel=1e-4)
+            total[m] = float(tr.compute_loss(model, dict(x), num_items_in_batch=num_items))
+    # The m trajectories are averaged (num_items_in_batch is multiplied by m where it is
+    # passed on), not summed.
+    assert total[3] == pytest.approx(total[1], rel=1e-4)
+    if num_items is not None:
+        # 4 rows x 6 counted (shifted) tokens = 24 in this batch: the NLL is normalised by the
+        # 23 given instead, as one micro-batch of an accumulated batch of 23 tokens.
+        with torch.no_grad():
+            per_batch = float(tr.compute_loss(model, dict(x)))
+            bar = float(dipnet.barrier(model, 0.1, 0.2)) / tr.num_train
+        assert total[3] - bar == pytest.approx((per_batch - bar) * 24 / 23, rel=1e-3)
 
 
-def test_gradient_accumulation_matches_big_batch(tmp_path):
-    params = {}
-    for ga, bs in ((1, 4), (2, 2)):
-        model = tiny("llama")
-        project_model(model, dipnet.DIPConfig(init_variance=1e-12, variance_floor=0.0))
-        args = targs(tmp_path / f"ga{ga}", per_device_train_batch_size=bs,
-                     gradient_accumulation_steps=ga, max_steps=1, optim="sgd",
-                     learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant")
-        # Unequal token counts per micro-batch: only a per-token normalisation over the whole
-        # accumulated batch (num_items_in_batch) makes the two runs agree.
-        ds = data("llama", 4)
+def _one_sgd_step(tmp_path, arch: str, ga: int, bs: int, cfg: dipnet.DIPConfig,
+                  loss_kwargs: bool = True, path: str = "model_loss") -> dict:
+    model = tiny(arch)
+    if not loss_kwargs:
+        # The model's forward takes no **kwargs: the Trainer passes no num_items_in_batch and
+        # divides each micro-batch loss by the accumulation steps itself.
+        model.accepts_loss_kwargs = False
+    project_model(model, cfg)
+    args = targs(tmp_path / f"{arch}{ga}{loss_kwargs}{path}", per_device_train_batch_size=bs,
+                 gradient_accumulation_steps=ga, max_steps=1, optim="sgd",
+                 learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant")
+    # Unequal token counts per micro-batch: only a per-token normalisation over the whole
+    # accumulated batch makes the two runs agree.
+    ds = data(arch, 4)
+    if arch != "bert":
         ds[0]["labels"][:5] = -100
-        tr = DIPTrainer(model=model, args=args, train_dataset=ds)
-        tr.train()
-        params[ga] = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for k in params[1]:
-        torch.testing.assert_close(params[2][k], params[1][k], atol=2e-5, rtol=1e-4,
+    tr = DIPTrainer(model=model, args=args, train_dataset=ds, num_train=4)
+    _loss_path(tr, path)
+    tr.train()
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _assert_same_params(a: dict, b: dict) -> None:
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4,
                                    msg=lambda s, k=k: f"{k}: {s}")
+
+
+@pytest.mark.parametrize("arch,loss_kwargs,path", [
+    ("llama", True, "model_loss"),       # the model normalises by num_items_in_batch
+    ("bert", True, "model_loss"),        # it accepts the kwarg but returns a per-batch mean
+    ("llama", False, "model_loss"),      # the Trainer divides by the accumulation steps
+    ("bert", False, "model_loss"),
+    ("llama", True, "label_smoothing"),  # the Trainer's label smoother gets num_items_in_batch
+    ("llama", True, "compute_loss_func"),
+])
+def test_gradient_accumulation_matches_big_batch(tmp_path, arch, loss_kwargs, path):
+    """One SGD step on 4 examples at once equals 2 accumulated micro-batches of 2, on every
+    path the Trainer's loss can take; the barrier's gradient (N = 4, large next to the NLL's
+    for variances of 1e-12) is in the comparison, so NLL and barrier must be weighted alike."""
+    cfg = dipnet.DIPConfig(placement="blocks", **QUIET)
+    big = _one_sgd_step(tmp_path, arch, 1, 4, cfg, loss_kwargs, path)
+    small = _one_sgd_step(tmp_path, arch, 2, 2, cfg, loss_kwargs, path)
+    _assert_same_params(small, big)
+
+
+@pytest.fixture
+def noise_from_content(monkeypatch):
+    """Projection noise that is a fixed function of (trajectory, example content), so one big
+    batch and two micro-batches draw the same noise for each example (m = 2)."""
+    m = 2
+
+    def randn_like(x, *args, **kwargs):
+        rows = x.reshape(m, x.shape[0] // m, *x.shape[1:])
+        j = torch.arange(m, dtype=x.dtype).view(m, *([1] * (x.dim())))
+        return torch.sin(37.0 * rows + 1.3 * (j + 1)).reshape(x.shape) * 1.5
+
+    monkeypatch.setattr(torch, "randn_like", randn_like)
+    return m
+
+
+@pytest.mark.parametrize("arch,loss_kwargs", [("llama", True), ("llama", False),
+                                              ("bert", True)])
+def test_stability_term_under_accumulation_matches_big_batch(tmp_path, noise_from_content,
+                                                              arch, loss_kwargs):
+    var0 = 1.0 if arch == "bert" else 0.01  # BERT's tiny pooled logits need more noise
+    cfg = dipnet.DIPConfig(placement="blocks", m=noise_from_content, gamma=5.0,
+                           init_variance=var0)
+    big = _one_sgd_step(tmp_path, arch, 1, 4, cfg, loss_kwargs)
+    small = _one_sgd_step(tmp_path, arch, 2, 2, cfg, loss_kwargs)
+    _assert_same_params(small, big)
+    # The stability term is on and moved the variances (it is not a vacuous comparison).
+    plain = _one_sgd_step(tmp_path, arch, 1, 4, dipnet.DIPConfig(
+        placement="blocks", m=noise_from_content, init_variance=var0), loss_kwargs)
+    var = [k for k in big if "dip_projection" in k]
+    assert any(not torch.allclose(big[k], plain[k], atol=1e-4) for k in var)
 
 
 def test_padding_positions_are_ignored(tmp_path):

@@ -34,8 +34,17 @@ from .monitor import (
     variance_histograms,
     variance_stats,
 )
-from .objective import DIPLoss, LossParts, barrier, repeat_batch, stability
-from .predict import Prediction, mc_logits, predict
+from .objective import (
+    BatchTooLargeError,
+    DIPLoss,
+    DIPLossWarning,
+    LossParts,
+    barrier,
+    repeat_batch,
+    stability,
+    token_mask,
+)
+from .predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
 from .pretrained import (
     from_pretrained,
     load_state_dict,
@@ -49,6 +58,11 @@ from .targeting import Target, TargetError, resolve_targets
 from ._version import __version__  # noqa: E402 (installed metadata, else the source)
 
 __all__ = [
+    "BatchTooLargeError",
+    "DIPLossWarning",
+    "NonFiniteInputError",
+    "PredictInputError",
+    "token_mask",
     "AlreadyProjectedError",
     "DIPConfig",
     "DIPConfigError",

@@ -11,13 +11,20 @@ used) when it is imported itself::
 
 Design notes (why it looks like this):
 - The loss reuses ``Trainer.compute_loss`` on the batch repeated m times along axis 0, so
-  everything transformers does for the NLL stays as it is: the model's own label shift for
-  causal LMs, ``-100`` positions ignored, ``num_items_in_batch`` normalisation for gradient
-  accumulation, label smoothing and ``compute_loss_func``. ``num_items_in_batch`` is multiplied
-  by m, which makes the summed token loss a mean over trajectories.
+  what transformers does for the NLL stays as it is: the model's own label shift for causal
+  LMs, ``-100`` positions ignored, label smoothing and ``compute_loss_func``.
+- Gradient accumulation: every part is normalised over the whole accumulated batch, so k
+  micro-batches give the gradient of one batch k times larger, on every path. The Trainer counts
+  the labels of the accumulated batch (``num_items_in_batch``; DIPTrainer counts them for every
+  model, not only those whose forward takes loss kwargs). The model's own loss is taken as a mean
+  over its micro-batch and rescaled by (micro-batch count / accumulated count), because many
+  models accept ``num_items_in_batch`` and ignore it (``BertForSequenceClassification``);
+  ``compute_loss_func`` and the label smoother get ``num_items_in_batch * m`` (m copies hold m
+  times the items, so the sum becomes a mean over trajectories). The stability term's sum over
+  counted positions is divided by the same count. Where the Trainer then divides the loss by the
+  accumulation steps itself, DIPTrainer multiplies by them first.
 - The barrier is a prior over all weights, counted once per optimizer step: it is divided by
-  the training-set size N (ELBO scaling, the default) and, when the NLL is already normalised
-  over the accumulated batch, also by the number of accumulation steps.
+  the training-set size N (ELBO scaling, the default) and split evenly over the micro-batches.
 - In eval mode (``Trainer.evaluate``/``predict``) the projections are off and the loss is the
   plain model loss: the deterministic prediction of the paper's Algorithm 3.
 """
@@ -46,7 +53,16 @@ from .inject import (
     save_projections,
     variance_parameters,
 )
-from .objective import barrier, batch_size_of, repeat_batch
+from .objective import (
+    barrier,
+    batch_size_of,
+    check_copies_fit,
+    repeat_batch,
+    shifts_labels,
+    stability,
+    stability_sum,
+    token_mask,
+)
 
 PROJECTIONS_FILE = "dip_projections.safetensors"
 
@@ -105,43 +121,26 @@ def project_model(model: nn.Module, config: DIPConfig | None = None) -> nn.Modul
     return model
 
 
-def _is_causal_lm(model: nn.Module) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    inner = _unwrap(model)
-    if is_peft_model(inner):
-        inner = inner.base_model.model
-    return inner._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-
-
 def masked_stability(outputs: torch.Tensor, labels: torch.Tensor | None, causal: bool
                      ) -> torch.Tensor:
     """The stability term on logits of shape (m, B, ...), ignoring positions labelled -100.
 
-    For token-level logits (m, B, T, V) only positions whose target is not -100 count (for a
-    causal LM position t predicts label t+1, as in the model's own shifted loss); the summed
-    unbiased variance over the m trajectories is averaged over the counted positions. For
-    sequence-level logits (m, B, C) it is averaged over examples.
+    The core definition (`dipnet.stability` with `dipnet.token_mask`): the unbiased variance
+    over the m trajectories, summed over classes / vocabulary, averaged over the positions whose
+    target is not -100 (for a causal LM position t counts when label t+1 does). Labels that do
+    not match the logits' positions count every position.
 
     Returns:
         A scalar tensor; 0 when m < 2 or no position counts.
     """
-    m = outputs.shape[0]
-    if m < 2:
-        return outputs.new_zeros(())
-    var = outputs.float().var(dim=0, unbiased=True).sum(-1)  # (B,) or (B, T)
-    if var.dim() == 2 and labels is not None and labels.dim() == 2:
-        if causal:
-            mask = torch.zeros_like(labels, dtype=torch.bool)
-            mask[:, :-1] = labels[:, 1:] != -100
-        else:
-            mask = labels != -100
-        mask = mask[:, : var.shape[1]].to(var.device)
-        count = mask.sum()
-        if count == 0:
-            return var.new_zeros(())
-        return (var * mask).sum() / count
-    return var.reshape(var.shape[0], -1).sum(-1).mean()
+    return stability(outputs, _stability_mask(outputs, labels, causal))
+
+
+def _stability_mask(outputs: torch.Tensor, labels: Any, causal: bool) -> torch.Tensor | None:
+    if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
+            or tuple(labels.shape) != tuple(outputs.shape[1:-1])):
+        return None
+    return token_mask(labels, causal)
 
 
 class DIPTrainer(Trainer):
@@ -186,7 +185,11 @@ class DIPTrainer(Trainer):
         # PEFT froze every non-adapter parameter; the variances are trained.
         for p in variance_parameters(model):
             p.requires_grad_(True)
-        self._causal = _is_causal_lm(model) if hasattr(_unwrap(model), "_get_name") else False
+        self._causal = shifts_labels(model)
+        # The Trainer counts num_items_in_batch over labels[..., 1:] only for models whose
+        # loss_type it maps to the causal-LM loss (GPT-2 has none); count the way the model's
+        # loss and the stability mask do, so the three agree.
+        self._loss_shifts_labels = self._causal
         self._dip_sums: dict[str, float] = {}
         self._dip_count = 0
 
@@ -222,7 +225,10 @@ class DIPTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         """The DIPNet loss in training, the plain model loss in eval (projections off).
 
-        Same signature and return as ``Trainer.compute_loss`` (transformers 5.x).
+        Same signature and return as ``Trainer.compute_loss`` (transformers 5.x). Under
+        gradient accumulation the NLL, the barrier and the stability term of the micro-batches
+        add up to their values on the whole accumulated batch, whichever way the Trainer
+        normalises the loss (see the module notes).
         """
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -230,43 +236,110 @@ class DIPTrainer(Trainer):
         config = self.dip_config
         m = config.m
         b = batch_size_of(inputs)
+        check_copies_fit(inputs, m, f"DIPTrainer with m={m}",
+                         "lower DIPConfig.m or per_device_train_batch_size")
         stacked = repeat_batch(dict(inputs), m, b)
-        n_items = num_items_in_batch * m if num_items_in_batch is not None else None
-        nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
-                                            num_items_in_batch=n_items)
-        bar = barrier(model, config.alpha, config.beta)
+        ga = self._ga_steps
+        n_total = num_items_in_batch  # counted labels of the whole accumulated batch
+        own_loss = self.compute_loss_func is None and self.label_smoother is None
+        n_micro = self._count_items(inputs) if n_total is not None and own_loss else None
+        if n_micro is not None and int(n_micro) > 0:
+            # The model's own loss is a mean over this micro-batch's counted labels (whatever
+            # it does with num_items_in_batch: BertForSequenceClassification ignores it);
+            # its share of the accumulated batch is mean * n_micro / n_total.
+            mean_nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
+                                                     num_items_in_batch=None)
+            nll = mean_nll * (n_micro / n_total) * self._items_scale(applied_by_trainer=False)
+            scaled = True
+        elif n_total is not None:
+            # compute_loss_func / the label smoother normalise by num_items_in_batch; m copies
+            # hold m times the items, so the sum over them becomes a mean over trajectories.
+            nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
+                                                num_items_in_batch=n_total * m)
+            nll = nll * self._items_scale(applied_by_trainer=self._trainer_scales_items())
+            scaled = True
+        else:
+            nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
+                                                num_items_in_batch=None)
+            scaled = False
+        bar = barrier(model, config.alpha, config.beta, config.barrier_reduction)
         if config.barrier_scaling == "elbo":
             bar = bar / float(self.num_train)  # type: ignore[arg-type]
-        # When the NLL is already normalised over the accumulated batch, the Trainer does not
-        # divide by the accumulation steps, so the once-per-step barrier must be divided here.
-        if self._loss_scaled_for_ga(num_items_in_batch):
-            bar = bar / self._ga_steps
-        total = nll + bar
+        bar_step = bar
         stab = nll.new_zeros(())
+        stab_loss = nll.new_zeros(())
         if config.gamma > 0 and m > 1:
             logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
             logits = logits.reshape(m, b, *logits.shape[1:])
-            labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
-            stab = masked_stability(logits, labels, self._causal)
-            scale = (1.0 / self._ga_steps
-                     if self._loss_scaled_for_ga(num_items_in_batch) else 1.0)
-            total = total + config.gamma * stab * scale
-        # Log per-optimizer-step values: undo the accumulation scaling of the NLL and barrier.
-        ga = self._ga_steps if self._loss_scaled_for_ga(
-            num_items_in_batch) else 1
-        self._record(nll * ga, bar * ga, stab, model)
+            f = logits.softmax(-1) if config.stability_on == "probs" else logits
+            mask = _stability_mask(f, inputs.get("labels"), self._causal)
+            total_var, count = stability_sum(f, mask)
+            stab = total_var / count.clamp_min(1)
+            stab_loss = (total_var / n_total * self._items_scale(applied_by_trainer=False)
+                         if scaled else stab)
+        if scaled:
+            # Normalised over the accumulated batch: the once-per-step barrier is split over
+            # the micro-batches.
+            bar = bar / ga
+        total = nll + bar + config.gamma * stab_loss
+        divides = not self._trainer_treats_as_scaled(num_items_in_batch)
+        if scaled and divides:
+            total = total * ga  # training_step divides by the accumulation steps: undo it
+        elif not scaled and not divides:
+            total = total / ga  # per-micro-batch means that the Trainer will not divide
+        # Log per-optimizer-step values.
+        self._record(nll * ga if scaled else nll, bar_step, stab, model)
         return (total, outputs) if return_outputs else total
+
+    def _count_items(self, inputs: Mapping[str, Any]) -> torch.Tensor | None:
+        # The labels this micro-batch contributes to num_items_in_batch, by the Trainer's rule.
+        labels = inputs.get("shift_labels")
+        if labels is None:
+            labels = inputs.get("labels")
+            if isinstance(labels, torch.Tensor) and self._loss_shifts_labels:
+                labels = labels[..., 1:]
+        if not isinstance(labels, torch.Tensor):
+            return None
+        return labels.ne(-100).sum()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        # Count the labels of the accumulated batch even for a model whose forward takes no
+        # loss kwargs (the Trainer counts only for those that do): the DIPNet loss normalises
+        # its NLL and stability over the whole accumulated batch itself.
+        accepts = self.model_accepts_loss_kwargs
+        self.model_accepts_loss_kwargs = True
+        try:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        finally:
+            self.model_accepts_loss_kwargs = accepts
 
     @property
     def _ga_steps(self) -> int:
         # Set by Trainer.train per accumulation window (the last one may be shorter).
         return int(getattr(self, "current_gradient_accumulation_steps", 1) or 1)
 
-    def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+    def _trainer_treats_as_scaled(self, num_items_in_batch: Any) -> bool:
+        # Mirrors Trainer.training_step: False means it divides the loss by the accumulation
+        # steps.
         if self.loss_is_scaled_for_ga is not None:
             return bool(self.loss_is_scaled_for_ga)
         return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                     or self.compute_loss_func is not None)
+
+    def _trainer_scales_items(self) -> bool:
+        # Trainer.compute_loss multiplies a num_items-normalised loss by the number of processes
+        # (DDP averages gradients) only on these paths.
+        return bool(self.model_accepts_loss_kwargs or self.compute_loss_func)
+
+    def _items_scale(self, applied_by_trainer: bool) -> float:
+        # A loss normalised by the token count of ALL processes must be multiplied by their
+        # number, since DDP averages the gradients; as Trainer.compute_loss does.
+        if not self.args.average_tokens_across_devices or applied_by_trainer:
+            return 1.0
+        if self.args.n_gpu > 1:
+            return float(self.args.n_gpu)
+        tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+        return float(self.accelerator.num_processes // tp)
 
     def _record(self, nll: torch.Tensor, bar: torch.Tensor, stab: torch.Tensor,
                 model: nn.Module) -> None:

@@ -28,12 +28,17 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """A module to project: its name, the feature axis and size, and input vs output side."""
+    """A module to project: its name, the feature axis and size, and input vs output side.
+
+    ``batched_ndim`` is set for a conv layer (or a block that starts with one): the number of
+    axes of a batched input, so an input with one axis fewer is read as one unbatched example.
+    """
 
     name: str
     num_features: int
     feature_dim: int
     on: str = "input"
+    batched_ndim: int | None = None
 
 
 def _is_hf_conv1d(module: nn.Module) -> bool:
@@ -54,6 +59,35 @@ def input_features(module: nn.Module) -> tuple[int, int] | None:
     Known layers answer directly; any other module (a transformer or residual block) answers
     with its first descendant, in registration order, that is a known layer or a norm.
     """
+    layer = input_layer(module)
+    return None if layer is None else _own_input_features(layer)
+
+
+def input_layer(module: nn.Module) -> nn.Module | None:
+    """The module that decides `input_features`: ``module`` itself if it is a known layer or
+    norm, else its first such descendant in registration order; None if there is none."""
+    if _own_input_features(module) is not None:
+        return module
+    if isinstance(module, nn.Embedding):
+        return None
+    for child in module.children():
+        found = input_layer(child)
+        if found is not None:
+            return found
+    return None
+
+
+def batched_ndim(module: nn.Module) -> int | None:
+    """Axes of a batched input for a conv layer, or a block whose input layer is one (3 for
+    Conv1d: (N, C, L)); None for layers that take no unbatched input, or whose features are last.
+    """
+    layer = input_layer(module)
+    if isinstance(layer, _CONV_TYPES):
+        return len(layer.kernel_size) + 2  # (N, C, *spatial)
+    return None
+
+
+def _own_input_features(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return -1, module.in_features
     if isinstance(module, nn.Bilinear):
@@ -73,12 +107,6 @@ def input_features(module: nn.Module) -> tuple[int, int] | None:
     if type(module).__name__.endswith("RMSNorm") and getattr(module, "weight", None) is not None:
         if module.weight.dim() == 1:
             return -1, int(module.weight.shape[0])
-    if isinstance(module, nn.Embedding):
-        return None
-    for child in module.children():
-        found = input_features(child)
-        if found is not None:
-            return found
     return None
 
 
@@ -184,7 +212,8 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
                 f"cannot tell the input size of module '{name}' ({type(module).__name__}); "
                 f"target a Linear/Conv layer or a block that contains one, e.g. {_candidates(model)}"
             )
-        chosen[name] = Target(name=name, feature_dim=found[0], num_features=found[1], on=on)
+        chosen[name] = Target(name=name, feature_dim=found[0], num_features=found[1], on=on,
+                              batched_ndim=batched_ndim(module) if on == "input" else None)
 
     if config.placement == "layers":
         opaque: list[str] = []
