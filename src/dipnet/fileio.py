@@ -16,11 +16,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     Parent folders are created.
 
     Raises:
-        OSError: if the folder cannot be created or written.
+        OSError: if the folder cannot be created or written; it always names a path (a failed
+            write, e.g. "No space left on device", names ``path``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        _raise_with_path(err, path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -28,9 +32,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            _raise_with_path(err, path)
         raise
+
+
+def _raise_with_path(err: OSError, path: Path) -> None:
+    """Re-raise ``err``; if it names no file, as the same error class naming ``path``."""
+    if err.filename is not None or err.errno is None:
+        raise err
+    raise type(err)(err.errno, err.strerror, str(path)) from err
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import trust
 from ..errors import UserError
-from .config import PERTURBATIONS, RunConfig
+from .config import PERTURBATION_MODES, PERTURBATIONS, RunConfig
 
 
 def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
@@ -44,10 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train one model with one method on one data set",
         description="Train one run and write config.yaml, metrics.json, train.log, checkpoints "
-                    "and model.safetensors into --out. An interrupted run resumes from its last "
-                    "checkpoint; a finished one is reused unless --overwrite. Flags override "
-                    "the values of --config. Under `torchrun --nproc_per_node=N -m dipnet "
-                    "train ...` it trains data-parallel (DDP).")
+                    "and model.safetensors into --out. Every setting is checked, the data "
+                    "loaded and the model built before anything in --out changes; the folder is "
+                    "then locked against other dipnet processes. An interrupted run resumes "
+                    "from its last checkpoint; a finished one is reused only if its settings "
+                    "are the same (otherwise refused, naming the differences) unless "
+                    "--overwrite. Flags override the values of --config. Under `torchrun "
+                    "--nproc_per_node=N -m dipnet train ...` it trains data-parallel (DDP).")
     p.add_argument("--config", metavar="FILE", help="YAML run config (e.g. a run's config.yaml); "
                    "flags given on the command line override its values")
     p.add_argument("--dataset", help=f"data set: {', '.join(list_datasets())} (default digits)")
@@ -72,6 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(sigma 0.2) or fgsm (epsilon 0.2, online) (default none)")
     p.add_argument("--perturbation-strength", type=float, metavar="S",
                    help="sigma / epsilon of --train-perturbation (default the paper's 0.2)")
+    p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
+                   help="fresh: perturb every mini-batch anew (default); fixed: perturb the "
+                        "training set once before training (Gaussian seeded by the seed; FGSM "
+                        "against a clean standard reference model trained first and cached in "
+                        "OUT/../_reference/)")
     p.add_argument("--max-train", type=int, metavar="N",
                    help="use only N training examples (for small CPU budgets)")
     p.add_argument("--val-fraction", type=float, help="fraction of the training split held out "
@@ -98,7 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "torch's choice)")
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true",
-                   help="discard a finished or partial run in --out and train again")
+                   help="discard a finished or partial run in --out and train again (only "
+                        "once the new run's data and model are ready)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow a --config file to name user code as its model "
+                        "(package.module:factory); without it such a file is refused")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run_train_command)
 
@@ -109,7 +122,8 @@ _FLAG_FIELDS = {
     "seed": "seed", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer",
     "weight_decay": "weight_decay", "lr_schedule": "lr_schedule",
     "train_perturbation": "train_perturbation", "perturbation_strength":
-    "perturbation_strength", "max_train": "max_train", "max_val": "max_val",
+    "perturbation_strength", "perturbation_mode": "perturbation_mode",
+    "max_train": "max_train", "max_val": "max_val",
     "val_fraction": "val_fraction",
     "mc_samples": "mc_samples", "eval_mc": "eval_mc", "data_dir": "data_dir",
     "threads": "num_threads",
@@ -137,29 +151,42 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict({k: v for k, v in data.items() if k in known})
 
 
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    """``test accuracy 0.9721 (deterministic; ...), val accuracy ..., 0.05s/epoch, ...``."""
+    acc_mc = metrics.get("test_accuracy_mc")
+    mc = f", MC({metrics['mc_samples']}) {acc_mc:.4f}" if acc_mc is not None else ""
+    val = metrics.get("val_accuracy")
+    val_s = f"val accuracy {val:.4f}" if val is not None else "no validation split"
+    return (f"test accuracy {metrics['test_accuracy']:.4f} ({metrics['prediction']}; "
+            f"deterministic {metrics['test_accuracy_deterministic']:.4f}{mc}), {val_s}, "
+            f"{metrics['time_per_epoch_s']:.2f}s/epoch, peak memory "
+            f"{metrics['peak_memory_mb']:.0f} MB")
+
+
 def run_train_command(args: argparse.Namespace) -> int:
-    """Entry point of ``dipnet train``; returns the exit code."""
-    from .train import read_metrics, run_training
+    """Entry point of ``dipnet train``; returns the exit code.
+
+    Plans the run first (every setting, the folder): a finished run with the same settings is
+    reported in one line (exit 0); anything else goes to `run_training`.
+    """
+    from .train import DistInfo, plan_run, run_training
 
     cfg = config_from_args(args)
+    if args.config:
+        # a model named only by a file is not the user's say (a --model flag or --allow-code is)
+        trust.require_code_allowed(cfg.model, f"config file {args.config}")
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
-    if not args.overwrite and read_metrics(out) is not None:
-        metrics = read_metrics(out)
-        assert metrics is not None
-        print(f"run in {out} already finished: test accuracy {metrics['test_accuracy']:.4f}. "
-              "Nothing to do; pass --overwrite to train it again.")
+    info = DistInfo()
+    plan = plan_run(cfg, out, overwrite=args.overwrite, local_rank=info.local_rank)
+    if plan.finished is not None:
+        if info.is_main:
+            print(f"run in {out} already finished with the same settings: "
+                  f"{describe_metrics(plan.finished)}. Nothing to do; pass --overwrite to train "
+                  "it again.")
         return 0
     command = "dipnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     metrics = run_training(cfg, out, overwrite=args.overwrite,
                            progress=not args.no_progress, command=command)
     if metrics:  # rank 0 (other DDP ranks return {})
-        acc_mc = metrics.get("test_accuracy_mc")
-        mc = f", MC({metrics['mc_samples']}) {acc_mc:.4f}" if acc_mc is not None else ""
-        val = metrics.get("val_accuracy")
-        val_s = f"val accuracy {val:.4f}" if val is not None else "no validation split"
-        print(f"{cfg.run_name()}: test accuracy {metrics['test_accuracy']:.4f} "
-              f"({metrics['prediction']}; deterministic "
-              f"{metrics['test_accuracy_deterministic']:.4f}{mc}), {val_s}, "
-              f"{metrics['time_per_epoch_s']:.2f}s/epoch, peak memory "
-              f"{metrics['peak_memory_mb']:.0f} MB -> {out}")
+        print(f"{cfg.run_name()}: {describe_metrics(metrics)} -> {out}")
     return 0

@@ -14,6 +14,8 @@ from ..errors import UserError
 from ..fileio import atomic_write_text
 
 PERTURBATIONS: tuple[str, ...] = ("none", "gaussian", "fgsm")
+#: fresh: a new draw / attack for every mini-batch; fixed: the training set perturbed once.
+PERTURBATION_MODES: tuple[str, ...] = ("fresh", "fixed")
 # Paper Table 1: Gaussian noise sigma 0.2 and FGSM epsilon 0.2, both on [0, 1] pixels.
 DEFAULT_PERTURBATION_STRENGTH = 0.2
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
@@ -46,8 +48,13 @@ class RunConfig:
         seed: seeds weight initialisation, batch order and every noise draw.
         train_perturbation: the paper's Table 1 protocol: perturb the TRAINING inputs with
             ``"none"``, ``"gaussian"`` (N(0, sigma^2), clipped to [0, 1]) or ``"fgsm"``
-            (epsilon * sign of the input gradient against the current model, each step).
+            (epsilon * sign of the input gradient).
         perturbation_strength: sigma / epsilon; None = the paper's 0.2.
+        perturbation_mode: ``"fresh"`` (default): noise drawn / FGSM computed against the
+            current model anew for every mini-batch; ``"fixed"``: the training set perturbed
+            ONCE before training (Gaussian from a generator seeded by (split_seed, seed); FGSM
+            against a clean standard reference model trained first), then used as a fixed
+            data set. See `dipnet.experiments.fixed`.
     Evaluation:
         eval_batch_size: batch size for validation / test passes.
         mc_samples: trajectories averaged by Monte Carlo predictions (methods whose default
@@ -81,6 +88,7 @@ class RunConfig:
     max_val: int | None = None
     train_perturbation: str = "none"
     perturbation_strength: float | None = None
+    perturbation_mode: str = "fresh"
     method_params: dict[str, Any] = field(default_factory=dict)
     dip: dict[str, Any] = field(default_factory=dict)
     model_params: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +108,7 @@ class RunConfig:
                              f"expected {expected}.")
 
         for name in ("dataset", "model", "method", "optimizer", "lr_schedule",
-                     "train_perturbation", "device"):
+                     "train_perturbation", "perturbation_mode", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(name, "a non-empty string")
         for name in ("epochs", "batch_size", "eval_batch_size", "mc_samples"):
@@ -131,6 +139,8 @@ class RunConfig:
             raise bad("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
         if self.train_perturbation not in PERTURBATIONS:
             raise bad("train_perturbation", f"one of {', '.join(PERTURBATIONS)}")
+        if self.perturbation_mode not in PERTURBATION_MODES:
+            raise bad("perturbation_mode", f"one of {', '.join(PERTURBATION_MODES)}")
         if self.perturbation_strength is not None and (
                 not _is_num(self.perturbation_strength) or self.perturbation_strength < 0):
             raise bad("perturbation_strength", "a number >= 0, or null for the paper's 0.2")
@@ -157,9 +167,30 @@ class RunConfig:
         return float(self.perturbation_strength)
 
     def run_name(self) -> str:
-        """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``."""
+        """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``, with
+        ``-fixed`` after the perturbation in fixed mode (fresh names stay as they were)."""
         model = self.model.replace(":", "_").replace("/", "_").replace(".", "_")
-        return f"{self.dataset}-{model}-{self.method}-{self.train_perturbation}-s{self.seed}"
+        pert = self.train_perturbation
+        if self.perturbation_mode == "fixed" and pert != "none":
+            pert += "-fixed"
+        return f"{self.dataset}-{model}-{self.method}-{pert}-s{self.seed}"
+
+    def inapplicable(self) -> list[str]:
+        """Settings given that this run would silently ignore (each as a phrase naming the
+        field, its option and where it applies); empty when everything given applies."""
+        out = []
+        if self.dip and self.method != "dipnet":
+            out.append(f"'dip' {self.dip} (--dip, or dip.* in a sweep) applies only to method "
+                       f"dipnet, not {self.method!r}: remove it or use --method dipnet")
+        if self.train_perturbation == "none":
+            if self.perturbation_strength is not None:
+                out.append("'perturbation_strength' (--perturbation-strength) applies only with "
+                           "train_perturbation gaussian or fgsm, not 'none'")
+            if self.perturbation_mode != "fresh":
+                out.append(f"'perturbation_mode' {self.perturbation_mode!r} "
+                           "(--perturbation-mode) applies only with train_perturbation "
+                           "gaussian or fgsm, not 'none'")
+        return out
 
     def resolved_method_params(self) -> dict[str, Any]:
         """The method's parameters: for dipnet, ``dip`` merged with ``method_params``."""
@@ -168,8 +199,16 @@ class RunConfig:
         return dict(self.method_params)
 
     def result_dict(self) -> dict[str, Any]:
-        """`to_dict` without the runtime-only fields (used to check that a resume matches)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+        """The fields that decide the run's numbers (used to check that a resume or reuse
+        matches): `to_dict` without the runtime-only fields and without settings that do not
+        apply to this run (``dip`` of a non-dipnet run, the perturbation's strength and mode
+        without a perturbation), so folders written before those were refused still match."""
+        skip = set(self.RUNTIME_FIELDS)
+        if self.method != "dipnet":
+            skip.add("dip")
+        if self.train_perturbation == "none":
+            skip.update(("perturbation_strength", "perturbation_mode"))
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import nn
 
+from .. import trust
 from ..errors import UserError
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
@@ -40,17 +41,22 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
-             load_data: bool = True) -> LoadedRun:
+             load_data: bool = True, allow_code: bool = False) -> LoadedRun:
     """Load a finished run written by `run_training`.
 
     Args:
         run_dir: the run folder (holding config.yaml, metrics.json, model.safetensors).
         data_dir: override the data folder recorded in the config.
-        load_data: False skips loading the data set (``.data`` is then None).
+        load_data: False skips loading the data set (``.data`` is then None); the model is
+            rebuilt from the ``input_shape`` / ``num_classes`` recorded in metrics.json.
+        allow_code: allow a config naming its model as ``package.module:factory`` (importing
+            that module runs it). Without it such a run is refused unless this process already
+            allowed that factory (`dipnet.trust`: ``--allow-code``, a ``--model`` flag).
     Returns:
         `LoadedRun`.
     Raises:
-        UserError: the folder is not a finished run, or its files are missing / corrupt.
+        UserError: the folder is not a finished run, its files are missing / corrupt, or it
+            names user code that was not allowed.
     """
     path = Path(run_dir)
     cfg_path, metrics_path, weights_path = (path / "config.yaml", path / "metrics.json",
@@ -60,6 +66,8 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
             raise UserError(f"{path} is not a finished run: {p.name} is missing (train it with "
                             f"dipnet train --out {path}).")
     config = RunConfig.load(cfg_path)
+    if not allow_code:
+        trust.require_code_allowed(config.model, str(cfg_path))
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -78,9 +86,9 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
     else:
         input_shape = tuple(metrics.get("input_shape") or ())
         num_classes = int(metrics.get("num_classes") or 0)
-        if not input_shape:
-            raise UserError("load_run(load_data=False) needs a run whose metrics record "
-                            "input_shape; load with load_data=True.")
+        if not input_shape or num_classes < 1:
+            raise UserError(f"{metrics_path} does not record input_shape / num_classes (a run "
+                            "written by an older dipnet); load it with load_data=True.")
     model = create_model(config.model, input_shape, num_classes, **config.model_params)
     method = get_method(config.method, **config.resolved_method_params())
     model = method.prepare_model(model, config, len(data.train) if data is not None

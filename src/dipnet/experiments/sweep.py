@@ -6,6 +6,13 @@ point, trains each into ``OUT/runs/<run_name>/`` with :func:`run_training` (whic
 that already finished, so an interrupted sweep resumes where it stopped), optionally evaluates
 every run with the evaluation suite, and records what it did in ``OUT/sweep.yaml`` (the resolved
 sweep, re-runnable with ``dipnet compare --config``) and ``OUT/provenance.json``.
+
+The lifecycle mirrors a run's: :func:`plan_sweep` validates every grid point, finds the data,
+builds every (model, method) pair once and compares every run folder with its run, writing
+nothing; then the sweep folder is locked (``OUT/.lock``; a second ``compare`` on it gets one
+line), looked at again, and only then is ``sweep.yaml`` written and training started. Each run
+locks its own folder as well (different files, never waited on: no deadlock). Worker processes
+die with the sweep (`locks.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -26,18 +33,23 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from .. import trust
 from ..errors import UserError
 from ..fileio import atomic_write_text
+from .locks import FolderLock, die_with_parent
+from .rundir import check_out_path, inspect_run_folder
 
-__all__ = ["SweepConfig", "SweepResult", "METHODS", "PERTURBATIONS", "EVALUATE_SUITES",
-           "expand_grid", "run_sweep", "load_sweep_config", "parse_param", "is_finished",
-           "provenance"]
+__all__ = ["SweepConfig", "SweepResult", "SweepPlan", "METHODS", "PERTURBATIONS",
+           "PERTURBATION_MODES", "EVALUATE_SUITES", "expand_grid", "plan_sweep", "run_sweep",
+           "load_sweep_config", "parse_param", "is_finished", "provenance"]
 
 #: Every training method the engine implements (see dipnet.experiments.methods).
 METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
            "cutout")
 #: The paper's training-input conditions (Table 1 columns).
 PERTURBATIONS = ("none", "gaussian", "fgsm")
+#: How the perturbed conditions perturb: anew per batch, or the training set once.
+PERTURBATION_MODES = ("fresh", "fixed")
 EVALUATE_SUITES = ("quick", "full", "none")
 
 
@@ -51,6 +63,10 @@ class SweepConfig:
             paired test is against it (the report says so when it is missing).
         seeds: the seeds; each method runs once per seed and per perturbation.
         train_perturbations: subset of ``none``, ``gaussian``, ``fgsm`` (the paper's protocol).
+        perturbation_mode: ``fresh`` (noise / FGSM drawn anew per batch, the default) or
+            ``fixed`` (the training set perturbed once; FGSM against a clean reference model
+            shared by every method); applies to the perturbed conditions only. One mode per
+            sweep, so a report never pools the two readings.
         evaluate: evaluation suite run on every finished run (``quick``/``full``) or ``none``.
         jobs: runs trained in parallel (processes). Each process should use ``num_threads``
             threads (set it in ``run``) so jobs x threads <= cores.
@@ -68,6 +84,7 @@ class SweepConfig:
     methods: list[str]
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     train_perturbations: list[str] = field(default_factory=lambda: ["none"])
+    perturbation_mode: str = "fresh"
     evaluate: str = "none"
     jobs: int = 1
     run: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +122,9 @@ class SweepConfig:
         if bad or not self.train_perturbations:
             raise UserError(f"unknown train perturbation(s) {bad or '(none given)'}: choose "
                             f"from {', '.join(PERTURBATIONS)}")
+        if self.perturbation_mode not in PERTURBATION_MODES:
+            raise UserError(f"perturbation_mode must be one of {', '.join(PERTURBATION_MODES)}, "
+                            f"got {self.perturbation_mode!r}")
         if self.evaluate not in EVALUATE_SUITES:
             raise UserError(f"--evaluate must be one of {', '.join(EVALUATE_SUITES)}, got "
                             f"{self.evaluate!r}")
@@ -120,6 +140,20 @@ class SweepConfig:
         if stray:
             raise UserError(f"method_params names unknown method(s) {', '.join(stray)}: "
                             f"choose from {', '.join(METHODS)}")
+        # settings that no run of this sweep would use are mistakes, not silently ignored
+        unused = [m for m in self.method_params if self.method_params[m]
+                  and m not in self.methods]
+        if unused:
+            raise UserError(f"parameters are given for {', '.join(unused)} (method_params / "
+                            f"--param {unused[0]}.*), which is not among the methods "
+                            f"{', '.join(self.methods)}: add it to --methods or drop them")
+        if self.run.get("dip") and "dipnet" not in self.methods:
+            raise UserError(f"dip settings {self.run['dip']} (--param dip.*) apply only to "
+                            f"dipnet, which is not among the methods "
+                            f"{', '.join(self.methods)}: add it or drop them")
+        if "perturbation_mode" in self.run:
+            raise UserError("set perturbation_mode at the top level of the sweep (or with "
+                            "--perturbation-mode), not under run:")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, the inverse of :meth:`from_dict` (what sweep.yaml holds)."""
@@ -244,6 +278,13 @@ def expand_grid(sweep: SweepConfig) -> list[Any]:
                 data = copy.deepcopy(sweep.run)
                 data.update(dataset=sweep.dataset, model=sweep.model, method=method,
                             seed=int(seed), train_perturbation=pert)
+                # each run gets only the settings that apply to it (a run refuses the others)
+                if method != "dipnet":
+                    data.pop("dip", None)
+                if pert == "none":
+                    data.pop("perturbation_strength", None)
+                else:
+                    data["perturbation_mode"] = sweep.perturbation_mode
                 mp = copy.deepcopy(sweep.method_params.get(method, {}))
                 if mp:
                     data["method_params"] = {**data.get("method_params", {}), **mp}
@@ -272,28 +313,6 @@ def is_finished(run_dir: Path) -> bool:
         return False
 
 
-def _check_same_run(cfg: Any, run_dir: Path) -> None:
-    """Refuse to reuse a finished run whose settings differ from the sweep's.
-
-    A sweep rerun with, say, other --epochs into the same folder would otherwise mix old and
-    new runs in one report. Runtime-only fields (threads, data folder, device) may differ.
-    Raises UserError naming the first differing fields.
-    """
-    path = run_dir / "config.yaml"
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        old_cfg = type(cfg).from_dict(old).result_dict()
-    except (OSError, yaml.YAMLError, UserError, TypeError, ValueError):
-        return  # unreadable or from another engine version: the engine itself checks on resume
-    new_cfg = cfg.result_dict()
-    diff = [f"{k}: {old_cfg.get(k)!r} there vs {new_cfg.get(k)!r} now"
-            for k in sorted(set(old_cfg) | set(new_cfg)) if old_cfg.get(k) != new_cfg.get(k)]
-    if diff:
-        raise UserError(f"{run_dir} already holds a finished run with other settings "
-                        f"({'; '.join(diff[:3])}): use another --out, or delete that folder "
-                        f"to retrain it")
-
-
 @dataclass
 class SweepResult:
     """What a sweep did: run dirs trained now, reused from disk, failed, and evaluated."""
@@ -306,6 +325,20 @@ class SweepResult:
     evaluated: list[Path] = field(default_factory=list)
     evaluation_skipped: str = ""
     wall_clock_s: float = 0.0
+
+
+def _worker_init(parent_pid: int, allowance: tuple[bool, tuple[str, ...]]) -> None:
+    """Pool initializer: die with the sweep process, one torch thread, the parent's allowance
+    of user code (the sweep's own model)."""
+    die_with_parent(parent_pid)
+    _single_thread()
+    trust.set_allowance(allowance)
+
+
+def _pool(jobs: int) -> cf.ProcessPoolExecutor:
+    # spawn, not fork: torch's thread pools do not survive a fork reliably.
+    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(
+        "spawn"), initializer=_worker_init, initargs=(os.getpid(), trust.allowance()))
 
 
 def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
@@ -409,9 +442,7 @@ def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
             for d in todo:
                 _done(d, _evaluate_one(str(d), sweep.evaluate, sweep.evaluation_params)[1])
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx,
-                                        initializer=_single_thread) as pool:
+            with _pool(sweep.jobs) as pool:
                 futs = {pool.submit(_evaluate_one, str(d), sweep.evaluate,
                                     sweep.evaluation_params): d for d in todo}
                 for fut in cf.as_completed(futs):
@@ -435,21 +466,141 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
+@dataclass
+class SweepPlan:
+    """What `plan_sweep` found: every run's config and folder, which finished, which to train."""
+
+    out_dir: Path
+    configs: list[Any]
+    run_dirs: list[Path]
+    reused: list[Path]
+    todo: list[tuple[Any, Path]]
+
+
+def _check_builds(configs: Sequence[Any]) -> None:
+    """Find every data set and build every (model, method) pair once, in memory.
+
+    Raises UserError for missing data or a model / method that cannot be built, before the
+    sweep writes anything. The caller's RNG state is kept (building seeds the RNG).
+    """
+    from .data import load_dataset
+    from .methods import get_method
+    from .train import build_model, get_rng_state, set_rng_state
+
+    shapes: dict[str, tuple[tuple[int, ...], int, int]] = {}
+    built: set[str] = set()
+    state = get_rng_state()
+    try:
+        for cfg in configs:
+            dkey = json.dumps([cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
+                               cfg.max_train, cfg.max_val])
+            if dkey not in shapes:
+                data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction,
+                                    cfg.split_seed, cfg.max_train, cfg.max_val)
+                shapes[dkey] = (data.input_shape, data.num_classes, len(data.train))
+                del data
+            mkey = json.dumps([dkey, cfg.model, cfg.model_params, cfg.method,
+                               cfg.resolved_method_params()], sort_keys=True, default=str)
+            if mkey not in built:
+                method = get_method(cfg.method, **cfg.resolved_method_params())
+                build_model(cfg, method, *shapes[dkey])
+                built.add(mkey)
+    finally:
+        set_rng_state(state)
+
+
+def _inspect_runs(configs: Sequence[Any], out: Path) -> SweepPlan:
+    """Compare every run folder with its run; refuse another run or a damaged one."""
+    plan = SweepPlan(out, list(configs), [], [], [])
+    for cfg in configs:
+        d = out / "runs" / cfg.run_name()
+        plan.run_dirs.append(d)
+        state = inspect_run_folder(d, cfg)
+        if state.kind == "different":
+            raise UserError(f"{d} already holds a run with other settings "
+                            f"({state.diff_text(' there', ' now', limit=3)}): use another "
+                            f"--out, or delete that folder to retrain it")
+        if state.kind == "damaged":
+            raise UserError(f"{d} holds a run whose {state.damage}; it is not reused: delete "
+                            f"that folder to retrain it, or use another --out")
+        if state.kind == "finished":
+            plan.reused.append(d)
+        else:
+            plan.todo.append((cfg, d))
+    return plan
+
+
+def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan:
+    """Phase 1 of a sweep: validate everything it will do; writes nothing.
+
+    Checks ``out_dir``, expands the grid, validates every run's settings, loads each data set
+    once, builds each (model, method) pair once, checks the evaluation settings, and compares
+    every existing run folder with its run. Returns a `SweepPlan`.
+    Raises:
+        UserError: the first problem found, as one line naming it and the fix.
+    """
+    from .train import validate_run
+
+    out = Path(out_dir)
+    check_out_path(out)
+    configs = expand_grid(sweep)
+    with trust.allowing([sweep.model]):
+        for cfg in configs:
+            validate_run(cfg)
+        _check_builds(configs)
+    if sweep.evaluate != "none":
+        try:
+            from ..evaluation.suite import get_settings
+        except ImportError:
+            pass  # reported (and skipped) after training
+        else:
+            get_settings(sweep.evaluate, **_tuples(sweep.evaluation_params))
+    return _inspect_runs(configs, out)
+
+
 def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: bool = True,
               command: Sequence[str] | None = None,
-              on_run_done: Callable[[Path], None] | None = None) -> SweepResult:
+              on_run_done: Callable[[Path], None] | None = None,
+              after: Callable[["SweepResult"], Any] | None = None) -> SweepResult:
     """Train (or reuse) every run of ``sweep`` into ``out_dir/runs/``, then evaluate.
 
     Takes the sweep, the output folder (created), whether to show a progress bar, the command
-    line to record (default: this process's argv) and an optional callback per finished run.
-    Writes ``sweep.yaml`` and appends to ``provenance.json`` in ``out_dir``. Returns a
-    SweepResult. Raises UserError for a problem the user can fix (bad settings, missing data);
-    a run that crashes for another reason is recorded in ``result.failed`` and the sweep goes on.
+    line to record (default: this process's argv), an optional callback per finished run, and
+    ``after``: a callback run with the result while the sweep folder is still locked (the
+    report). The lifecycle: `plan_sweep` (nothing written), lock ``out_dir`` (refused at once
+    if another dipnet process holds it), look at the run folders again, then write
+    ``sweep.yaml``, append to ``provenance.json``, train, evaluate. Returns a SweepResult.
+    Raises UserError for a problem the user can fix (bad settings, missing data, a folder in
+    use or holding other runs); a run that crashes for another reason is recorded in
+    ``result.failed`` and the sweep goes on.
+
+    The sweep's own model may be user code (``package.module:factory``): calling this function
+    is the caller's say (the command line checks files before calling it).
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = expand_grid(sweep)
+    plan = plan_sweep(sweep, out)
+    lock = FolderLock.acquire(out, option="--out")
+    try:
+        try:
+            plan = _inspect_runs(plan.configs, out)  # another process may have added runs
+        except BaseException:
+            lock.release(tidy=True)
+            raise
+        with trust.allowing([sweep.model]):
+            result = _execute_sweep(sweep, plan, progress, command, on_run_done)
+            result.wall_clock_s = time.perf_counter() - t0
+            if after is not None:
+                after(result)
+        return result
+    finally:
+        lock.release()
+
+
+def _execute_sweep(sweep: SweepConfig, plan: SweepPlan, progress: bool,
+                   command: Sequence[str] | None,
+                   on_run_done: Callable[[Path], None] | None) -> SweepResult:
+    out = plan.out_dir
     atomic_write_text(out / "sweep.yaml",
                       "# Resolved sweep; re-run with: dipnet compare --config "
                       f"{out / 'sweep.yaml'} --out {out}\n" + sweep.to_yaml())
@@ -463,16 +614,8 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
     history.append(provenance(command))
     atomic_write_text(prov_path, json.dumps({"invocations": history}, indent=2))
 
-    result = SweepResult(out_dir=out)
-    todo: list[tuple[Any, Path]] = []
-    for cfg in configs:
-        d = out / "runs" / cfg.run_name()
-        result.run_dirs.append(d)
-        if is_finished(d):
-            _check_same_run(cfg, d)
-            result.reused.append(d)
-        else:
-            todo.append((cfg, d))
+    result = SweepResult(out_dir=out, run_dirs=list(plan.run_dirs), reused=list(plan.reused))
+    todo = plan.todo
     if result.reused and progress:
         print(f"dipnet: reusing {len(result.reused)} finished run(s) in {out / 'runs'}",
               file=sys.stderr)
@@ -502,10 +645,7 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
                 _, err = _train_one(cfg.to_dict(), str(d))
                 _done(d, err)
         else:
-            # spawn, not fork: torch's thread pools do not survive a fork reliably.
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=ctx,
-                                        initializer=_single_thread) as pool:
+            with _pool(sweep.jobs) as pool:
                 futs = {pool.submit(_train_one, cfg.to_dict(), str(d)): d for cfg, d in todo}
                 for fut in cf.as_completed(futs):
                     d = futs[fut]
@@ -526,5 +666,4 @@ def run_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str], *, progress: 
         _evaluate_runs(result.run_dirs, sweep, progress, result)
     else:
         result.evaluation_skipped = "evaluation not requested (--evaluate none)"
-    result.wall_clock_s = time.perf_counter() - t0
     return result

@@ -12,12 +12,15 @@ import copy
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from .. import trust
 from ..errors import UserError
-from .report import ReportPaths, build_report, summary_table
-from .sweep import (EVALUATE_SUITES, METHODS, PERTURBATIONS, SweepConfig, SweepResult,
-                    apply_params, load_sweep_config, run_sweep)
+from .sweep import (EVALUATE_SUITES, METHODS, PERTURBATION_MODES, PERTURBATIONS, SweepConfig,
+                    SweepResult, apply_params, load_sweep_config, run_sweep)
+
+if TYPE_CHECKING:  # the report pulls in scipy and matplotlib: imported when it is built
+    from .report import ReportPaths
 
 __all__ = ["register", "compare", "run_demo", "DEMO_SWEEP", "DEFAULT_DEMO_OUT"]
 
@@ -53,14 +56,19 @@ def compare(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = True,
 
     Takes the sweep, its output folder, whether to show progress bars, the command to record,
     whether to build the report and its title. Returns (what the sweep did, the report's
-    paths or None). Raises UserError for anything the user can fix.
+    paths or None). The report is built while the sweep folder is still locked. Raises
+    UserError for anything the user can fix.
     """
-    result = run_sweep(sweep, out_dir, progress=progress, command=command)
-    paths = None
-    if report and (result.trained or result.reused):
-        paths = build_report(out_dir, title=title or (f"DIPNet comparison: {sweep.name}"
-                                                       if sweep.name else None))
-    return result, paths
+    built: list[ReportPaths] = []
+
+    def _report(result: SweepResult) -> None:
+        if report and (result.trained or result.reused):
+            from .report import build_report
+            built.append(build_report(out_dir, title=title or (
+                f"DIPNet comparison: {sweep.name}" if sweep.name else None)))
+
+    result = run_sweep(sweep, out_dir, progress=progress, command=command, after=_report)
+    return result, (built[0] if built else None)
 
 
 def run_demo(out_dir: str | Path = DEFAULT_DEMO_OUT, sweep: dict[str, Any] | None = None, *,
@@ -129,6 +137,8 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
         base["seeds"] = _parse_seeds(args.seeds)
     if args.train_perturbations:
         base["train_perturbations"] = _csv_list(args.train_perturbations)
+    if args.perturbation_mode:
+        base["perturbation_mode"] = args.perturbation_mode
     if args.evaluate:
         base["evaluate"] = args.evaluate
     if args.jobs is not None:
@@ -148,11 +158,16 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
         run["lr"] = args.lr
     if args.data_dir:
         run["data_dir"] = args.data_dir
-    sweep = SweepConfig.from_dict(base)
-    return apply_params(sweep, args.param or [])
+    sweep = apply_params(SweepConfig.from_dict(base), args.param or [])
+    if args.config and not args.model:
+        # a model named only by a file is not the user's say (--model or --allow-code is)
+        trust.require_code_allowed(sweep.model, f"sweep config {args.config}")
+    return sweep
 
 
-def _print_summary(paths: ReportPaths | None, result: SweepResult) -> None:
+def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
+    from .report import summary_table
+
     if paths is None:
         print("dipnet: no finished run to report on", file=sys.stderr)
         return
@@ -179,6 +194,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report, summary_table
+
     paths = build_report(args.sweep_dir, out_dir=args.out, title=args.title)
     res = paths.results
     for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
@@ -211,6 +228,10 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-perturbations", metavar="LIST",
                    help=f"comma-separated training-input conditions of the paper's Table 1: "
                         f"{','.join(PERTURBATIONS)} (default none)")
+    p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
+                   help="fresh: perturb every mini-batch anew (default); fixed: perturb each "
+                        "training set once (FGSM against a clean standard reference model "
+                        "trained first and shared by every method, in OUT/runs/_reference/)")
     p.add_argument("--epochs", type=int, help="training epochs of every run")
     p.add_argument("--max-train", type=int, help="use only this many training examples "
                                                   "(a fixed subset; for CPU budgets)")
@@ -232,6 +253,9 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
                         "eval.key=value (evaluation sizes: eval.attack_points=200)")
     p.add_argument("--jobs", type=int, help="runs trained in parallel processes (default 1)")
     p.add_argument("--name", help="sweep label used in the report title")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow a --config file to name user code as its model "
+                        "(package.module:factory); without it such a file is refused")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -242,7 +266,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run every (method, seed, training-input condition) into OUT/runs/, "
                     "reusing runs that already finished (an interrupted sweep resumes), "
                     "evaluate them if asked, and write OUT/report.md, OUT/report.html, "
-                    "OUT/results.json and OUT/results.csv.")
+                    "OUT/results.json and OUT/results.csv. Every setting, data set and model "
+                    "is checked, and every existing run compared, before anything in OUT "
+                    "changes; OUT is then locked against other dipnet processes.")
     _add_sweep_options(p)
     p.add_argument("--out", required=True, help="output folder of the sweep (created)")
     p.add_argument("--no-report", action="store_true", help="train only; build the report "

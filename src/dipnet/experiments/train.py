@@ -1,5 +1,16 @@
 """`run_training`: one run, from a `RunConfig` to a folder of results, resumable and DDP-ready.
 
+A run goes through phases that each read alone, and nothing on disk changes before the first
+two succeeded:
+
+    plan      `plan_run`: validate every setting, check the folder (a file? another run? a
+              damaged one? the same run finished?); reads, never writes
+    prepare   `prepare_run`: load the data, build the model and the method, in memory
+    take      `_take_folder`: lock the folder (``.lock``, rank 0 only), look again under the
+              lock, then overwrite / write config.yaml
+    train     the epochs, a checkpoint after each (resuming from the last one)
+    finish    metrics.json (last), model.safetensors, the lock released
+
 The folder (``out_dir``) holds:
     config.yaml          the resolved config (re-run with ``dipnet train --config``)
     train.log            one line per epoch, appended across resumes
@@ -29,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +51,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from ..errors import UserError
+from ..errors import UserError, describe_os_error
 from ..fileio import atomic_write_json
 from .config import RunConfig
 from .data import DatasetSplits, Split, list_datasets, load_dataset
+from .fixed import fixed_training_inputs
+from .locks import FolderLock
 from .methods import Method, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
+from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path,
+                     inspect_run_folder, read_metrics)
 
-CHECKPOINT_DIR = "checkpoint"
-RESULT_FILES = ("config.yaml", "metrics.json", "train.log", "model.safetensors", CHECKPOINT_DIR)
+__all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan", "Prepared",
+           "read_metrics", "evaluate_split", "save_checkpoint", "load_checkpoint",
+           "RESULT_FILES", "CHECKPOINT_DIR"]
 
 
 # ---------------------------------------------------------------------- distributed set-up
@@ -72,6 +89,8 @@ class DistInfo:
     def init(self, device: torch.device) -> None:
         """Start the process group (gloo on CPU, nccl on CUDA) unless it is running."""
         if self.enabled and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # object collectives use the current device
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             self.owns_group = True
 
@@ -246,24 +265,7 @@ def load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return weights, state
 
 
-# ---------------------------------------------------------------------- the run
-def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
-
-
-def read_metrics(out_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The metrics.json of a finished run in ``out_dir``, or None if it has not finished."""
-    path = Path(out_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return metrics if metrics.get("status") == "finished" else None
-
-
+# ---------------------------------------------------------------------- helpers
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
@@ -275,9 +277,7 @@ def _make_logger(out: Path, enabled: bool) -> logging.Logger:
     logger = logging.getLogger(f"dipnet.train.{out.resolve()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
+    _close_logger(logger)
     if enabled:
         handler = logging.FileHandler(out / "train.log", mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -287,15 +287,202 @@ def _make_logger(out: Path, enabled: bool) -> logging.Logger:
     return logger
 
 
+def _close_logger(logger: logging.Logger) -> None:
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
 def _lr_factor(cfg: RunConfig, epoch: int) -> float:
     if cfg.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
     return 1.0
 
 
+def _broadcast(info: DistInfo, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    if not info.enabled or not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    return str(err)
+
+
+# ---------------------------------------------------------------------- phase 1: plan
+@dataclass
+class RunPlan:
+    """What `plan_run` decided, before anything on disk was changed.
+
+    Attributes:
+        cfg: the run's config. out: its folder. overwrite: replace what is there.
+        device: the torch device of this process.
+        state: what the folder holds (`rundir.FolderState`).
+    """
+
+    cfg: RunConfig
+    out: Path
+    overwrite: bool
+    device: torch.device
+    state: FolderState
+
+    @property
+    def finished(self) -> dict[str, Any] | None:
+        """The metrics of the same run, already finished in ``out`` (None: train)."""
+        if self.overwrite or self.state.kind != "finished":
+            return None
+        return self.state.metrics
+
+
+def validate_run(cfg: RunConfig, local_rank: int = 0) -> torch.device:
+    """Check the settings of ``cfg`` that `RunConfig` alone cannot (nothing is loaded).
+
+    Returns:
+        The torch device of this process.
+    Raises:
+        UserError: a setting that does not apply to the run, an unknown data set / model, a
+            method parameter that is unknown or invalid, an unusable device.
+    """
+    problems = cfg.inapplicable()
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+    get_method(cfg.method, **cfg.resolved_method_params())  # unknown / bad parameters
+    if cfg.dataset not in list_datasets():
+        raise UserError(f"unknown data set {cfg.dataset!r}; choose one of "
+                        f"{', '.join(list_datasets())}.")
+    if ":" not in cfg.model and cfg.model not in list_models():
+        raise UserError(f"unknown model {cfg.model!r}; choose one of "
+                        f"{', '.join(list_models())} or give 'package.module:factory'.")
+    return resolve_device(cfg.device, local_rank)
+
+
+def plan_run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
+             local_rank: int = 0) -> RunPlan:
+    """Phase 1: validate every setting and compare with the folder; changes nothing on disk.
+
+    Args:
+        cfg: the run's config.
+        out_dir: its folder.
+        overwrite: whether the folder's run may be replaced (then its state is not a refusal).
+        local_rank: this process's rank on its machine (chooses its GPU).
+    Returns:
+        `RunPlan`; ``plan.finished`` holds the stored metrics when the same run already finished.
+    Raises:
+        UserError: a setting that is invalid or does not apply, an unknown data set / model /
+            method, an ``out_dir`` that cannot be a folder, a folder holding another run or a
+            damaged one (without ``overwrite``).
+    """
+    out = Path(out_dir)
+    device = validate_run(cfg, local_rank)
+    check_out_path(out)
+    state = inspect_run_folder(out, cfg)
+    if not overwrite and not state.usable:
+        raise state.refusal()
+    return RunPlan(cfg, out, overwrite, device, state)
+
+
+# ---------------------------------------------------------------------- phase 2: prepare
+@dataclass
+class Prepared:
+    """The data, model and method of a run, built in memory (nothing written)."""
+
+    method: Method
+    model: nn.Module
+    data: DatasetSplits
+    train: Split
+    val: Split
+    test: Split
+    base_params: int
+
+
+def build_model(cfg: RunConfig, method: Method, input_shape: tuple[int, ...],
+                num_classes: int, num_train: int) -> tuple[nn.Module, int]:
+    """The run's model (seeded with ``cfg.seed``) prepared by its method; and its own size.
+
+    Raises:
+        UserError: the model cannot be built with these parameters for this input.
+    """
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = create_model(cfg.model, input_shape, num_classes, **cfg.model_params)
+    base_params = count_parameters(model)
+    return method.prepare_model(model, cfg, num_train), base_params
+
+
+def prepare_run(plan: RunPlan) -> Prepared:
+    """Phase 2: load the data and build the model and method (in memory only).
+
+    Raises:
+        UserError: missing or corrupt data, a model that cannot be built.
+    """
+    cfg, device = plan.cfg, plan.device
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    method = get_method(cfg.method, **cfg.resolved_method_params())
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
+                        cfg.max_train, cfg.max_val)
+    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    model, base_params = build_model(cfg, method, data.input_shape, data.num_classes,
+                                     len(train))
+    return Prepared(method, model.to(device), data, train, val, test, base_params)
+
+
+# ---------------------------------------------------------------------- phase 3: take the folder
+def _take_folder(plan: RunPlan, info: DistInfo, wait: bool) -> tuple[FolderLock | None,
+                                                                    dict[str, Any] | None]:
+    """Lock the folder (rank 0), look again under the lock, then make it this run's.
+
+    Returns (the lock, None) to go on training, or (None, metrics) when the same run finished
+    while this one was preparing. Every rank gets rank 0's decision.
+    Raises:
+        UserError: the folder is in use, or now holds another run / a damaged one.
+    """
+    cfg, out = plan.cfg, plan.out
+    lock: FolderLock | None = None
+    decision: tuple[str, Any] = ("go", None)
+    if info.is_main:
+        try:
+            lock = FolderLock.acquire(out, wait=wait, waiting_message=f"waiting for {out}, "
+                                      "which another dipnet process is training")
+            state = inspect_run_folder(out, cfg)  # it may have changed since the plan
+            if plan.overwrite:
+                for name in RESULT_FILES:
+                    p = out / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            elif state.kind == "finished":
+                decision = ("finished", state.metrics)
+            elif not state.usable:
+                decision = ("error", str(state.refusal()))
+            if decision[0] == "go":
+                cfg.save(out / "config.yaml")
+        except (UserError, OSError) as err:
+            decision = ("error", _describe(err))
+        if decision[0] != "go" and lock is not None:
+            lock.release(tidy=True)
+            lock = None
+    decision = _broadcast(info, decision)
+    if decision[0] == "error":
+        raise UserError(decision[1])
+    info.barrier()
+    return lock, decision[1]
+
+
+# ---------------------------------------------------------------------- the run
 def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
                  progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train one run and write its results folder; resume or reuse what is there.
+
+    The lifecycle: plan (validate every setting, check the folder: `plan_run`), prepare (data,
+    model, method: `prepare_run`), take the folder (lock it, look again, and only then
+    overwrite / write the config), train (resuming from a checkpoint), finish (metrics, weights).
+    Nothing on disk changes before the plan and the preparation succeeded.
 
     Args:
         cfg: the run's config.
@@ -307,224 +494,206 @@ def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = F
         The metrics dict (also written to ``out_dir/metrics.json``). A finished run with the
         same config is not retrained: its metrics are returned (and a line says so).
     Raises:
-        UserError: bad config values, missing data, a folder holding a different run, a
-            corrupt checkpoint.
+        UserError: bad config values, missing data, a folder holding a different or damaged
+            run, a folder in use by another process, a corrupt checkpoint.
     """
-    out = Path(out_dir)
+    return train_run(cfg, out_dir, overwrite=overwrite, progress=progress, command=command)
+
+
+def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+              progress: bool = True, command: str | None = None,
+              wait_for_lock: bool = False) -> dict[str, Any]:
+    """`run_training`, plus ``wait_for_lock``: wait for another process that holds the folder
+    instead of refusing (used for shared caches such as the fixed-FGSM reference model)."""
     info = DistInfo()
-    device = resolve_device(cfg.device, info.local_rank)
-    info.init(device)
+    plan = plan_run(cfg, out_dir, overwrite, info.local_rank)
+    if plan.finished is not None:
+        if info.is_main:
+            print(f"dipnet: run in {plan.out} already finished (test accuracy "
+                  f"{plan.finished['test_accuracy']:.4f}); reusing it. Pass --overwrite to "
+                  "train it again.", file=sys.stderr)
+        return plan.finished
+    info.init(plan.device)
     try:
-        return _run(cfg, out, overwrite, progress, command, info, device)
+        prep = prepare_run(plan)
+        lock, finished = _take_folder(plan, info, wait_for_lock)
+        if finished is not None:
+            return finished if info.is_main else {}
+        try:
+            return _train_and_finish(plan, prep, info, progress, command)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         info.close()
 
 
-def _run(cfg: RunConfig, out: Path, overwrite: bool, progress: bool, command: str | None,
-         info: DistInfo, device: torch.device) -> dict[str, Any]:
+# ---------------------------------------------------------------------- phases 4-5: train, finish
+def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: bool,
+                      command: str | None) -> dict[str, Any]:
+    cfg, out, device = plan.cfg, plan.out, plan.device
     main = info.is_main
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    # Every name and parameter is checked before anything is written to the folder.
-    method = get_method(cfg.method, **cfg.resolved_method_params())
-    if cfg.dataset not in list_datasets():
-        raise UserError(f"unknown data set {cfg.dataset!r}; choose one of "
-                        f"{', '.join(list_datasets())}.")
-    if ":" not in cfg.model and cfg.model not in list_models():
-        raise UserError(f"unknown model {cfg.model!r}; choose one of "
-                        f"{', '.join(list_models())} or give 'package.module:factory'.")
+    method, model, val, test = prep.method, prep.model, prep.val, prep.test
+    train_x, train_y = prep.train.x, prep.train.y
+    num_train = len(train_y)
+    fixed_info = None
+    if cfg.perturbation_mode == "fixed" and cfg.train_perturbation != "none":
+        train_x, fixed_info = fixed_training_inputs(cfg, prep.train, out, device, progress)
 
-    # ---- what is already in the folder
-    saved_cfg_path = out / "config.yaml"
-    if overwrite:
-        info.barrier()
-        if main:
-            for name in RESULT_FILES:
-                p = out / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        info.barrier()
-    elif saved_cfg_path.is_file():
-        saved = RunConfig.load(saved_cfg_path)
-        diff = _config_diff(saved.result_dict(), cfg.result_dict())
-        if diff:
-            raise UserError(f"{out} holds a different run ({'; '.join(diff[:3])}); choose "
-                            "another --out folder, or pass --overwrite to replace it.")
-        finished = read_metrics(out)
-        if finished is not None:
-            if main:
-                print(f"dipnet: run in {out} already finished (test accuracy "
-                      f"{finished['test_accuracy']:.4f}); reusing it. Pass --overwrite to "
-                      "train it again.", file=sys.stderr)
-            return finished
-
-    # ---- data, model, method (before writing anything: missing data is a clean error)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
-                        cfg.max_train, cfg.max_val)
-    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
-    num_train = len(train)
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = create_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_params)
-    base_params = count_parameters(model)
-    model = method.prepare_model(model, cfg, num_train).to(device)
-    # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
-    # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
-    method.calibrate(model, train.x[:512])
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(saved_cfg_path)
-    info.barrier()
     log = _make_logger(out, main)
     say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
-    optimizer = method.make_optimizer(model, cfg)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
-
-    start_epoch, history, elapsed = 0, [], 0.0
-    resumed = load_checkpoint(out)
-    if resumed is not None:
-        weights, state = resumed
-        try:
-            model.load_state_dict(weights)
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"the checkpoint in {out / CHECKPOINT_DIR} does not fit this run "
-                            f"({str(err).splitlines()[0]}); pass --overwrite to start "
-                            "again.") from None
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        elapsed = float(state["elapsed_s"])
-        rng = state["rng"]
-        if len(rng) == info.world:
-            set_rng_state(rng[info.rank])
-        else:  # a different number of processes: continue, but not bit-identically
-            seed_everything(noise_seed(cfg.seed + start_epoch, info.rank))
-            say(f"resumed with {info.world} processes instead of {len(rng)}: RNG reseeded")
-        say(f"resumed from the checkpoint after epoch {start_epoch}")
-    else:
-        seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
-
-    net: nn.Module = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    extra = method.extra_parameters(model)
-    per_rank_batch = max(1, math.ceil(cfg.batch_size / info.world))
-    sampler = DistributedSampler(range(num_train), num_replicas=info.world, rank=info.rank,
-                                 shuffle=True, seed=cfg.seed)
-    if main and start_epoch == 0:
-        say(f"start: {cfg.dataset} ({num_train} train / {len(val)} val / {len(test)} test), "
-            f"{cfg.model} ({base_params} parameters, +{extra} by {cfg.method}), "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size} on {info.world} process(es), "
-            f"{device}, perturbation {cfg.train_perturbation}")
-
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_reset = _reset_peak_rss()
-    from tqdm.auto import tqdm
-
-    show = progress and main
-    epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
-                      unit="epoch", disable=not show, file=sys.stderr, dynamic_ncols=True)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        optimizer = method.make_optimizer(model, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.long, device=device)
-        batches = list(torch.split(order, per_rank_batch))
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()  # a batch of one breaks BatchNorm; its example comes back next epoch
-        net.train()
-        sums: dict[str, float] = {}
-        seen = 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not show, file=sys.stderr, dynamic_ncols=True)
-        for idx in bar:
-            xb, yb = train.x[idx], train.y[idx]
-            xb = perturb_batch(cfg.train_perturbation, xb, yb, cfg.strength, model,
-                               method.predict_logits)
-            parts = method.train_step(net, optimizer, xb, yb)
-            n = len(idx)
-            seen += n
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + (value if key == "correct" else value * n)
-            if show:
-                bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        bar.close()
-        if info.enabled:
-            keys = sorted(sums)
-            t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
-                             device=device)
-            dist.all_reduce(t)
-            sums = dict(zip(keys, t[:-1].tolist()))
-            seen = int(t[-1].item())
-        train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": sums.get("loss", float("nan")) / max(seen, 1),
-            "train_accuracy": sums.get("correct", 0.0) / max(seen, 1),
-        }
-        for key in sorted(sums):
-            if key not in ("loss", "correct"):
-                row[f"train_{key}"] = sums[key] / max(seen, 1)
-        if main:
-            if len(val):
-                v = evaluate_split(method, model, val, cfg.eval_batch_size, cfg.mc_samples)
-                row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
-            row.update(method.epoch_stats(model))
-        row["train_time_s"] = train_time
-        row["epoch_time_s"] = time.perf_counter() - t0
-        # CPU seconds of this process (all its threads): on a shared machine a steadier cost
-        # figure than wall clock, which counts the time other jobs held the cores.
-        row["train_cpu_time_s"] = train_cpu
-        elapsed += row["epoch_time_s"]
-        history.append(row)
+            group["base_lr"] = group["lr"]
 
-        # ---- checkpoint: every rank's RNG state, rank 0 writes
-        rng = [get_rng_state()]
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        if main:
-            save_checkpoint(out, model, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                                         "rng": rng, "history": history, "elapsed_s": elapsed,
-                                         "world_size": info.world})
-            say(f"epoch {epoch + 1}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
-                f"train_acc {row['train_accuracy']:.4f} val_loss {row.get('val_loss', 0):.4f} "
-                f"val_acc {row.get('val_accuracy', 0):.4f} time {row['epoch_time_s']:.2f}s")
-            epochs_bar.set_postfix(val_acc=f"{row.get('val_accuracy', float('nan')):.3f}")
-        epochs_bar.update(1)
-        info.barrier()
-    epochs_bar.close()
+        start_epoch, history, elapsed = 0, [], 0.0
+        resumed = load_checkpoint(out)
+        if resumed is not None:
+            weights, state = resumed
+            try:
+                model.load_state_dict(weights)
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UserError(f"the checkpoint in {out / CHECKPOINT_DIR} does not fit this "
+                                f"run ({str(err).splitlines()[0]}); pass --overwrite to start "
+                                "again.") from None
+            start_epoch, history = int(state["epoch"]), list(state["history"])
+            elapsed = float(state["elapsed_s"])
+            rng = state["rng"]
+            if len(rng) == info.world:
+                set_rng_state(rng[info.rank])
+            else:  # a different number of processes: continue, but not bit-identically
+                seed_everything(noise_seed(cfg.seed + start_epoch, info.rank))
+                say(f"resumed with {info.world} processes instead of {len(rng)}: RNG reseeded")
+            say(f"resumed from the checkpoint after epoch {start_epoch}")
+        else:
+            seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
 
-    if not main:
+        net: nn.Module = model
+        if info.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        extra = method.extra_parameters(model)
+        per_rank_batch = max(1, math.ceil(cfg.batch_size / info.world))
+        sampler = DistributedSampler(range(num_train), num_replicas=info.world, rank=info.rank,
+                                     shuffle=True, seed=cfg.seed)
+        # fresh: perturb each batch as it is drawn; fixed: train_x is already the perturbed set
+        per_batch = "none" if fixed_info is not None else cfg.train_perturbation
+        if main and start_epoch == 0:
+            mode = (f" ({cfg.perturbation_mode})" if cfg.train_perturbation != "none" else "")
+            say(f"start: {cfg.dataset} ({num_train} train / {len(val)} val / {len(test)} "
+                f"test), {cfg.model} ({prep.base_params} parameters, +{extra} by "
+                f"{cfg.method}), {cfg.epochs} epochs, batch {cfg.batch_size} on {info.world} "
+                f"process(es), {device}, perturbation {cfg.train_perturbation}{mode}")
+
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        rss_reset = _reset_peak_rss()
+        from tqdm.auto import tqdm
+
+        show = progress and main
+        epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
+                          unit="epoch", disable=not show, file=sys.stderr, dynamic_ncols=True)
+        for epoch in range(start_epoch, cfg.epochs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long, device=device)
+            batches = list(torch.split(order, per_rank_batch))
+            if len(batches) > 1 and len(batches[-1]) < 2:
+                batches.pop()  # a batch of one breaks BatchNorm; its example comes back next epoch
+            net.train()
+            sums: dict[str, float] = {}
+            seen = 0
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       leave=False, disable=not show, file=sys.stderr, dynamic_ncols=True)
+            for idx in bar:
+                xb, yb = train_x[idx], train_y[idx]
+                xb = perturb_batch(per_batch, xb, yb, cfg.strength, model, method.predict_logits)
+                parts = method.train_step(net, optimizer, xb, yb)
+                n = len(idx)
+                seen += n
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + (value if key == "correct" else value * n)
+                if show:
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            bar.close()
+            if info.enabled:
+                keys = sorted(sums)
+                t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
+                                 device=device)
+                dist.all_reduce(t)
+                sums = dict(zip(keys, t[:-1].tolist()))
+                seen = int(t[-1].item())
+            train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": sums.get("loss", float("nan")) / max(seen, 1),
+                "train_accuracy": sums.get("correct", 0.0) / max(seen, 1),
+            }
+            for key in sorted(sums):
+                if key not in ("loss", "correct"):
+                    row[f"train_{key}"] = sums[key] / max(seen, 1)
+            if main:
+                if len(val):
+                    v = evaluate_split(method, model, val, cfg.eval_batch_size, cfg.mc_samples)
+                    row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
+                row.update(method.epoch_stats(model))
+            row["train_time_s"] = train_time
+            row["epoch_time_s"] = time.perf_counter() - t0
+            # CPU seconds of this process (all its threads): on a shared machine a steadier cost
+            # figure than wall clock, which counts the time other jobs held the cores.
+            row["train_cpu_time_s"] = train_cpu
+            elapsed += row["epoch_time_s"]
+            history.append(row)
+
+            # ---- checkpoint: every rank's RNG state, rank 0 writes
+            rng = [get_rng_state()]
+            if info.enabled:
+                gathered: list[Any] = [None] * info.world
+                dist.all_gather_object(gathered, rng[0])
+                rng = gathered
+            if main:
+                save_checkpoint(out, model, {"epoch": epoch + 1,
+                                             "optimizer": optimizer.state_dict(), "rng": rng,
+                                             "history": history, "elapsed_s": elapsed,
+                                             "world_size": info.world})
+                say(f"epoch {epoch + 1}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
+                    f"train_acc {row['train_accuracy']:.4f} val_loss "
+                    f"{row.get('val_loss', 0):.4f} val_acc {row.get('val_accuracy', 0):.4f} "
+                    f"time {row['epoch_time_s']:.2f}s")
+                epochs_bar.set_postfix(val_acc=f"{row.get('val_accuracy', float('nan')):.3f}")
+            epochs_bar.update(1)
+            info.barrier()
+        epochs_bar.close()
+
+        if not main:
+            info.barrier()
+            return {}
+        metrics = _final_metrics(cfg, method, model, prep.data, val, test, history, elapsed,
+                                 device, prep.base_params, extra, info, command, rss_reset,
+                                 fixed_info)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(out / ".model.safetensors.tmp"))
+        os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
+        atomic_write_json(out / "metrics.json", metrics)
+        say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
+            f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
         info.barrier()
-        return {}
-    metrics = _final_metrics(cfg, method, model, data, val, test, history, elapsed, device,
-                             base_params, extra, info, command, rss_reset)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(out / ".model.safetensors.tmp"))
-    os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
-    atomic_write_json(out / "metrics.json", metrics)
-    say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
-        f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    info.barrier()
-    return metrics
+        return metrics
+    finally:
+        _close_logger(log)
 
 
 def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: DatasetSplits,
                    val: Split, test: Split, history: list[dict[str, Any]], elapsed: float,
                    device: torch.device, base_params: int, extra: int, info: DistInfo,
-                   command: str | None, rss_reset: bool) -> dict[str, Any]:
+                   command: str | None, rss_reset: bool,
+                   fixed_info: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     k = cfg.mc_samples
     test_det = evaluate_split(method, model, test, cfg.eval_batch_size, k, "deterministic")
@@ -555,6 +724,9 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
         "seed": cfg.seed,
         "train_perturbation": cfg.train_perturbation,
         "perturbation_strength": cfg.strength if cfg.train_perturbation != "none" else 0.0,
+        "perturbation_mode": cfg.perturbation_mode if cfg.train_perturbation != "none"
+        else "fresh",
+        "fixed_perturbation": fixed_info,
         "epochs": cfg.epochs,
         "prediction": method.default_prediction,
         "mc_samples": k,
@@ -584,6 +756,9 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
         **method.final_stats(model),
         "method_params": method.params,
         "num_train": len(data.train),
+        # what load_run(load_data=False) needs to rebuild the model without the data set
+        "input_shape": list(data.input_shape),
+        "num_classes": int(data.num_classes),
         "num_val": len(val),
         "num_test": len(test),
         "world_size": info.world,

@@ -1,0 +1,149 @@
+"""Fixed perturbed training sets: the paper's Table 1 protocol read as "perturbed training data".
+
+``perturbation_mode: fixed`` perturbs the training set ONCE, before training, and then trains
+on it as on any data set (the ``fresh`` mode instead draws noise / attacks anew per batch):
+
+- Gaussian: ``clip(x + N(0, sigma^2), 0, 1)`` (the clipping convention of `perturb.gaussian`),
+  drawn with a CPU generator seeded by (split_seed, seed): every method of a sweep with the same
+  seed trains on the same noisy set, and a resumed run rebuilds exactly the same one.
+- FGSM: ``clip(x + eps * sign(grad_x CE), 0, 1)`` against a REFERENCE model: the same
+  architecture trained first on the clean data with standard training (same epochs, lr, batch,
+  optimizer, seed, split), by the normal harness, into a cached sibling folder
+  ``<out>/../_reference/<dataset>-<model>-standard-none-s<seed>-<hash of those settings>``.
+  Every method of a sweep (and every resume) reuses that one reference; a second process that
+  needs it while it is being trained waits for it instead of training it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import Split
+from .perturb import fgsm
+
+#: The settings that decide the reference model's weights (and so its cache folder's hash).
+REFERENCE_FIELDS = ("dataset", "model", "model_params", "epochs", "seed", "batch_size", "lr",
+                    "optimizer", "weight_decay", "momentum", "lr_schedule", "val_fraction",
+                    "split_seed", "max_train")
+# A constant mixed into the noise seed so the fixed set's stream is not the run's own.
+_FIXED_STREAM = 0xF1CED
+
+
+def fixed_noise_seed(split_seed: int, seed: int) -> int:
+    """The seed of the fixed Gaussian set of (split_seed, seed)."""
+    return int(np.random.SeedSequence([split_seed, seed, _FIXED_STREAM]).generate_state(1)[0])
+
+
+def fixed_gaussian_inputs(x: torch.Tensor, sigma: float, split_seed: int,
+                          seed: int) -> torch.Tensor:
+    """``clip(x + sigma * N(0, 1), 0, 1)`` with noise from a generator of (split_seed, seed).
+
+    The noise is drawn on the CPU (the same set on every device) and returned on ``x``'s device.
+    """
+    gen = torch.Generator().manual_seed(fixed_noise_seed(split_seed, seed))
+    noise = torch.randn(tuple(x.shape), generator=gen, dtype=torch.float32)
+    return (x.detach().cpu().float() + sigma * noise).clamp_(0.0, 1.0).to(x.device)
+
+
+def reference_config(cfg: RunConfig) -> RunConfig:
+    """The clean standard run whose model the fixed FGSM set attacks."""
+    data: dict[str, Any] = {k: getattr(cfg, k) for k in REFERENCE_FIELDS}
+    data.update(method="standard", eval_mc=False, data_dir=cfg.data_dir,
+                num_threads=cfg.num_threads, device=cfg.device)
+    return RunConfig.from_dict(json.loads(json.dumps(data)))
+
+
+def reference_dir(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
+    """``<out_dir>/../_reference/<reference run name>-<10 hex of its settings>``."""
+    ref = reference_config(cfg)
+    key = json.dumps({k: getattr(ref, k) for k in REFERENCE_FIELDS}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return Path(out_dir).parent / "_reference" / f"{ref.run_name()}-{digest}"
+
+
+@contextlib.contextmanager
+def _kept_rng() -> Iterator[None]:
+    # Training the reference reseeds every RNG; the run around it must not notice.
+    from .train import get_rng_state, set_rng_state
+
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def ensure_reference(cfg: RunConfig, out_dir: str | os.PathLike,
+                     progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train the reference of ``cfg`` into its cache folder, or reuse it there.
+
+    Returns (its folder, its metrics). Waits (with a message) while another process trains it.
+    Raises:
+        UserError: the cache folder holds something else or is damaged (names the fix).
+    """
+    from .train import train_run
+
+    ref_dir = reference_dir(cfg, out_dir)
+    ref_cfg = reference_config(cfg)
+    if not (ref_dir / "metrics.json").is_file():
+        print(f"dipnet: training the clean standard reference model for fixed FGSM into "
+              f"{ref_dir}", file=sys.stderr)
+    with _kept_rng():
+        metrics = train_run(ref_cfg, ref_dir, progress=progress, wait_for_lock=True,
+                            command=f"reference model of {Path(out_dir).name}")
+    return ref_dir, metrics
+
+
+@torch.no_grad()
+def fixed_fgsm_inputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                      batch_size: int = 1000) -> torch.Tensor:
+    """FGSM (`perturb.fgsm`) of every example against ``model``, in batches."""
+    out = torch.empty_like(x)
+    for i in range(0, len(x), batch_size):
+        out[i:i + batch_size] = fgsm(model, x[i:i + batch_size], y[i:i + batch_size], eps)
+    return out
+
+
+def fixed_training_inputs(cfg: RunConfig, train: Split, out_dir: str | os.PathLike,
+                          device: torch.device,
+                          progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The fixed perturbed training inputs of ``cfg`` (``perturbation_mode == "fixed"``).
+
+    Args:
+        cfg: the run (train_perturbation gaussian or fgsm).
+        train: its training split.
+        out_dir: the run's folder (the FGSM reference is cached beside it).
+        device: where to compute and return the inputs.
+        progress: progress bars while a reference is trained.
+    Returns:
+        (the perturbed inputs on ``device``, a record for metrics.json: ``sha256`` of the set,
+        ``reference_run`` and ``reference_test_accuracy`` (None for Gaussian)).
+    """
+    from .runs import load_run
+
+    ref_dir: Path | None = None
+    ref_acc = None
+    if cfg.train_perturbation == "gaussian":
+        x = fixed_gaussian_inputs(train.x, cfg.strength, cfg.split_seed, cfg.seed).to(device)
+    elif cfg.train_perturbation == "fgsm":
+        ref_dir, ref_metrics = ensure_reference(cfg, out_dir, progress)
+        ref_acc = ref_metrics.get("test_accuracy")
+        reference = load_run(ref_dir, load_data=False, allow_code=True)  # the run's own model
+        model = reference.model.to(device)
+        x = fixed_fgsm_inputs(model, train.x.to(device), train.y.to(device), cfg.strength,
+                              cfg.eval_batch_size)
+    else:
+        raise ValueError(f"no fixed set for train_perturbation {cfg.train_perturbation!r}")
+    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return x, {"sha256": digest, "reference_run": None if ref_dir is None else str(ref_dir),
+               "reference_test_accuracy": ref_acc}
