@@ -168,7 +168,8 @@ def test_version_comes_from_the_package_metadata(monkeypatch) -> None:
     import dipnet
     from dipnet import _version
 
-    assert dipnet.__version__ == md.version("dipnet") == _version.VERSION
+    assert dipnet.__version__ == md.version("dipnet") == _version.VERSION, (
+        "the installed metadata is stale: reinstall with .venv/bin/pip install --no-deps -e .")
 
     def not_installed(name: str) -> str:
         raise md.PackageNotFoundError(name)
