@@ -31,9 +31,9 @@ def test_report_files_exist_and_are_small(report):
     for p in (paths.markdown, paths.html, paths.results_json, paths.results_csv):
         assert p.is_file() and 0 < p.stat().st_size < 1_000_000
     names = {p.name for p in paths.figures}
-    assert {"accuracy_digits_mlp.png", "curves_digits_mlp_none.png",
-            "curves_digits_mlp_gaussian.png", "variance_digits_mlp.png",
-            "cost_digits_mlp.png"} <= names
+    assert {"accuracy_digits_mlp.png", "forest_digits_mlp.png", "curves_digits_mlp_none.png",
+            "curves_digits_mlp_gaussian.png", "variance_trajectory_digits_mlp_none.png",
+            "variance_trajectory_digits_mlp_gaussian.png", "cost_digits_mlp.png"} <= names
     for p in paths.figures:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -31,9 +31,10 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from ..errors import UserError
-from .stats import (format_mean_std, format_p, format_paired_p, low_power_note, paired_test,
-                    summarize)
 from ..fileio import atomic_write_text
+from . import report_eval, report_plots, report_variance
+from .report_eval import readable_metric
+from .stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
 from .sweep import METHODS, PERTURBATIONS
 
 __all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
@@ -336,6 +337,15 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
                               "method": method, "layer": layer,
                               "variance": summarize(vals).to_dict()})
 
+    verdicts: list[dict[str, Any]] = []
+    for r in records:
+        v = report_variance.read_variance_run(r.method, r.seed, r.metrics, r.config)
+        if v is not None:
+            verdicts.append({"dataset": r.group[0], "model": r.group[1],
+                             "train_perturbation": r.perturbation, "method": r.method,
+                             "seed": r.seed, "run": r.name, "layout": v.layout,
+                             **report_variance.verdict(v)})
+
     notes = []
     # The caveat quotes the floors of the smallest comparison actually tested.
     ns = sorted({t["n"] for t in tests if t["n"] >= 2} or {a["n"] for a in aggregates})
@@ -352,6 +362,7 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
         "paired_tests": tests,
         "condition_means": condition_means,
         "variances": variances,
+        "variance_verdicts": verdicts,
         "notes": notes,
         "sweep": sweep,
         "provenance": provenance,
@@ -484,14 +495,18 @@ def _paired_table(results: dict[str, Any], dataset: str, model: str, metric: str
     rows = []
     for t in tests:
         d, sd = t.get("mean_diff"), t.get("std_diff")
+        lo, hi = _num(t.get("ci_low")), _num(t.get("ci_high"))
         rows.append([_PERT_LABEL.get(t["train_perturbation"], t["train_perturbation"]),
                      t["method"], t["n"],
                      f"{d * scale:+.3f}" if _num(d) is not None else "-",
                      f"{sd * scale:.3f}" if _num(sd) is not None else "-",
+                     f"[{lo * scale:+.3f}, {hi * scale:+.3f}]" if lo is not None
+                     and hi is not None else "-",
                      format_paired_p(t), format_paired_p(t, "wilcoxon_p"),
                      f"{t['wins']}/{t['n']}"])
     return _md_table(["condition", "method", "pairs", f"mean Δ ({unit})", f"std Δ ({unit})",
-                      "paired t p", "Wilcoxon p", "method > standard"], rows)
+                      f"95% CI of Δ ({unit})", "paired t p", "Wilcoxon p",
+                      "method > standard"], rows)
 
 
 def _cost_key(results: dict[str, Any], dataset: str, model: str) -> str:
@@ -555,7 +570,18 @@ def _variance_table(results: dict[str, Any], dataset: str, model: str) -> str:
                       "mean learned variance", "std over seeds", "n"], rows)
 
 
+_EVAL_ORDER = ("clean/", "calibration/", "attacks/", "corruptions/", "ood/", "smoothness/")
+
+
+def _eval_key_order(key: str) -> tuple[int, str, str]:
+    """Sort headline rows by section (clean first), then deterministic before sampled."""
+    sec = next((i for i, p in enumerate(_EVAL_ORDER) if key.startswith(p)), len(_EVAL_ORDER))
+    return (sec, "/sampled/" in key or key.endswith("/sampled"), key)
+
+
 def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) -> str:
+    """Headline evaluation scalars: readable names, accuracies / ECE / AUROC in %, a column per
+    method (mean ± std over seeds, with the paired t-test p against standard)."""
     idx = _agg_index(results)
     tests = _test_index(results)
     methods = sorted({a["method"] for a in results["aggregates"] if a["dataset"] == dataset
@@ -563,175 +589,37 @@ def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) ->
                      key=_method_order)
     keys = sorted({k for a in results["aggregates"] if a["dataset"] == dataset
                    and a["model"] == model and a["train_perturbation"] == pert
-                   for k in a if k.startswith("eval/") and _HEADLINE.match(k[5:])})
+                   for k in a if k.startswith("eval/") and _HEADLINE.match(k[5:])},
+                  key=lambda k: _eval_key_order(k[5:]))
     rows = []
     for k in keys:
-        cells = [f"`{k[5:]}`"]
+        label, scale = readable_metric(k[5:])
+        cells = [label]
         for m in methods:
             a = idx.get((dataset, model, pert, m), {})
             s = a.get(k)
             if not s:
                 cells.append("-")
                 continue
-            cell = format_mean_std(s, 1.0, 3)
+            cell = format_mean_std(s, scale, 2 if scale != 1.0 else 3)
             t = tests.get((dataset, model, pert, m, k))
             if t and m != BASELINE:
-                cell += f" (p={format_paired_p(t)})"
+                cell += " (constant Δ)" if t.get("degenerate") else f" (p={format_paired_p(t)})"
             cells.append(cell)
         rows.append(cells)
     return _md_table(["metric"] + methods, rows)
 
 
-# --- plots -----------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    tmp.replace(path)
-    _plt().close(fig)
-    return path
-
-
-def _plot_accuracy(results: dict[str, Any], ds: str, model: str, path: Path) -> Path:
-    plt = _plt()
-    import numpy as np
-    aggs = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
-    conds = sorted({a["train_perturbation"] for a in aggs}, key=_pert_order)
-    methods = sorted({a["method"] for a in aggs}, key=_method_order)
-    idx = _agg_index(results)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) * max(1, len(conds)) ** 0.5), 3.6))
-    width = 0.8 / len(conds)
-    x = np.arange(len(methods))
-    for i, c in enumerate(conds):
-        means, errs = [], []
-        for m in methods:
-            s = idx.get((ds, model, c, m), {}).get("test_accuracy", {})
-            means.append(100 * s["mean"] if _num(s.get("mean")) is not None else np.nan)
-            errs.append(100 * s["std"] if _num(s.get("std")) is not None else 0.0)
-        ax.bar(x + (i - (len(conds) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
-               label=f"train input: {_PERT_LABEL.get(c, c)}")
-    ax.set_xticks(x, methods, rotation=30, ha="right")
-    ax.set_ylabel("clean test accuracy (%)")
-    lo = np.nanmin([100 * idx[(ds, model, c, m)]["test_accuracy"]["mean"] for c in conds
-                    for m in methods if (ds, model, c, m) in idx
-                    and "test_accuracy" in idx[(ds, model, c, m)]] or [0])
-    ax.set_ylim(max(0, lo - 10), 100)
-    ax.set_title(f"{ds} / {model}: mean ± std over seeds")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def _plot_curves(records: Sequence[RunRecord], ds: str, model: str, pert: str,
-                 path: Path) -> Path | None:
-    plt = _plt()
-    import numpy as np
-    recs = [r for r in records if r.group == (ds, model, pert) and r.metrics.get("history")]
-    if not recs:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    by_m: dict[str, list[RunRecord]] = defaultdict(list)
-    for r in recs:
-        by_m[r.method].append(r)
-    for m in sorted(by_m, key=_method_order):
-        for ax, key in zip(axes, ("train_loss", "val_accuracy")):
-            curves = [[_num(h.get(key)) for h in r.metrics["history"]] for r in by_m[m]]
-            length = min(len(c) for c in curves)
-            arr = np.array([[np.nan if v is None else v for v in c[:length]] for c in curves])
-            if arr.size == 0:
-                continue
-            if key == "val_accuracy":
-                arr = arr * 100
-            mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
-            ep = np.arange(1, length + 1)
-            ax.plot(ep, mean, marker="o", ms=3, label=m)
-            ax.fill_between(ep, mean - std, mean + std, alpha=0.15)
-    axes[0].set_ylabel("training loss (method's own objective)")
-    axes[1].set_ylabel("validation accuracy (%)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}: "
-                 f"mean ± std over seeds", fontsize=10)
-    return _save(fig, path)
-
-
-def _plot_variances(results: dict[str, Any], ds: str, model: str, path: Path) -> Path | None:
-    plt = _plt()
-    import numpy as np
-    vs = [v for v in results["variances"] if v["dataset"] == ds and v["model"] == model]
-    if not vs:
-        return None
-    layers = list(dict.fromkeys(v["layer"] for v in vs))
-    conds = sorted({v["train_perturbation"] for v in vs}, key=_pert_order)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(layers)), 3.4))
-    width = 0.8 / len(conds)
-    x = np.arange(len(layers))
-    for i, c in enumerate(conds):
-        d = {v["layer"]: v["variance"] for v in vs if v["train_perturbation"] == c}
-        means = [d.get(la, {}).get("mean") or np.nan for la in layers]
-        errs = [d.get(la, {}).get("std") or 0.0 for la in layers]
-        ax.bar(x + (i - (len(conds) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
-               label=f"train input: {_PERT_LABEL.get(c, c)}")
-    ax.set_xticks(x, [la if len(la) < 18 else "…" + la[-16:] for la in layers], rotation=30,
-                  ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("mean learned variance λ")
-    ax.set_title(f"DIPNet learned variance per projected layer ({ds} / {model})", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def _plot_cost(results: dict[str, Any], ds: str, model: str, path: Path) -> Path | None:
-    plt = _plt()
-    import numpy as np
-    idx = _agg_index(results)
-    aggs = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
-    conds = sorted({a["train_perturbation"] for a in aggs}, key=_pert_order)
-    methods = sorted({a["method"] for a in aggs}, key=_method_order)
-    if not any((ds, model, c, BASELINE) in idx for c in conds):
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    width = 0.8 / len(conds)
-    x = np.arange(len(methods))
-    ck = _cost_key(results, ds, model)
-    for ax, key, label in zip(axes, (ck, "peak_memory_mb"),
-                              ("training " + ("CPU" if ck.startswith("train_cpu") else "wall")
-                               + " time per epoch", "peak memory")):
-        for i, c in enumerate(conds):
-            ref = idx.get((ds, model, c, BASELINE), {}).get(key, {}).get("mean")
-            vals, errs = [], []
-            for m in methods:
-                s = idx.get((ds, model, c, m), {}).get(key, {})
-                ok = _num(s.get("mean")) is not None and _num(ref)
-                vals.append(s["mean"] / ref if ok else np.nan)
-                errs.append((s.get("std") or 0.0) / ref if ok else 0.0)
-            ax.bar(x + (i - (len(conds) - 1) / 2) * width, vals, width, yerr=errs, capsize=2,
-                   label=f"train input: {_PERT_LABEL.get(c, c)}")
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks(x, methods, rotation=30, ha="right")
-        ax.set_ylabel(f"{label} / standard")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"compute cost relative to standard training ({ds} / {model})", fontsize=10)
-    return _save(fig, path)
-
-
 # --- markdown -> self-contained HTML ---------------------------------------------------------
+# Wide tables scroll inside their own box and long words wrap, so the page itself is never
+# wider than the window (tests/test_report_html.py checks this in headless Chromium).
 _HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:0.88em}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
-img{max-width:100%}code{background:#f5f5f5;padding:0 3px}pre{background:#f5f5f5;padding:.6em;
-overflow-x:auto}h1,h2,h3{border-bottom:1px solid #eee}"""
+color:#222;line-height:1.45;overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:1em 0;font-size:0.88em;display:block;max-width:100%;
+overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;
+overflow-wrap:normal}th{background:#f2f2f2}img{max-width:100%;height:auto}
+code{background:#f5f5f5;padding:0 3px}pre{background:#f5f5f5;padding:.6em;overflow-x:auto}
+h1,h2,h3{border-bottom:1px solid #eee}"""
 
 
 def _compact_png(path: Path) -> bytes:
@@ -787,48 +675,149 @@ class ReportPaths:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
-                        model: str, fig_dir: Path, out_dir: Path) -> list[str]:
-    lines: list[str] = []
-    evald = [r for r in records if r.evaluation is not None and r.group[:2] == (ds, model)]
-    if not evald:
-        return lines
-    lines += ["", f"## Test-time evaluation ({ds} / {model})", "",
-              f"{len(evald)} of {sum(r.group[:2] == (ds, model) for r in records)} runs have an "
-              "evaluation.json (`dipnet evaluate`). Headline scalars first (accuracies as "
-              "fractions; PGD with EOT for the sampled prediction; smoothness = input-gradient "
-              "norm, adversarial local Lipschitz estimate, input-Hessian spectral norm, "
-              "weight-Hessian trace and top eigenvalue). Each cell: mean ± std over seeds, "
-              "with the paired t-test p-value against standard (same seeds); every scalar is "
-              "in results.json under `eval/`."]
+def _forest_panels(results: dict[str, Any], ds: str, model: str
+                   ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(panel title, paired tests of test accuracy) per condition, plus the mean over the
+    conditions when there are several (the paper's last column)."""
+    tests = [t for t in results["paired_tests"] if t["dataset"] == ds and t["model"] == model
+             and t["metric"] == "test_accuracy"]
+    conds = sorted({t["train_perturbation"] for t in tests}, key=_pert_order)
+    panels = [(f"train input: {_PERT_LABEL.get(c, c)}",
+               sorted((t for t in tests if t["train_perturbation"] == c),
+                      key=lambda t: _method_order(t["method"]))) for c in conds]
+    means = [{"method": c["method"], **c["vs_standard"]} for c in results["condition_means"]
+             if c["dataset"] == ds and c["model"] == model and c.get("vs_standard")]
+    if means:
+        panels.append(("mean over conditions",
+                       sorted(means, key=lambda t: _method_order(t["method"]))))
+    return panels
+
+
+def _eval_tables(evs: dict[str, list[dict[str, Any]]]) -> str:
+    """The per-part tables of dipnet.evaluation.report, without its figures (the report draws
+    its own, in the fixed method colours and at page width)."""
     try:
         from ..evaluation.report import render_section
     except ImportError:
-        render_section = None
+        return ""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            section = render_section(dict(evs), Path(tmp))
+        except Exception as err:  # a bug there must not lose the whole report
+            return f"(the evaluation tables could not be rendered: {err})"
+    return "\n".join(line for line in section.splitlines()
+                     if not line.lstrip().startswith("!["))
+
+
+def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                        model: str, fig_dir: Path, out_dir: Path
+                        ) -> tuple[list[str], list[Path]]:
+    """Markdown lines and figures of the test-time evaluation of one data set and model."""
+    lines: list[str] = []
+    figs: list[Path] = []
+    evald = [r for r in records if r.evaluation is not None and r.group[:2] == (ds, model)]
+    if not evald:
+        return lines, figs
+    lines += ["", f"## Test-time evaluation ({ds} / {model})", "",
+              f"{len(evald)} of {sum(r.group[:2] == (ds, model) for r in records)} runs have an "
+              "evaluation.json (`dipnet evaluate`). Headline numbers first, in % where they "
+              "are rates (accuracy, calibration error, AUROC); PGD with EOT for the sampled "
+              "prediction. Each cell: mean ± std over seeds, with the paired t-test p-value "
+              "against standard (same seeds); every scalar is in results.json under `eval/`."]
+    order = list(METHODS)
     for pert in sorted({r.perturbation for r in evald}, key=_pert_order):
+        evs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in evald:
+            if r.perturbation == pert and r.evaluation is not None:
+                evs[r.method].append(r.evaluation)
+        tag = f"{ds}_{model}_{pert}"
+        title = f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}"
         lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}", "",
                   _eval_table(results, ds, model, pert)]
-        if render_section is not None:
-            evs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for r in evald:
-                if r.perturbation == pert and r.evaluation is not None:
-                    evs[r.method].append(r.evaluation)
-            sub = fig_dir / f"eval_{ds}_{model}_{pert}"
+        plots = [
+            (report_eval.plot_attacks, "attacks", "accuracy under attack"),
+            (report_eval.plot_noise_accuracy, "noise", "accuracy under test-time Gaussian noise"),
+            (report_eval.plot_reliability, "reliability", "reliability diagrams"),
+            (report_eval.plot_calibration_error, "ece", "expected calibration error"),
+            (report_eval.plot_ood, "ood", "OOD detection AUROC"),
+            (report_eval.plot_smoothness, "smoothness", "smoothness measures"),
+            (report_eval.plot_corruptions, "corruptions", "accuracy under corruption"),
+        ]
+        for fn, name, alt in plots:
             try:
-                section = render_section(dict(evs), sub)
-            except Exception as err:  # a plotting bug there must not lose the whole report
-                section = f"(the evaluation section could not be rendered: {err})"
-            # render_section writes its figures under `sub` and refers to them relative to
-            # it; make those links relative to the report.
-            rel = sub.relative_to(out_dir).as_posix()
+                fp = fn(dict(evs), title, fig_dir / f"eval_{name}_{tag}.png", order)
+            except Exception as err:  # one odd evaluation.json must not lose the report
+                lines += ["", f"(figure '{alt}' could not be drawn: {err})"]
+                continue
+            if fp is not None:
+                figs.append(fp)
+                lines += ["", f"![{alt}]({fp.relative_to(out_dir).as_posix()})"]
+            if name == "noise" and fp is not None and report_eval.noise_source(evs) != "sigma":
+                lines += ["", "Test-time Gaussian noise is read from the `gaussian_noise` "
+                          "corruption (imagecorruptions adds N(0, σ²) per colour channel with "
+                          "σ = 0.08, 0.12, 0.18 at severities 1-3; grey images are stacked to "
+                          "three channels and averaged back, so their effective σ is σ/√3)."]
+            if name == "reliability" and fp is None:
+                lines += ["", "_No reliability diagram: these evaluation.json files record "
+                          "the ECE but not its per-bin confidence and accuracy "
+                          "(`calibration.PREDICTION.reliability`)._"]
+        tables = _eval_tables(evs)
+        if tables:
+            lines += ["", tables]
+    return lines, figs
 
-            def _link(m: re.Match[str], rel: str = rel) -> str:
-                target = m.group(1)
-                return f"]({target if target.startswith(rel) else rel + '/' + target})"
 
-            section = re.sub(r"\]\((?!https?:|data:|/)([^)]+)\)", _link, section)
-            lines += ["", section]
-    return lines
+def _variance_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                      model: str, fig_dir: Path, out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Markdown and figures of the learned variances of one data set and model: a verdict
+    line per run, trajectories from init, final histograms, data vs barrier gradients."""
+    lines: list[str] = []
+    figs: list[Path] = []
+    mine = [r for r in records if r.group[:2] == (ds, model)]
+    vruns = [(r, report_variance.read_variance_run(r.method, r.seed, r.metrics, r.config))
+             for r in mine]
+    vruns = [(r, v) for r, v in vruns if v is not None]
+    if not vruns and not any(v["dataset"] == ds and v["model"] == model
+                             for v in results["variances"]):
+        return lines, figs
+    lines += ["", f"## Learned variance per layer ({ds} / {model})", "",
+              "λ is the per-feature variance of each projection (named by the layer it feeds). "
+              "Whether it learned anything is the first question about a DIPNet run: if it "
+              "stays at its initial value, the run is fixed Gaussian noise. Each line below "
+              "compares the end of training with the initial value (relative change averaged "
+              f"over features, then layers); 'barely moved' means under "
+              f"{100 * report_variance.MOVED_THRESHOLD:.0f}% with layers and features within "
+              f"a factor {report_variance.SPREAD_THRESHOLD:g} of each other."]
+    order = list(METHODS)
+    for pert in sorted({r.perturbation for r, _ in vruns}, key=_pert_order):
+        group = [(r, v) for r, v in vruns if r.perturbation == pert]
+        tag = f"{ds}_{model}_{pert}"
+        title = f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}"
+        lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}", ""]
+        for r, v in sorted(group, key=lambda rv: (_method_order(rv[0].method), rv[0].seed)):
+            lines.append(report_variance.verdict_line(v, f"{r.method}, seed {r.seed} "
+                                                         f"(`{r.name}`)"))
+        runs = [v for _, v in group]
+        legacy = [v for v in runs if v.layout == "legacy"]
+        for fn, name, alt in (
+                (report_variance.plot_trajectories, "trajectory", "λ per layer over epochs"),
+                (report_variance.plot_final_histograms, "histogram",
+                 "final per-feature histogram of λ"),
+                (report_variance.plot_gradients, "gradient",
+                 "gradient of the data term and of the barrier w.r.t. λ")):
+            fp = fn(runs, title, fig_dir / f"variance_{name}_{tag}.png", order)
+            if fp is not None:
+                figs.append(fp)
+                lines += ["", f"![{alt}]({fp.relative_to(out_dir).as_posix()})"]
+        if legacy:
+            lines += ["", f"_{len(legacy)} run(s) recorded only the per-layer mean of λ "
+                      "(older metrics.json): no per-feature band, histogram or gradients "
+                      "for them._"]
+    if any(v["dataset"] == ds and v["model"] == model for v in results["variances"]):
+        lines += ["", "Final mean λ per layer, over seeds:", "",
+                  _variance_table(results, ds, model)]
+    return lines, figs
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
@@ -890,29 +879,39 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                    "test set; the last columns compare the mean over conditions with "
                    "standard's, paired by seed.", ""]
         md += [summary_table(results, ds, model), ""]
-        p = _plot_accuracy(results, ds, model, fig_dir / f"accuracy_{ds}_{model}.png")
+        sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
+        p = report_plots.plot_accuracy(sub, sub_methods, sub_conds, f"{ds} / {model}",
+                                       fig_dir / f"accuracy_{ds}_{model}.png")
         figs.append(p)
-        md += [f"![test accuracy per method]({rel(p)})", "",
-               "Paired differences against standard, per condition (test accuracy, percentage "
-               "points):", "", _paired_table(results, ds, model, "test_accuracy", 100.0, "pp")]
-        md += ["", f"## Learning curves ({ds} / {model})", ""]
+        md += [f"![test accuracy per method]({rel(p)})", ""]
+        p = report_plots.plot_forest(_forest_panels(results, ds, model), f"{ds} / {model}",
+                                     fig_dir / f"forest_{ds}_{model}.png")
+        if p:
+            figs.append(p)
+            md += [f"![difference from standard with 95% confidence intervals]({rel(p)})", ""]
+        md += ["Paired differences against standard, per condition (test accuracy, percentage "
+               "points; 95% CI: Student-t interval of the mean paired difference):", "",
+               _paired_table(results, ds, model, "test_accuracy", 100.0, "pp")]
+        md += ["", f"## Learning curves ({ds} / {model})", "",
+               "Left: the data term of each method's loss (DIPNet: its NLL part alone, so it "
+               "compares with the others' cross-entropy); middle: validation accuracy; right, "
+               "where present: DIPNet's barrier (and stability) terms as added to its loss.", ""]
         for c in sub_conds:
-            p2 = _plot_curves(records, ds, model, c, fig_dir / f"curves_{ds}_{model}_{c}.png")
+            hist = report_plots.histories_by_method(
+                [r for r in records if r.group == (ds, model, c)])
+            p2 = report_plots.plot_curves(
+                hist, sorted(hist, key=_method_order),
+                f"{ds} / {model}, train input {_PERT_LABEL.get(c, c)}",
+                fig_dir / f"curves_{ds}_{model}_{c}.png")
             if p2:
                 figs.append(p2)
                 md += [f"![learning curves, train input {c}]({rel(p2)})", ""]
         md += ["Validation accuracy after the last epoch, paired against standard "
                "(percentage points):", "",
                _paired_table(results, ds, model, "val_accuracy", 100.0, "pp")]
-        if any(v["dataset"] == ds and v["model"] == model for v in results["variances"]):
-            md += ["", f"## Learned variance per layer ({ds} / {model}, DIPNet)", "",
-                   "Mean of the learned per-feature variance λ of each projection (the input "
-                   "of the named layer) at the end of training, over seeds.", "",
-                   _variance_table(results, ds, model)]
-            p3 = _plot_variances(results, ds, model, fig_dir / f"variance_{ds}_{model}.png")
-            if p3:
-                figs.append(p3)
-                md += ["", f"![learned variance per layer]({rel(p3)})"]
+        vlines, vfigs = _variance_section(records, results, ds, model, fig_dir, out)
+        md += vlines
+        figs += vfigs
         kinds = sorted({str(r.metrics.get("peak_memory_kind")) for r in records
                         if r.group[:2] == (ds, model) and r.metrics.get("peak_memory_kind")})
         cpu = _cost_key(results, ds, model).startswith("train_cpu")
@@ -933,11 +932,17 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                   "it is dominated by that baseline, not by the model." if len(kinds) == 1
                   else ""), "",
                _cost_table(results, ds, model)]
-        p4 = _plot_cost(results, ds, model, fig_dir / f"cost_{ds}_{model}.png")
+        ck = _cost_key(results, ds, model)
+        p4 = report_plots.plot_cost(
+            sub, sub_methods, sub_conds, ck,
+            "training " + ("CPU" if ck.startswith("train_cpu") else "wall") + " time per epoch",
+            f"{ds} / {model}", fig_dir / f"cost_{ds}_{model}.png", BASELINE)
         if p4:
             figs.append(p4)
             md += ["", f"![compute cost]({rel(p4)})"]
-        md += _evaluation_section(records, results, ds, model, fig_dir, out)
+        elines, efigs = _evaluation_section(records, results, ds, model, fig_dir, out)
+        md += elines
+        figs += efigs
 
     md += ["", "## Provenance", ""]
     invocations = (prov or {}).get("invocations") or []
