@@ -144,3 +144,32 @@ def test_sweep_config_accepts_perturbation_mode_and_shares_one_reference(tmp_pat
     assert {d: (d / "metrics.json").stat().st_mtime_ns for d in result.run_dirs} == stamps
     with pytest.raises(UserError, match="perturbation_mode"):
         SweepConfig.from_dict({**base, "perturbation_mode": "once"})
+
+
+def test_reference_cache_shares_one_reference_across_parent_folders(tmp_path):
+    from dipnet.experiments.fixed import fixed_training_inputs
+
+    cache = tmp_path / "refs"
+    cfg = RunConfig(method="standard", train_perturbation="fgsm", perturbation_mode="fixed",
+                    seed=0, reference_cache=str(cache), **{**FAST, "epochs": 1})
+    train = load_dataset("digits").train
+    xa, a = fixed_training_inputs(cfg, train, tmp_path / "study-a" / "run", torch.device("cpu"))
+    xb, b = fixed_training_inputs(cfg, train, tmp_path / "study-b" / "run", torch.device("cpu"))
+    assert a == b and Path(a["reference_run"]).parent == cache
+    assert len(list(cache.iterdir())) == 1 and torch.equal(xa, xb)
+    assert not (tmp_path / "study-a" / "_reference").exists()
+
+
+def test_a_sweep_folder_holds_one_perturbation_mode(tmp_path, capsys):
+    """Fresh and fixed FGSM runs share the condition name 'fgsm': one folder never gets both,
+    so a report cannot pool the two readings."""
+    sweep = {"dataset": "digits", "model": "mlp", "methods": ["standard"], "seeds": [0],
+             "train_perturbations": ["gaussian"],
+             "run": {"epochs": 1, "num_threads": 1, "mc_samples": 2, "eval_mc": False,
+                     "model_params": {"hidden": [16]}}}
+    run_sweep(SweepConfig.from_dict(sweep), tmp_path, progress=False)
+    before = (tmp_path / "sweep.yaml").read_text()
+    with pytest.raises(UserError, match="fresh-mode perturbed runs"):
+        run_sweep(SweepConfig.from_dict({**sweep, "perturbation_mode": "fixed"}), tmp_path,
+                  progress=False)
+    assert (tmp_path / "sweep.yaml").read_text() == before

@@ -109,3 +109,22 @@ def test_a_model_flag_is_the_users_say(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "IMPORTED-mymodels").exists()
     assert yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())["model"] == "mymodels:f"
+
+
+def test_compare_config_file_naming_code_needs_the_users_say(tmp_path, capsys):
+    from dipnet.cli import main
+
+    (tmp_path / "evilmod.py").write_text(EVIL)
+    sweep = tmp_path / "received.yaml"
+    sweep.write_text(yaml.safe_dump({"dataset": "digits", "model": "evilmod:f",
+                                     "methods": ["standard"], "seeds": [0],
+                                     "run": {"epochs": 1, "num_threads": 1}}))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = main(["compare", "--config", str(sweep), "--out", str(tmp_path / "x"),
+                     "--quiet"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2 and "evilmod:f" in err and "--allow-code" in err
+    assert not (tmp_path / "IMPORTED-evilmod").exists() and not (tmp_path / "x").exists()

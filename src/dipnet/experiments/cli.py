@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="learning-rate schedule over epochs (default cosine)")
     p.add_argument("--train-perturbation", choices=PERTURBATIONS,
                    help="perturb the training inputs as in the paper's Table 1: none, gaussian "
-                        "(sigma 0.2) or fgsm (epsilon 0.2, online) (default none)")
+                        "(sigma 0.2) or fgsm (epsilon 0.2); per batch or once, see "
+                        "--perturbation-mode (default none)")
     p.add_argument("--perturbation-strength", type=float, metavar="S",
                    help="sigma / epsilon of --train-perturbation (default the paper's 0.2)")
     p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,

@@ -66,6 +66,9 @@ class RunConfig:
     Runtime (do not change results on one machine):
         device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         num_threads: torch CPU threads; None leaves torch's default.
+        reference_cache: the folder caching the clean reference models of fixed-mode FGSM;
+            None = ``<out>/../_reference`` (shared by the runs of one sweep). Set it to share
+            references between runs kept in different parent folders.
 
     Raises:
         UserError: at construction, for any invalid value (the message names the field).
@@ -98,9 +101,10 @@ class RunConfig:
     data_dir: str | None = None
     num_threads: int | None = None
     device: str = "auto"
+    reference_cache: str | None = None
 
     # Fields that do not change a run's numbers: a resumed run may differ in them.
-    RUNTIME_FIELDS = ("data_dir", "num_threads", "device")
+    RUNTIME_FIELDS = ("data_dir", "num_threads", "device", "reference_cache")
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> UserError:
@@ -155,8 +159,9 @@ class RunConfig:
                 DIPConfig.from_dict(dict(self.dip))
             except DIPConfigError as err:
                 raise UserError(f"config field 'dip' is invalid: {err}") from None
-        if self.data_dir is not None:
-            self.data_dir = str(self.data_dir)
+        for name in ("data_dir", "reference_cache"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
 
     # ------------------------------------------------------------------ derived values
     @property

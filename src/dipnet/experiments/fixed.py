@@ -9,7 +9,8 @@ on it as on any data set (the ``fresh`` mode instead draws noise / attacks anew 
 - FGSM: ``clip(x + eps * sign(grad_x CE), 0, 1)`` against a REFERENCE model: the same
   architecture trained first on the clean data with standard training (same epochs, lr, batch,
   optimizer, seed, split), by the normal harness, into a cached sibling folder
-  ``<out>/../_reference/<dataset>-<model>-standard-none-s<seed>-<hash of those settings>``.
+  ``<out>/../_reference/<dataset>-<model>-standard-none-s<seed>-<hash of those settings>``
+  (or under the run's ``reference_cache`` folder, to share it across parent folders).
   Every method of a sweep (and every resume) reuses that one reference; a second process that
   needs it while it is being trained waits for it instead of training it again.
 """
@@ -59,16 +60,20 @@ def reference_config(cfg: RunConfig) -> RunConfig:
     """The clean standard run whose model the fixed FGSM set attacks."""
     data: dict[str, Any] = {k: getattr(cfg, k) for k in REFERENCE_FIELDS}
     data.update(method="standard", eval_mc=False, data_dir=cfg.data_dir,
-                num_threads=cfg.num_threads, device=cfg.device)
+                num_threads=cfg.num_threads, device=cfg.device,
+                reference_cache=cfg.reference_cache)
     return RunConfig.from_dict(json.loads(json.dumps(data)))
 
 
 def reference_dir(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
-    """``<out_dir>/../_reference/<reference run name>-<10 hex of its settings>``."""
+    """``<out_dir>/../_reference/<reference run name>-<10 hex of its settings>`` (the root is
+    ``cfg.reference_cache`` when set)."""
     ref = reference_config(cfg)
     key = json.dumps({k: getattr(ref, k) for k in REFERENCE_FIELDS}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return Path(out_dir).parent / "_reference" / f"{ref.run_name()}-{digest}"
+    root = (Path(cfg.reference_cache) if cfg.reference_cache is not None
+            else Path(out_dir).parent / "_reference")
+    return root / f"{ref.run_name()}-{digest}"
 
 
 @contextlib.contextmanager

@@ -530,6 +530,25 @@ def _inspect_runs(configs: Sequence[Any], out: Path) -> SweepPlan:
     return plan
 
 
+def _check_one_mode(sweep: SweepConfig, out: Path) -> None:
+    """Refuse to add runs of one perturbation mode to a folder holding perturbed runs of the
+    other: the report groups runs by their perturbation and would pool the two readings."""
+    if not (out / "runs").is_dir() or sweep.train_perturbations == ["none"]:
+        return
+    for cfg_path in sorted((out / "runs").glob("*/config.yaml")):
+        try:
+            data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # a damaged run is refused by its own check
+        if not isinstance(data, dict) or data.get("train_perturbation", "none") == "none":
+            continue
+        mode = data.get("perturbation_mode") or "fresh"
+        if mode != sweep.perturbation_mode:
+            raise UserError(f"{out} already holds {mode}-mode perturbed runs (e.g. "
+                            f"{cfg_path.parent.name}); a {sweep.perturbation_mode}-mode sweep "
+                            f"there would be pooled with them in the report: use another --out")
+
+
 def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan:
     """Phase 1 of a sweep: validate everything it will do; writes nothing.
 
@@ -555,6 +574,7 @@ def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan
             pass  # reported (and skipped) after training
         else:
             get_settings(sweep.evaluate, **_tuples(sweep.evaluation_params))
+    _check_one_mode(sweep, out)
     return _inspect_runs(configs, out)
 
 
