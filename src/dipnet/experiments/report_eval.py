@@ -287,6 +287,8 @@ def plot_noise_accuracy(evaluations: Evaluations, title: str, path: Path,
     else:
         ax.set_xlabel("gaussian_noise corruption severity (0 = clean; per-channel σ "
                       + ", ".join(f"{s:g}" for s in _CORRUPTION_SIGMA[:3]) + " at 1-3)")
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
