@@ -24,7 +24,7 @@ HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from dipnet.experiments.locks import FolderLock
-    lock = FolderLock.acquire(Path(sys.argv[1]))
+    locks = [FolderLock.acquire(Path(p)) for p in sys.argv[1:]]
     print("locked", flush=True)
     time.sleep(300)
 """)
@@ -36,68 +36,68 @@ TINY_SWEEP = {"dataset": "digits", "model": "mlp", "methods": ["standard"], "see
                       "model_params": {"hidden": [16]}}}
 
 
-def _hold(folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
-def _release(proc: subprocess.Popen) -> None:
-    proc.kill()  # SIGKILL: the kernel drops the flock with the process
-    proc.wait()
-
-
-def test_second_train_on_a_locked_folder_is_one_line_and_touches_nothing(tmp_path, capsys):
-    out = tmp_path / "run"
-    holder = _hold(out)
-    try:
-        code = main([*TRAIN, "--out", str(out)])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        assert f"{out} is in use by another dipnet process (pid {holder.pid})" in err
-        assert "--out" in err
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
-    finally:
-        _release(holder)
-    # a killed holder leaves no stale lock behind
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["status"] == "finished"
-
-
-def test_second_compare_on_a_locked_sweep_is_one_line_and_touches_nothing(tmp_path, capsys):
-    out = tmp_path / "sweep"
-    cfg = tmp_path / "sweep.yaml"
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    """One other process holding three folders: a run, a sweep, and a run inside a sweep."""
+    root = tmp_path_factory.mktemp("locks")
+    folders = {"run": root / "run", "sweep": root / "sweep",
+               "inner": root / "sweep2" / "runs" / "digits-mlp-standard-none-s0"}
+    cfg = root / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(TINY_SWEEP))
-    holder = _hold(out)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, *map(str, folders.values())],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        code = main(["compare", "--config", str(cfg), "--out", str(out), "--quiet"])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        assert f"in use by another dipnet process (pid {holder.pid})" in err
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no sweep.yaml, no runs
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc, folders, cfg
     finally:
-        _release(holder)
+        proc.kill()
+        proc.wait()
 
 
-def test_a_run_locked_inside_a_sweep_stops_the_sweep_cleanly(tmp_path, capsys):
+def _refused(capsys, pid: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"is in use by another dipnet process (pid {pid}); wait for it or choose another " \
+           "--out" in err, err
+    return err
+
+
+def test_second_train_on_a_locked_folder_is_one_line_and_touches_nothing(held, capsys):
+    proc, folders, _ = held
+    out = folders["run"]
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    assert str(out) in _refused(capsys, proc.pid)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+
+
+def test_second_compare_on_a_locked_sweep_is_one_line_and_touches_nothing(held, capsys):
+    proc, folders, cfg = held
+    out = folders["sweep"]
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    _refused(capsys, proc.pid)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no sweep.yaml, no runs
+
+
+def test_a_run_locked_inside_a_sweep_stops_the_sweep_cleanly(held, capsys):
     """The sweep lock and a run lock are different files: a held run lock is reported, not a
     deadlock, and the sweep lock is released afterwards."""
-    out = tmp_path / "sweep"
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_SWEEP))
-    run_dir = out / "runs" / "digits-mlp-standard-none-s0"
-    holder = _hold(run_dir)
-    try:
-        code = main(["compare", "--config", str(cfg), "--out", str(out), "--quiet",
-                     "--no-report"])
-        err = capsys.readouterr().err
-        assert code == 2 and f"(pid {holder.pid})" in err
-    finally:
-        _release(holder)
-    assert not (out / ".lock").exists()
+    proc, folders, cfg = held
+    out = folders["inner"].parents[1]
     assert main(["compare", "--config", str(cfg), "--out", str(out), "--quiet",
-                 "--no-report"]) == 0
+                 "--no-report"]) == 2
+    _refused(capsys, proc.pid)
+    assert not (out / ".lock").exists()
+
+
+def test_locks_of_a_killed_process_are_free_at_once(held):
+    proc, folders, cfg = held
+    proc.kill()  # SIGKILL: no clean-up ran; the kernel drops the flocks with the process
+    proc.wait()
+    assert main([*TRAIN, "--out", str(folders["run"])]) == 0
+    assert json.loads((folders["run"] / "metrics.json").read_text())["status"] == "finished"
+    assert main(["compare", "--config", str(cfg), "--out", str(folders["inner"].parents[1]),
+                 "--quiet", "--no-report"]) == 0
 
 
 def _children(pid: int) -> list[int]:

@@ -84,11 +84,32 @@ def test_train_config_file_naming_code_needs_the_users_say(code_run, tmp_path):
                   tmp_path)
     assert res.returncode == 2 and "--allow-code" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "IMPORTED-evilmod").exists() and not (tmp_path / "x").exists()
-    # the user's own say: --allow-code (the working folder is importable again)
-    res = _dipnet(["train", "--config", "received.yaml", "--allow-code", "--no-progress",
-                   "--out", "x"], tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (tmp_path / "IMPORTED-evilmod").exists()
+
+
+@pytest.fixture
+def python_m_path(tmp_path, monkeypatch):
+    """This process as `python -m dipnet` leaves it: working folder = tmp_path, taken off
+    sys.path by dipnet.__main__ (in-process, to spare a second interpreter start)."""
+    from dipnet import trust
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    assert trust.strip_working_folder() == [str(tmp_path)]
+    yield tmp_path
+    trust._removed_path.clear()  # nothing of this test's folder may reach a later test
+    for name in ("evilmod", "mymodels"):
+        sys.modules.pop(name, None)
+
+
+def test_allow_code_lets_a_config_file_name_code(code_run, python_m_path):
+    from dipnet.cli import main
+
+    (python_m_path / "evilmod.py").write_text(EVIL)
+    shutil.copy(code_run / "config.yaml", python_m_path / "received.yaml")
+    assert main(["train", "--config", "received.yaml", "--allow-code", "--no-progress",
+                 "--out", "x"]) == 0
+    assert (python_m_path / "IMPORTED-evilmod").exists()
+    assert sys.path[-1] == str(python_m_path)  # back, but last: it shadows nothing
 
 
 def test_python_m_dipnet_does_not_import_from_the_working_folder(tmp_path):
@@ -101,14 +122,15 @@ def test_python_m_dipnet_does_not_import_from_the_working_folder(tmp_path):
     assert res.returncode == 2 and "unknown data set 'nope'" in res.stderr, res.stderr[-2000:]
 
 
-def test_a_model_flag_is_the_users_say(tmp_path):
-    (tmp_path / "mymodels.py").write_text(EVIL)
-    res = _dipnet(["train", "--dataset", "digits", "--model", "mymodels:f", "--epochs", "1",
-                   "--threads", "1", "--mc-samples", "2", "--no-progress", "--out", "x"],
-                  tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (tmp_path / "IMPORTED-mymodels").exists()
-    assert yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())["model"] == "mymodels:f"
+def test_a_model_flag_is_the_users_say(python_m_path):
+    from dipnet.cli import main
+
+    (python_m_path / "mymodels.py").write_text(EVIL)
+    assert main(["train", "--dataset", "digits", "--model", "mymodels:f", "--epochs", "1",
+                 "--threads", "1", "--mc-samples", "2", "--no-progress", "--out", "x"]) == 0
+    assert (python_m_path / "IMPORTED-mymodels").exists()
+    assert yaml.safe_load((python_m_path / "x" / "config.yaml").read_text())["model"] == \
+        "mymodels:f"
 
 
 def test_compare_config_file_naming_code_needs_the_users_say(tmp_path, capsys):
