@@ -242,3 +242,14 @@ def test_predict_restores_the_callers_mode(k: int, training: bool) -> None:
     hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
     assert hooks == (3 if training else 0)
     assert all(p.mode == "auto" for p in dipnet.projections(model).values())
+
+
+@pytest.mark.parametrize("param", ["softplus", "exp"])
+def test_variance_floor_is_added_to_every_variance(param: str) -> None:
+    cfg = dipnet.DIPConfig(init_variance=1.0, variance_floor=0.5, parameterization=param)
+    model = dipnet.project(mlp(), cfg)
+    for proj in dipnet.projections(model).values():
+        torch.testing.assert_close(proj.variance, torch.ones(proj.num_features))
+        with torch.no_grad():
+            proj.raw_variance.fill_(-50.0)  # the learned part vanishes: only the floor is left
+        torch.testing.assert_close(proj.variance, torch.full((proj.num_features,), 0.5))

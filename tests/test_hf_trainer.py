@@ -438,3 +438,19 @@ def test_vit_blocks_placement():
         assert torch.equal(model(pixel_values=x).logits, ref)
         model.train()
         assert not torch.allclose(model(pixel_values=x).logits, ref)
+
+
+def test_variances_get_no_weight_decay_and_eval_loss_is_the_plain_loss(tmp_path):
+    model = tiny("llama")
+    x = batch(data("llama", 4))
+    model.eval()
+    with torch.no_grad():
+        plain = float(model(**x).loss)
+    project_model(model, dipnet.DIPConfig(m=2, gamma=0.5, init_variance=0.5))
+    tr = DIPTrainer(model=model, args=targs(tmp_path, weight_decay=0.1),
+                    train_dataset=data("llama"))
+    decay = tr.get_decay_parameter_names(model)
+    assert decay and not any("dip_projection" in n for n in decay)
+    # evaluate(): projections off, no barrier, no stability: exactly the plain model's loss.
+    metrics = tr.evaluate(eval_dataset=data("llama", 4))
+    assert metrics["eval_loss"] == pytest.approx(plain, rel=1e-5)
