@@ -5,6 +5,7 @@ tests against each mutant, takes about 5 minutes: `.venv/bin/python scripts/muta
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ def _script():
     spec = importlib.util.spec_from_file_location("mutation_check",
                                                   ROOT / "scripts" / "mutation_check.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["mutation_check"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
