@@ -180,7 +180,9 @@ class GaussianProjection(nn.Module):
                 "Project the embedding output instead (placement='input' or 'blocks')."
             )
         feature_dim = self.feature_dim
-        if self.batched_ndim is not None and x.dim() == self.batched_ndim - 1:
+        # getattr: a projection pickled before batched_ndim existed has no such attribute.
+        batched = getattr(self, "batched_ndim", None)
+        if batched is not None and x.dim() == batched - 1:
             # A conv layer also takes one unbatched example (C, L...): its channels are axis 0.
             feature_dim = 0
         dim = feature_dim if feature_dim >= 0 else x.dim() + feature_dim
