@@ -72,11 +72,7 @@ def attack_loss(predictor: Predictor, x: torch.Tensor, y: torch.Tensor,
         scores = predictor.log_probs(x, eot_samples or predictor.k)
     else:
         scores = predictor.logits_fn(x).float()
-    if loss == "margin":
-        return _margin(scores, y).sum()
-    if predictor.stochastic:
-        return F.nll_loss(scores, y, reduction="sum")
-    return F.cross_entropy(scores, y, reduction="sum")
+    return _scores_loss(scores, y, loss, predictor.stochastic)
 
 
 def _grad(predictor: Predictor, x: torch.Tensor, y: torch.Tensor,
@@ -141,10 +137,26 @@ def _correct(predictor: Predictor, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return predictor.log_probs(x).argmax(-1) == y
 
 
+def _correct_batched(predictor: Predictor, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int) -> torch.Tensor:
+    return torch.cat([_correct(predictor, x[i:i + batch_size], y[i:i + batch_size])
+                      for i in range(0, x.shape[0], batch_size)])
+
+
+def _scores_loss(scores: torch.Tensor, y: torch.Tensor, loss: str, stochastic: bool) -> torch.Tensor:
+    """The summed attack loss of `attack_loss` from scores (logits, or EOT log-probabilities)."""
+    if loss == "margin":
+        return _margin(scores, y).sum()
+    if stochastic:
+        return F.nll_loss(scores, y, reduction="sum")
+    return F.cross_entropy(scores, y, reduction="sum")
+
+
 def pgd(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
         steps: int = 20, step_size: float | None = None, random_start: bool = True,
         restarts: int = 1, bounds: Bounds = (0.0, 1.0), eot_samples: int | None = None,
-        generator: torch.Generator | None = None, losses: Sequence[str] = ("ce",)) -> torch.Tensor:
+        generator: torch.Generator | None = None, losses: Sequence[str] = ("ce",),
+        clean_correct: torch.Tensor | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent on the loss (ascent), with random start and restarts.
 
     Each restart runs once per loss in ``losses`` (``"ce"``, ``"margin"``); a point counts as
@@ -153,10 +165,14 @@ def pgd(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, norm
 
     For a deterministic predictor every iterate is checked and the first one that is
     misclassified is kept (any point inside the ball is a valid adversarial example, so this is
-    the attack's success over its whole path). For a stochastic predictor that check would be
-    decided by one noise draw and then re-used for scoring, which favours the attacker by
-    chance; instead the final iterate of each restart is scored with a fresh k-sample loss, the
-    highest-loss restart is kept, and the caller scores it with yet another fresh draw.
+    the attack's success over its whole path). The check reuses the forward pass of the next
+    gradient step, and a broken point leaves the batch: later steps cost only the points still
+    standing (rows of a deterministic prediction are independent, so the survivors' paths are
+    those of the full batch; random starts are drawn for the full batch, so they are too).
+    For a stochastic predictor that check would be decided by one noise draw and then re-used
+    for scoring, which favours the attacker by chance; instead the final iterate of each run is
+    scored with a fresh k-sample loss, the highest-loss run is kept (with a single run there
+    is nothing to choose and no scoring pass), and the caller scores it with yet another draw.
 
     Args:
         predictor: the prediction to attack.
@@ -171,6 +187,10 @@ def pgd(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, norm
         eot_samples: trajectories per gradient step for a stochastic predictor (default k).
         generator: RNG for the random starts.
         losses: the losses to ascend, one run each per restart.
+        clean_correct: (B,) whether the deterministic prediction is correct at ``x``, if the
+            caller knows it (saves a forward pass); ignored for a stochastic predictor.
+        skip: (B,) rows not to attack (deterministic only; e.g. broken at a smaller eps);
+            they are returned unchanged.
     Returns:
         the adversarial batch, detached.
     Raises:
@@ -182,49 +202,95 @@ def pgd(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, norm
     bad = [name for name in losses if name not in LOSSES] or ([] if losses else ["(none)"])
     if bad:
         raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {list(losses)}")
+    if skip is not None and predictor.stochastic:
+        raise ValueError("skip applies to deterministic predictors only (a stochastic "
+                         "prediction is scored afresh at every eps)")
     if eps == 0:
         return x.detach().clone()
     alpha = step_size if step_size is not None else 2.5 * eps / steps
     x = x.detach()
+    runs = [name for _ in range(restarts) for name in losses]
+    if not predictor.stochastic:
+        if clean_correct is None:
+            clean_correct = _correct(predictor, x, y)
+        active = clean_correct if skip is None else clean_correct & ~skip
+        return _pgd_deterministic(predictor, x, y, eps, norm, steps, alpha, random_start, runs,
+                                  bounds, generator, active)
     best = x.clone()
-    if predictor.stochastic:
-        best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
-    else:
-        broken = ~_correct(predictor, x, y)
-    for _, loss_name in [(r, name) for r in range(restarts) for name in losses]:
+    best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+    for loss_name in runs:
         delta = _random_start(x, norm, eps, generator) if random_start else torch.zeros_like(x)
         delta = _clip(x + delta, bounds) - x
         for _ in range(steps):
             g = _grad(predictor, x + delta, y, eot_samples, loss_name)
             delta = _project(delta + _step(g, norm, alpha), norm, eps)
             delta = _clip(x + delta, bounds) - x
-            if not predictor.stochastic:
-                adv = x + delta
-                newly = ~broken & ~_correct(predictor, adv, y)
-                best[newly] = adv[newly]
-                broken |= newly
-                if bool(broken.all()):
-                    return best
         adv = (x + delta).detach()
-        if predictor.stochastic:
-            with torch.no_grad():
-                loss = F.nll_loss(predictor.log_probs(adv), y, reduction="none")
-            better = loss > best_loss
-            best[better] = adv[better]
-            best_loss = torch.where(better, loss, best_loss)
-        else:
-            # Points never broken keep the last iterate (the highest-loss point found).
-            keep = ~broken
-            best[keep] = adv[keep]
+        if len(runs) == 1:
+            return adv
+        with torch.no_grad():
+            loss = F.nll_loss(predictor.log_probs(adv), y, reduction="none")
+        better = loss > best_loss
+        best[better] = adv[better]
+        best_loss = torch.where(better, loss, best_loss)
+    return best
+
+
+def _pgd_deterministic(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float,
+                       norm: str, steps: int, alpha: float, random_start: bool,
+                       runs: Sequence[str], bounds: Bounds, generator: torch.Generator | None,
+                       active: torch.Tensor) -> torch.Tensor:
+    """PGD on a deterministic prediction over the rows in ``active`` (see `pgd`).
+
+    Iterates 1..steps of every run are checked (the random start itself is not, as before);
+    the check of iterate t uses the logits of the forward pass that also gives the gradient of
+    step t + 1, and rows found misclassified leave the batch.
+    """
+    best = x.clone()
+    todo = active.nonzero().squeeze(1)
+    for loss_name in runs:
+        # Drawn for the whole batch whatever is left, so that every row sees the start it
+        # would see without the pruning (and the generator advances the same way).
+        start = _random_start(x, norm, eps, generator) if random_start else None
+        if todo.numel() == 0:
+            continue
+        idx, xs, ys = todo, x[todo], y[todo]
+        delta = start[todo] if start is not None else torch.zeros_like(xs)
+        delta = _clip(xs + delta, bounds) - xs
+        for t in range(steps + 1):
+            adv = (xs + delta).detach().requires_grad_(t < steps)
+            with torch.set_grad_enabled(t < steps):
+                logits = predictor.logits_fn(adv)
+            keep = None
+            if t > 0:
+                with torch.no_grad():
+                    wrong = torch.log_softmax(logits.detach().float(), -1).argmax(-1) != ys
+                if bool(wrong.any()):
+                    best[idx[wrong]] = adv.detach()[wrong]
+                    keep = ~wrong
+                    idx, xs, ys, delta = idx[keep], xs[keep], ys[keep], delta[keep]
+            if t == steps or idx.numel() == 0:
+                break
+            scores = logits.float() if keep is None else logits.float()[keep]
+            (g,) = torch.autograd.grad(_scores_loss(scores, ys, loss_name, False), adv)
+            g = g if keep is None else g[keep]
+            delta = _project(delta + _step(g.detach(), norm, alpha), norm, eps)
+            delta = _clip(xs + delta, bounds) - xs
+        # Points never broken keep the last iterate (the highest-loss point found).
+        best[idx] = (xs + delta).detach()
+        todo = idx
     return best
 
 
 def run_attack(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, attack: str, norm: str,
-               eps: float, batch_size: int = 500, **kwargs) -> torch.Tensor:
+               eps: float, batch_size: int = 500, clean_correct: torch.Tensor | None = None,
+               skip: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """Per-example robust-correctness mask (N,) of ``attack`` at ``eps``, in batches.
 
     Args:
         attack: ``"fgsm"`` or ``"pgd"``; remaining keyword arguments go to it.
+        clean_correct: (N,) correctness of the deterministic prediction at ``x``, if known.
+        skip: (N,) rows not to attack (deterministic only); they come back False.
     Returns:
         bool tensor: True where the prediction on the adversarial input is still correct
         (scored with fresh noise for a stochastic predictor).
@@ -233,42 +299,113 @@ def run_attack(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, attack: s
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
-    fn = fgsm if attack == "fgsm" else pgd
-    if attack == "fgsm":
-        kwargs = {k: v for k, v in kwargs.items() if k in ("bounds", "eot_samples")}
-        # FGSM is the classic one-step cross-entropy attack.
     out = []
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        adv = fn(predictor, xb, yb, eps, norm, **kwargs)
-        out.append(_correct(predictor, adv, yb))
+        cb = None if clean_correct is None else clean_correct[i:i + batch_size]
+        sb = None if skip is None else skip[i:i + batch_size]
+        if attack == "fgsm":
+            # FGSM is the classic one-step cross-entropy attack.
+            kw = {k: v for k, v in kwargs.items() if k in ("bounds", "eot_samples")}
+            adv = fgsm(predictor, xb, yb, eps, norm, **kw)
+            ok = _correct(predictor, adv, yb)
+            if sb is not None:
+                ok &= ~sb
+        elif predictor.stochastic:
+            ok = _correct(predictor, pgd(predictor, xb, yb, eps, norm, **kwargs), yb)
+        else:
+            if cb is None:
+                cb = _correct(predictor, xb, yb)
+            adv = pgd(predictor, xb, yb, eps, norm, clean_correct=cb, skip=sb, **kwargs)
+            attacked = cb if sb is None else cb & ~sb
+            ok = torch.zeros_like(attacked)
+            if bool(attacked.any()):
+                ok[attacked] = _correct(predictor, adv[attacked], yb[attacked])
+        out.append(ok)
+    return torch.cat(out)
+
+
+def _fgsm_correct(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, grads: list[torch.Tensor],
+                  norm: str, eps: float, bounds: Bounds, batch_size: int,
+                  rows: torch.Tensor | None) -> torch.Tensor:
+    """Correctness after the FGSM step of size ``eps`` along precomputed gradients.
+
+    ``rows`` (deterministic only) limits the scoring to those rows; the others come back False.
+    """
+    out = []
+    for j, i in enumerate(range(0, x.shape[0], batch_size)):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = _clip(xb + _project(_step(grads[j], norm, eps), norm, eps), bounds).detach()
+        if rows is None:
+            out.append(_correct(predictor, adv, yb))
+            continue
+        rb = rows[i:i + batch_size]
+        ok = torch.zeros_like(rb)
+        if bool(rb.any()):
+            ok[rb] = _correct(predictor, adv[rb], yb[rb])
+        out.append(ok)
     return torch.cat(out)
 
 
 def robust_accuracy_curve(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, attack: str,
                           norm: str, epsilons: Sequence[float], cumulative: bool = True,
-                          progress: bool = False, **kwargs) -> list[dict]:
+                          progress: bool = False, clean_log_probs: torch.Tensor | None = None,
+                          **kwargs) -> list[dict]:
     """Accuracy under ``attack`` for each epsilon.
 
     With ``cumulative`` (deterministic predictors only), an example broken at a smaller epsilon
     counts as broken at every larger one: the adversarial input found there lies inside the
     larger ball too, so this is still a valid (and stronger) attack, and the curve is
-    non-increasing by construction. For a stochastic predictor each epsilon is scored on its own,
-    with fresh noise.
+    non-increasing by construction; such examples are not attacked again. For a stochastic
+    predictor each epsilon is scored on its own, with fresh noise.
+
+    The prediction at the clean inputs is computed once per curve (or taken from
+    ``clean_log_probs``, the prediction's log-probabilities at ``x``, (N, C), e.g. from the
+    suite's clean pass): it is the eps = 0 row and the starting point of the cumulative curve.
+    FGSM's gradient does not depend on eps: it is computed once per curve (for a stochastic
+    prediction, one EOT gradient shared by every eps, each eps scored with fresh noise).
 
     Returns:
         one dict per epsilon: ``{attack, norm, eps, prediction, accuracy, n_points, steps,
         eot_samples}`` (steps 1 for FGSM; eot_samples null for a deterministic prediction).
+    Raises:
+        ValueError: on an unknown attack or norm, or a negative eps.
     """
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     epsilons = sorted(float(e) for e in epsilons)
-    still = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for eps in epsilons:
+        _check(norm, eps)
+    batch_size = int(kwargs.pop("batch_size", 500))
+    if clean_log_probs is not None:
+        clean_ok = clean_log_probs.argmax(-1).to(y.device) == y
+    else:
+        clean_ok = _correct_batched(predictor, x, y, batch_size)
+    cum = cumulative and not predictor.stochastic
+    still = clean_ok.clone()
+    grads: list[torch.Tensor] | None = None
     results = []
     eps_iter: Iterable[float] = epsilons
     if progress:
         eps_iter = tqdm(epsilons, desc=f"{attack}-{norm} ({predictor.name})", leave=False)
     for eps in eps_iter:
-        ok = run_attack(predictor, x, y, attack, norm, eps, **kwargs)
-        if cumulative and not predictor.stochastic:
+        if eps == 0:
+            ok = clean_ok.clone()
+        elif attack == "fgsm":
+            if grads is None:
+                grads = [_grad(predictor, x[i:i + batch_size], y[i:i + batch_size],
+                               kwargs.get("eot_samples"))
+                         for i in range(0, x.shape[0], batch_size)]
+            # Cumulative: only the points still standing need scoring (the others stay broken).
+            rows = still if cum else None
+            ok = _fgsm_correct(predictor, x, y, grads, norm, eps, kwargs.get("bounds", (0.0, 1.0)),
+                               batch_size, rows)
+        else:
+            det = not predictor.stochastic
+            ok = run_attack(predictor, x, y, attack, norm, eps, batch_size=batch_size,
+                            clean_correct=clean_ok if det else None,
+                            skip=~still if cum else None, **kwargs)
+        if cum:
             still = still & ok
             ok = still
         eot = (kwargs.get("eot_samples") or predictor.k) if predictor.stochastic else None

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .predictors import Predictor, predict_samples
+from .predictors import Predictor, PredictionSummary, entropy, predict_summary
 
 # For each in-distribution data set, the data sets it is scored against (same input shape).
 OOD_PAIRS: dict[str, tuple[str, ...]] = {
@@ -31,8 +31,15 @@ OOD_PAIRS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _entropy(log_p: torch.Tensor) -> torch.Tensor:
-    return -(log_p.exp() * log_p).sum(-1)
+def scores_from_summary(summary: PredictionSummary, stochastic: bool) -> dict[str, np.ndarray]:
+    """The scores of `ood_scores` from a `PredictionSummary` of the same points."""
+    log_p = summary.log_probs
+    ent = entropy(log_p)
+    out = {"msp": log_p.exp().max(-1).values.cpu().numpy(), "entropy": (-ent).cpu().numpy()}
+    if stochastic:
+        mi = (ent - summary.trajectory_entropy).clamp_min(0.0)
+        out["mutual_information"] = (-mi).cpu().numpy()
+    return out
 
 
 @torch.no_grad()
@@ -42,15 +49,7 @@ def ood_scores(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) ->
     Returns:
         ``{"msp": (N,), "entropy": (N,)}`` plus ``"mutual_information"`` for a stochastic predictor.
     """
-    samples = predict_samples(predictor, x, batch_size).float()  # (k, N, C)
-    log_ps = torch.log_softmax(samples, -1)
-    log_p = torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
-    ent = _entropy(log_p)
-    out = {"msp": log_p.exp().max(-1).values.cpu().numpy(), "entropy": (-ent).cpu().numpy()}
-    if predictor.stochastic:
-        mi = (ent - _entropy(log_ps).mean(0)).clamp_min(0.0)
-        out["mutual_information"] = (-mi).cpu().numpy()
-    return out
+    return scores_from_summary(predict_summary(predictor, x, batch_size), predictor.stochastic)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -62,16 +61,22 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 def ood_detection(predictors: Sequence[Predictor], in_name: str, x_in: torch.Tensor,
-                  out_sets: dict[str, torch.Tensor], batch_size: int = 1000) -> list[dict]:
+                  out_sets: dict[str, torch.Tensor], batch_size: int = 1000,
+                  in_summaries: dict[str, PredictionSummary] | None = None) -> list[dict]:
     """AUROC of every score of every predictor for in-distribution ``x_in`` vs each out set.
 
+    Args:
+        in_summaries: prediction name -> `PredictionSummary` of ``x_in`` already computed
+            (the suite's clean pass); predictions not in it are run on ``x_in`` here.
     Returns:
         one dict per (out set, prediction, score): ``{in_dataset, out_dataset, prediction, score,
         auroc, n_in, n_out}``.
     """
     rows = []
     for p in predictors:
-        s_in = ood_scores(p, x_in, batch_size)
+        known = (in_summaries or {}).get(p.name)
+        s_in = (scores_from_summary(known, p.stochastic) if known is not None
+                else ood_scores(p, x_in, batch_size))
         for out_name, x_out in out_sets.items():
             s_out = ood_scores(p, x_out, batch_size)
             for score in s_in:

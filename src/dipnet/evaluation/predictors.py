@@ -34,7 +34,9 @@ class Predictor:
             row (true for DIPNet projections, Gaussian input noise, dropout).
         stochastic: whether ``logits_fn`` draws noise.
         k: trajectories averaged by the prediction (1 for a deterministic one).
-        chunk: at most this many rows per forward pass when stacking trajectories (memory bound).
+        chunk: at most this many rows per forward pass when stacking trajectories (the memory
+            budget: k copies of a batch of B rows run as ceil(k * B / chunk) passes; the suite
+            sets it from ``SuiteSettings.mc_max_rows``).
     """
 
     name: str
@@ -52,9 +54,13 @@ class Predictor:
     def sample_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Logits of ``n`` trajectories (default ``k``), shape (n, B, C); differentiable.
 
-        The n copies of the batch are stacked along the batch axis (rows draw independent
-        noise), in passes of at most ``chunk`` rows. A deterministic predictor returns its
-        logits once, shape (1, B, C), whatever ``n``.
+        The n copies of the batch are stacked along the batch axis, trajectory-major (row
+        j * B + i is trajectory j of example i, as `dipnet.objective.repeat_batch`), and run in
+        as few forward passes as the ``chunk`` row budget allows, instead of a Python loop over
+        trajectories. Valid because every row draws its own noise (DIPNet projections,
+        Gaussian input noise, dropout): the trajectories are the same independent draws a loop
+        would give (`sample_logits_looped` is that loop; tests compare the two). A
+        deterministic predictor returns its logits once, shape (1, B, C), whatever ``n``.
         """
         if not self.stochastic:
             return self.logits_fn(x).unsqueeze(0)
@@ -80,6 +86,67 @@ class Predictor:
     def mean_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Mean logits over trajectories, shape (B, C) (the MC-averaged function of section 4)."""
         return self.sample_logits(x, n).mean(0)
+
+
+def sample_logits_looped(predictor: Predictor, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """The reference for `Predictor.sample_logits`: one forward pass per trajectory, (n, B, C).
+
+    Kept for the tests and benchmarks/bench_evaluation.py, which check that the batched
+    version is the same estimator and measure how much faster it is.
+    """
+    if not predictor.stochastic:
+        return predictor.logits_fn(x).unsqueeze(0)
+    n = predictor.k if n is None else n
+    return torch.stack([predictor.logits_fn(x) for _ in range(n)], 0)
+
+
+@dataclass
+class PredictionSummary:
+    """What every part of the suite needs from a prediction at unperturbed inputs, (N, ...).
+
+    Attributes:
+        log_probs: (N, C) log predictive probabilities (log of the mean softmax).
+        trajectory_entropy: (N,) mean over trajectories of the entropy of each trajectory's
+            softmax (the aleatoric part; equals the predictive entropy when deterministic).
+        output_variance: (N,) sum over classes of the unbiased variance of the logits across
+            trajectories (0 when deterministic or k = 1).
+    """
+
+    log_probs: torch.Tensor
+    trajectory_entropy: torch.Tensor
+    output_variance: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> "PredictionSummary":
+        """The rows ``idx``."""
+        return PredictionSummary(self.log_probs[idx], self.trajectory_entropy[idx],
+                                 self.output_variance[idx])
+
+
+def entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis from log-probabilities; a class of probability 0 (masked,
+    log-probability -inf) contributes 0 rather than NaN (0 * -inf)."""
+    p = log_p.exp()
+    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+
+
+@torch.no_grad()
+def predict_summary(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) -> PredictionSummary:
+    """One pass of the prediction over a whole set, reduced to a `PredictionSummary`.
+
+    The suite computes this once on the clean test points and shares it: clean accuracy and
+    NLL, calibration, the eps = 0 rows of the attacks, the in-distribution OOD scores and the
+    output variance are all functions of it. The log-probabilities are those of
+    `predict_log_probs` (same trajectories, same formula).
+    """
+    lps, ents, vars_ = [], [], []
+    for i in range(0, x.shape[0], batch_size):
+        samples = predictor.sample_logits(x[i:i + batch_size]).float()  # (k, B, C)
+        log_ps = torch.log_softmax(samples, -1)
+        lps.append(torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0]))
+        ents.append(entropy(log_ps).mean(0))
+        vars_.append(samples.var(0, unbiased=True).sum(-1) if samples.shape[0] > 1
+                     else torch.zeros(samples.shape[1], device=samples.device))
+    return PredictionSummary(torch.cat(lps, 0), torch.cat(ents, 0), torch.cat(vars_, 0))
 
 
 def deterministic_predictor(fn: LogitsFn) -> Predictor:

@@ -291,7 +291,7 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
                        params: Sequence[torch.Tensor] | None = None,
                        weight_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
                        trace_probes: int = 10, power_iters: int = 10, batch_size: int = 100,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, output_variances: torch.Tensor | None = None) -> dict:
     """Every smoothness measure of this module for one `Predictor`.
 
     Args:
@@ -305,6 +305,8 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
             skipped when either is None.
         batch_size: examples per pass (each batch gets its own fixed noise seed).
         seed: base seed for the fixed noise and the random directions.
+        output_variances: (N,) per-example output variance across k fresh trajectories at
+            ``x`` if already computed (the suite's clean pass); computed here otherwise.
     Returns:
         a JSON-ready dict: ``{name: {"mean", "max"}}`` for per-example measures, floats for the
         weight-Hessian ones, and the settings used.
@@ -331,8 +333,9 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
         parts["input_hessian_spectral"].append(input_hessian_spectral_norm(loss_fn, xb, hessian_iters, gen))
     out: dict = {k: _summary(torch.cat(v)) for k, v in parts.items()}
     if predictor.stochastic:
-        samples = predict_samples(predictor, x, batch_size)
-        out["output_variance"] = _summary(output_variance(samples))
+        if output_variances is None:
+            output_variances = output_variance(predict_samples(predictor, x, batch_size))
+        out["output_variance"] = _summary(output_variances)
     else:
         out["output_variance"] = {"mean": 0.0, "max": 0.0}
     if params is not None and weight_batch is not None:

@@ -31,11 +31,13 @@ from .attacks import robust_accuracy_curve
 from .calibration import calibration_metrics
 from .corruptions import available_corruptions, corruption_accuracy, is_image_shape
 from .ood import OOD_PAIRS, ood_detection
-from .predictors import Predictor, accuracy, nll, predict_log_probs
+from .predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
 from .smoothness import measure_smoothness
 
 SCHEMA_VERSION = 1
 PARTS = ("clean", "calibration", "attacks", "corruptions", "ood", "smoothness")
+STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # as strong_attacks.STRONG_ATTACKS (ART-free import)
+ATTACK_NAMES = ("fgsm", "pgd") + STRONG_ATTACKS
 
 
 @dataclass
@@ -55,6 +57,16 @@ class SuiteSettings:
     fgsm_l2: bool = False
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     pgd_steps: int = 20
+    # AutoAttack-style attacks from ART (dipnet.evaluation.strong_attacks), run when named in
+    # ``attacks``: on the first ``strong_points`` attacked points, at their own epsilons.
+    strong_linf_eps: tuple[float, ...] = (0.0, 0.05, 0.1)
+    strong_l2_eps: tuple[float, ...] = (0.0, 1.0)
+    strong_points: int = 500
+    apgd_steps: int = 100
+    square_queries: int = 1000
+    # Monte Carlo predictions stack k copies of a batch (one forward pass); at most this many
+    # rows go through the model at once (the memory budget; lower it for large models).
+    mc_max_rows: int = 4096
     restarts: int = 1
     pgd_losses: tuple[str, ...] = ("ce",)
     eot_samples: int | None = 8
@@ -84,6 +96,7 @@ SUITES: dict[str, SuiteSettings] = {
     "full": SuiteSettings(
         attack_points=2000, linf_eps=(0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
         l2_eps=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0), fgsm_l2=True, pgd_steps=50, restarts=2,
+        attacks=("fgsm", "pgd") + STRONG_ATTACKS,
         pgd_losses=("ce", "margin"), eot_samples=None, corruption_points=2000,
         severities=(1, 2, 3), ood_points=None, smoothness_points=500, lipschitz_random=16,
         lipschitz_steps=20, hessian_iters=30, weight_points=1024, trace_probes=30,
@@ -119,16 +132,17 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
             ok = isinstance(value, type(ref))
         if not ok and not (key in ("clean_points", "ood_points", "eot_samples") and isinstance(value, int)):
             raise UserError(f"suite setting {key}={value!r} is invalid: expected a value like {ref!r}.")
-    for key, allowed in (("parts", PARTS), ("attacks", ("fgsm", "pgd")), ("pgd_losses", ("ce", "margin"))):
+    for key, allowed in (("parts", PARTS), ("attacks", ATTACK_NAMES), ("pgd_losses", ("ce", "margin"))):
         value = overrides.get(key)
         if value is not None and (not value or set(value) - set(allowed)):
             raise UserError(f"{key}={list(value)} is invalid: choose from {', '.join(allowed)}.")
-    for key in ("linf_eps", "l2_eps"):
+    for key in ("linf_eps", "l2_eps", "strong_linf_eps", "strong_l2_eps"):
         value = overrides.get(key)
         if value is not None and any(not math.isfinite(float(e)) or float(e) < 0 for e in value):
             raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")
     for key in ("clean_points", "ood_points", "attack_points", "corruption_points", "smoothness_points", "weight_points",
-                "pgd_steps", "restarts", "eot_samples", "batch_size"):
+                "pgd_steps", "restarts", "eot_samples", "batch_size", "strong_points", "apgd_steps",
+                "square_queries", "mc_max_rows"):
         value = overrides.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"{key}={value!r} is invalid: expected an integer >= 1.")
@@ -138,11 +152,23 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
     return dataclasses.replace(SUITES[suite], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _subset_index(size: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """Rows of the fixed random subset of ``n`` of ``size`` rows (None = all rows, in order).
+
+    Subsets of different sizes with one seed are prefixes of the same permutation, so a
+    smaller part's points are among a larger part's: the suite shares predictions that way.
+    """
+    if n is None or n >= size:
+        return None
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if n is None or n >= len(y):
+    idx = _subset_index(len(y), n, seed)
+    if idx is None:
         return x, y
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
-    return x[perm], y[perm]
+    idx = idx.to(x.device)
+    return x[idx], y[idx]
 
 
 def _bounds(x: torch.Tensor) -> tuple[float, float] | None:
@@ -212,26 +238,47 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
         fn()
         timing[part] = round(time.perf_counter() - t0, 3)
 
-    log_probs: dict[str, torch.Tensor] = {}
-
+    predictors = [dataclasses.replace(p, chunk=settings.mc_max_rows) for p in predictors]
+    # The clean pass: every prediction once on the clean points, shared by every part that
+    # needs the prediction at unperturbed inputs (see `_shared`).
+    summaries: dict[str, PredictionSummary] = {}
+    clean_idx = _subset_index(len(y), settings.clean_points, settings.subset_seed)
     xcl, ycl = _subset(x, y, settings.clean_points, settings.subset_seed)
+    clean_pos = None
+    if clean_idx is not None:
+        clean_pos = torch.full((len(y),), -1, dtype=torch.long)
+        clean_pos[clean_idx] = torch.arange(len(clean_idx))
+
+    def _shared(p: Predictor, n: int | None) -> PredictionSummary:
+        """The clean-pass summary of ``p`` on the subset of ``n`` points (computed if the
+        clean pass did not run or did not cover them)."""
+        idx = _subset_index(len(y), n, settings.subset_seed)
+        have = summaries.get(p.name)
+        if have is not None:
+            if idx is None and clean_idx is None:
+                return have
+            if idx is not None:
+                pos = idx if clean_pos is None else clean_pos[idx]
+                if bool((pos >= 0).all()):
+                    return have.take(pos.to(have.log_probs.device))
+        xs, _ = _subset(x, y, n, settings.subset_seed)
+        return predict_summary(p, xs, settings.batch_size)
 
     def clean() -> None:
         for p in predictors:
             torch.manual_seed(settings.subset_seed)
-            lp = predict_log_probs(p, xcl, settings.batch_size)
-            log_probs[p.name] = lp
+            summary = predict_summary(p, xcl, settings.batch_size)
+            summaries[p.name] = summary
+            lp = summary.log_probs
             out["clean"][p.name] = {"accuracy": accuracy(lp, ycl), "nll": nll(lp, ycl),
                                     "n_points": int(len(ycl)), "k": p.k}
         n_points["clean"] = int(len(ycl))
 
     def calibration() -> None:
         for p in predictors:
-            lp = log_probs.get(p.name)
-            if lp is None:
+            if p.name not in summaries:
                 torch.manual_seed(settings.subset_seed)
-                lp = predict_log_probs(p, xcl, settings.batch_size)
-            out["calibration"][p.name] = calibration_metrics(lp, ycl)
+            out["calibration"][p.name] = calibration_metrics(_shared(p, settings.clean_points).log_probs, ycl)
         n_points["calibration"] = int(len(ycl))
 
     def attacks() -> None:
@@ -244,7 +291,21 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
             plan.append(("fgsm", "l2", settings.l2_eps))
         plan += [("pgd", "linf", settings.linf_eps), ("pgd", "l2", settings.l2_eps)]
         plan = [step for step in plan if step[0] in settings.attacks and step[2]]
+        strong = [(a, norm, eps) for a in settings.attacks if a in STRONG_ATTACKS
+                  for norm, eps in (("linf", settings.strong_linf_eps), ("l2", settings.strong_l2_eps))
+                  if eps]
+        if "square" in settings.attacks and not is_image_shape(tuple(x.shape[1:])):
+            notes.append(f"attacks: square skipped (it needs images; inputs have shape {tuple(x.shape[1:])})")
+            strong = [s for s in strong if s[0] != "square"]
+        # The first strong_points attacked points: the same points as
+        # _subset(x, y, strong_points), since fixed subsets are prefixes of one permutation.
+        n_strong = min(settings.strong_points, len(ya))
+        xs_, ys_ = xa[:n_strong], ya[:n_strong]
+        if strong:
+            n_points["strong_attacks"] = n_strong
         for p in predictors:
+            torch.manual_seed(settings.subset_seed)
+            clean_lp = _shared(p, settings.attack_points).log_probs
             for attack, norm, eps in plan:
                 torch.manual_seed(settings.subset_seed)
                 gen = torch.Generator(device=xa.device).manual_seed(settings.subset_seed)
@@ -254,7 +315,22 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
                 if p.stochastic:
                     kw["eot_samples"] = settings.eot_samples or p.k
                 out["attacks"].extend(robust_accuracy_curve(p, xa, ya, attack, norm, eps,
-                                                            progress=progress, **kw))
+                                                            progress=progress,
+                                                            clean_log_probs=clean_lp, **kw))
+            num_classes = int(clean_lp.shape[-1])
+            for attack, norm, eps in strong:
+                if attack == "apgd-dlr" and num_classes < 3:
+                    notes.append("attacks: apgd-dlr skipped (it needs at least 3 classes)")
+                    continue
+                from .strong_attacks import strong_accuracy_curve  # ART: imported on demand
+
+                torch.manual_seed(settings.subset_seed)
+                out["attacks"].extend(strong_accuracy_curve(
+                    p, xs_, ys_, attack, norm, eps, num_classes=num_classes, bounds=bounds,
+                    steps=settings.apgd_steps, queries=settings.square_queries,
+                    eot_samples=(settings.eot_samples or p.k) if p.stochastic else None,
+                    batch_size=settings.batch_size, seed=settings.subset_seed,
+                    clean_log_probs=clean_lp[:n_strong], progress=progress))
 
     def corruptions() -> None:
         shape = tuple(x.shape[1:])
@@ -278,7 +354,9 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
             sets[name], _ = _subset(xo, torch.zeros(len(xo), dtype=torch.long), settings.ood_points,
                                     settings.subset_seed)
         torch.manual_seed(settings.subset_seed)
-        out["ood"] = ood_detection(predictors, data.name, xi, sets, settings.batch_size)
+        in_summaries = {p.name: _shared(p, settings.ood_points) for p in predictors}
+        out["ood"] = ood_detection(predictors, data.name, xi, sets, settings.batch_size,
+                                   in_summaries=in_summaries)
         n_points["ood"] = int(len(xi))
 
     def smoothness() -> None:
@@ -290,12 +368,13 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
         elif params is None:
             notes.append("smoothness: no parameters given; weight-Hessian measures skipped")
         for p in predictors:
+            variances = _shared(p, settings.smoothness_points).output_variance if p.stochastic else None
             out["smoothness"][p.name] = measure_smoothness(
                 p, xs, ys, n_random=settings.lipschitz_random, adv_steps=settings.lipschitz_steps,
                 hessian_iters=settings.hessian_iters, bounds=bounds, params=params,
                 weight_batch=weight_batch, trace_probes=settings.trace_probes,
                 power_iters=settings.power_iters, batch_size=min(settings.batch_size, 100),
-                seed=settings.subset_seed)
+                seed=settings.subset_seed, output_variances=variances)
 
     t_all = time.perf_counter()
     # The suite seeds torch's global RNG per part (reproducible noise); fork it so that the

@@ -1,0 +1,254 @@
+"""What the evaluation suite costs, before and after its speed-ups, measured side by side.
+
+Two parts (both by default; ``--only mc`` or ``--only eval`` picks one):
+
+mc    Monte Carlo prediction: k trajectories as a Python loop (one forward pass each) against
+      the batched path of `Predictor.sample_logits` (k copies stacked on the batch axis,
+      trajectory-major, one pass, chunked by the ``mc_max_rows`` budget), for k = 8 and 16, on
+      a DIPNet MLP 784-256-256-10 and a DIPNet ResNet-8, batch of 500. Medians of interleaved
+      rounds (loop, batched, loop, ...), so drift on a shared machine hits both alike. Also
+      prints the two estimates' mean predictive probabilities side by side (same estimator:
+      they agree to Monte Carlo error).
+
+eval  `evaluate_run(RUN, "quick")` with the evaluation package of a baseline commit (before
+      the speed-ups; --baseline) against the working tree, each in a fresh process, rounds
+      interleaved. RUN defaults to the run of the issue's profile command, trained here if
+      missing (digits, dipnet, 3 epochs, seed 0: what
+      `dipnet train --dataset digits --method dipnet --epochs 3 --out RUN` writes);
+      ``--demo`` adds the five `dipnet demo` runs (Fashion-MNIST MLP 256-256, 4 epochs on 8,000
+      images, one seed) evaluated with the demo's trimmed settings. Prints wall-clock and CPU
+      seconds per part and in total, and the ratio old / new; the per-run deterministic
+      results must be identical (checked and printed), the sampled ones agree to Monte Carlo
+      error (fresh noise).
+
+Run:  .venv/bin/python benchmarks/bench_evaluation.py [--only mc|eval] [--rounds 3] [--demo]
+      [--runs DIR ...] [--baseline REV] [--threads 1] [--json out.json]
+On a shared machine prefer the CPU seconds: wall-clock includes waiting for a core. This is a
+benchmark, not a test: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+# The last commit before the evaluation speed-ups (issue 10 item 7; its evaluation package is
+# the "old" side; everything else comes from the working tree).
+DEFAULT_BASELINE = "a571c6872e10fd09a3b2326ca787155d70b4c77b"
+WORK = Path(tempfile.gettempdir()) / "dipnet-bench-evaluation"
+
+
+# ------------------------------------------------------------------------------------ mc
+def bench_mc(rounds: int, threads: int) -> list[dict[str, Any]]:
+    import torch
+
+    import dipnet
+    from dipnet.evaluation.predictors import sample_logits_looped, sampled_predictor
+    from dipnet.experiments.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rows = []
+    for name, shape in (("mlp 784-256-256-10", (1, 28, 28)), ("resnet8", (1, 28, 28))):
+        model = create_model("mlp" if name.startswith("mlp") else "resnet8", shape, 10)
+        dipnet.project(model)
+        model.eval()
+
+        def one(x: torch.Tensor, model: torch.nn.Module = model) -> torch.Tensor:
+            with dipnet.sampling(model):
+                return model(x)
+
+        x = torch.rand(500, *shape)
+        for k in (8, 16):
+            pred = sampled_predictor(one, k)
+            looped: Callable[[], Any] = lambda: sample_logits_looped(pred, x, k)  # noqa: E731
+            batched: Callable[[], Any] = lambda: pred.sample_logits(x, k)  # noqa: E731
+            times: dict[str, list[float]] = {"looped": [], "batched": []}
+            with torch.no_grad():
+                looped(), batched()  # warm-up
+                for _ in range(rounds):
+                    for label, fn in (("looped", looped), ("batched", batched)):
+                        t0 = time.perf_counter()
+                        fn()
+                        times[label].append(time.perf_counter() - t0)
+                torch.manual_seed(1)
+                p_loop = sample_logits_looped(pred, x, k).softmax(-1).mean(0)
+                torch.manual_seed(1)
+                p_batch = pred.sample_logits(x, k).softmax(-1).mean(0)
+            t_loop, t_batch = statistics.median(times["looped"]), statistics.median(times["batched"])
+            row = {"model": name, "k": k, "batch": 500, "looped_ms": 1e3 * t_loop,
+                   "batched_ms": 1e3 * t_batch, "speedup": t_loop / t_batch,
+                   "mean_prob_looped": p_loop.max(-1).values.mean().item(),
+                   "mean_prob_batched": p_batch.max(-1).values.mean().item()}
+            rows.append(row)
+            print(f"  {name:20s} k={k:2d}  looped {row['looped_ms']:8.1f} ms  batched "
+                  f"{row['batched_ms']:8.1f} ms  looped/batched {row['speedup']:5.2f}x  "
+                  f"(mean top probability {row['mean_prob_looped']:.4f} vs "
+                  f"{row['mean_prob_batched']:.4f})", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------- eval
+_CHILD = r"""
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[3]))
+from dipnet.evaluation.suite import evaluate_run
+c0, w0 = time.process_time(), time.perf_counter()
+ev = evaluate_run(sys.argv[1], "quick", progress=False, write=False, **json.loads(sys.argv[2]))
+print("RESULT" + json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - w0,
+                             "ev": ev}))
+"""
+
+
+def _old_tree(rev: str) -> Path:
+    """A copy of the working tree's src/ with the evaluation package of ``rev``."""
+    dest = WORK / f"src-{rev[:12]}"
+    if (dest / "dipnet" / "evaluation").is_dir():
+        return dest
+    tmp = WORK / "src-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ROOT / "src" / "dipnet", tmp / "dipnet",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(tmp / "dipnet" / "evaluation")
+    (tmp / "dipnet" / "evaluation").mkdir()
+    names = subprocess.run(["git", "ls-tree", "--name-only", rev, "src/dipnet/evaluation/"],
+                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    for name in names:
+        text = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+        (tmp / "dipnet" / "evaluation" / Path(name).name).write_text(text)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _evaluate(src: Path, run: Path, overrides: dict[str, Any], threads: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(run), json.dumps(overrides), str(threads)],
+                          env=env, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"evaluation of {run} with {src} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT"):])
+
+
+def _train_runs(demo: bool) -> list[tuple[Path, dict[str, Any]]]:
+    import torch
+
+    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.train import run_training
+
+    torch.set_num_threads(1)
+    runs: list[tuple[Path, dict[str, Any]]] = []
+    cfg = RunConfig(dataset="digits", method="dipnet", epochs=3, seed=0, num_threads=1)
+    path = WORK / "runs" / "digits-dipnet"
+    run_training(cfg, path, progress=False, command="bench_evaluation")
+    runs.append((path, {}))
+    if demo:
+        from dipnet.experiments.sweep_cli import DEMO_SWEEP
+
+        params = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in DEMO_SWEEP["evaluation_params"].items()}
+        run_kw = dict(DEMO_SWEEP["run"])
+        for method in DEMO_SWEEP["methods"]:
+            cfg = RunConfig(dataset=DEMO_SWEEP["dataset"], model=DEMO_SWEEP["model"],
+                            method=method, seed=0, **run_kw)
+            path = WORK / "runs" / f"demo-{method}"
+            run_training(cfg, path, progress=False, command="bench_evaluation")
+            runs.append((path, params))
+    return runs
+
+
+def _same_deterministic(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def det(ev: dict[str, Any]) -> Any:
+        return {"clean": ev["clean"].get("deterministic"),
+                "calibration": ev["calibration"].get("deterministic"),
+                "attacks": [a for a in ev["attacks"] if a["prediction"] == "deterministic"],
+                "corruptions": [c for c in ev["corruptions"] if c["prediction"] == "deterministic"],
+                "smoothness": ev["smoothness"].get("deterministic")}
+    return det(old) == det(new)
+
+
+def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: str,
+               threads: int) -> list[dict[str, Any]]:
+    old_src, new_src = _old_tree(baseline), ROOT / "src"
+    rows = []
+    for run, overrides in runs:
+        res: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for _ in range(rounds):
+            for side, src in (("old", old_src), ("new", new_src)):
+                res[side].append(_evaluate(src, run, overrides, threads))
+        parts = [p for p in res["new"][0]["ev"]["timing"] if p != "load"]
+
+        def med(side: str, key: str) -> float:
+            if key in ("cpu", "wall"):
+                return statistics.median(r[key] for r in res[side])
+            return statistics.median(r["ev"]["timing"].get(key, 0.0) for r in res[side])
+
+        row = {"run": run.name, "method": res["new"][0]["ev"]["method"],
+               "overrides": overrides, "rounds": rounds,
+               "identical_deterministic": all(_same_deterministic(o["ev"], n["ev"])
+                                              for o, n in zip(res["old"], res["new"])),
+               "old": {p: med("old", p) for p in parts + ["cpu", "wall"]},
+               "new": {p: med("new", p) for p in parts + ["cpu", "wall"]}}
+        rows.append(row)
+        print(f"\n  {run.name} ({row['method']}; {'demo settings' if overrides else 'quick suite'}),"
+              f" medians of {rounds} interleaved rounds; deterministic results identical: "
+              f"{row['identical_deterministic']}")
+        print(f"    {'part':12s} {'old s':>8s} {'new s':>8s} {'old/new':>8s}")
+        for p in parts + ["cpu", "wall"]:
+            o, n = row["old"][p], row["new"][p]
+            label = {"total": "total (wall)", "cpu": "process CPU", "wall": "incl. loading"}.get(p, p)
+            print(f"    {label:12s} {o:8.2f} {n:8.2f} {o / n if n > 0 else float('nan'):8.2f}")
+    if len(rows) > 1:
+        tot = {s: sum(r[s]["total"] for r in rows) for s in ("old", "new")}
+        cpu = {s: sum(r[s]["cpu"] for r in rows) for s in ("old", "new")}
+        print(f"\n  all runs: suite wall {tot['old']:.1f} s -> {tot['new']:.1f} s "
+              f"({tot['old'] / tot['new']:.2f}x); CPU {cpu['old']:.1f} s -> {cpu['new']:.1f} s "
+              f"({cpu['old'] / cpu['new']:.2f}x)")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", choices=("mc", "eval"), default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--demo", action="store_true", help="also the five demo runs, demo settings")
+    ap.add_argument("--runs", nargs="*", default=None, metavar="DIR",
+                    help="evaluate these run folders (quick suite) instead of training")
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit of the 'old' evaluation")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import platform
+
+    import torch
+
+    print(f"bench_evaluation: torch {torch.__version__}, {platform.machine()}, "
+          f"{args.threads} thread(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    out: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds}
+    if args.only in (None, "mc"):
+        print("\nMonte Carlo prediction, k trajectories (no_grad, batch 500):")
+        out["mc"] = bench_mc(max(args.rounds, 5), args.threads)
+    if args.only in (None, "eval"):
+        print(f"\nquick evaluation, old = evaluation package of {args.baseline[:12]}, "
+              "new = working tree:")
+        runs = ([(Path(r), {}) for r in args.runs] if args.runs else _train_runs(args.demo))
+        out["eval"] = bench_eval(runs, args.rounds, args.baseline, args.threads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
