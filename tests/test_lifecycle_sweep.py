@@ -86,10 +86,11 @@ def test_compare_out_under_a_file_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "afile" in err and "--out" in err, err
 
 
-def test_dip_settings_reach_only_the_dipnet_runs():
-    sweep = apply_params(SweepConfig.from_dict({**TINY, "methods": ["standard", "dipnet"]}),
-                         ["dip.m=2"])
+def test_dip_settings_reach_only_the_runs_built_on_dipconfig():
+    sweep = apply_params(SweepConfig.from_dict(
+        {**TINY, "methods": ["standard", "dipnet", "fixed_noise"]}), ["dip.m=2"])
     cfgs = {c.method: c for c in expand_grid(sweep)}
     assert cfgs["dipnet"].dip == {"m": 2} and cfgs["standard"].dip == {}
+    assert cfgs["fixed_noise"].resolved_method_params() == {"m": 2}  # the control shares them
     with pytest.raises(UserError, match="perturbation_mode"):
         SweepConfig.from_dict({**TINY, "perturbation_mode": "sometimes"})

@@ -41,7 +41,9 @@ class RunConfig:
     Method:
         method: a registered method (``list_methods()``): standard, dipnet, sam, rs, ...
         method_params: the method's parameters (its defaults come from its paper).
-        dip: `dipnet.DIPConfig` fields for ``method="dipnet"`` (``method_params`` override them).
+        dip: `dipnet.DIPConfig` fields for ``method="dipnet"`` and the other methods whose
+            parameters are DIPConfig fields (`takes_dip_settings`, e.g. the fixed-noise
+            control); ``method_params`` override them. An error for any other method.
     Training:
         epochs, batch_size, lr, optimizer (adam | adamw | sgd), weight_decay, momentum (sgd),
         lr_schedule (constant | cosine, per epoch, ending at 0).
@@ -184,9 +186,10 @@ class RunConfig:
         """Settings given that this run would silently ignore (each as a phrase naming the
         field, its option and where it applies); empty when everything given applies."""
         out = []
-        if self.dip and self.method != "dipnet":
-            out.append(f"'dip' {self.dip} (--dip, or dip.* in a sweep) applies only to method "
-                       f"dipnet, not {self.method!r}: remove it or use --method dipnet")
+        if self.dip and not takes_dip_settings(self.method):
+            out.append(f"'dip' {self.dip} (--dip, or dip.* in a sweep) applies only to methods "
+                       f"{', '.join(dip_methods())}, not {self.method!r}: remove it or use "
+                       "--method dipnet")
         if self.train_perturbation == "none":
             if self.perturbation_strength is not None:
                 out.append("'perturbation_strength' (--perturbation-strength) applies only with "
@@ -198,8 +201,9 @@ class RunConfig:
         return out
 
     def resolved_method_params(self) -> dict[str, Any]:
-        """The method's parameters: for dipnet, ``dip`` merged with ``method_params``."""
-        if self.method in ("dipnet", "fixed_noise"):  # the methods built on DIPConfig
+        """The method's parameters: for dipnet (and the other methods of `dip_methods`, built
+        on DIPConfig, such as fixed_noise), ``dip`` merged with ``method_params``."""
+        if takes_dip_settings(self.method):
             return {**self.dip, **self.method_params}
         return dict(self.method_params)
 
@@ -209,7 +213,7 @@ class RunConfig:
         apply to this run (``dip`` of a non-dipnet run, the perturbation's strength and mode
         without a perturbation), so folders written before those were refused still match."""
         skip = set(self.RUNTIME_FIELDS)
-        if self.method != "dipnet":
+        if not takes_dip_settings(self.method):
             skip.add("dip")
         if self.train_perturbation == "none":
             skip.update(("perturbation_strength", "perturbation_mode"))
@@ -264,6 +268,28 @@ class RunConfig:
         text = ("# dipnet run config; re-run with: dipnet train --config this_file\n"
                 + yaml.safe_dump(self.to_dict(), sort_keys=False))
         atomic_write_text(Path(path), text)
+
+
+def takes_dip_settings(method: str) -> bool:
+    """Whether ``method``'s parameters include every `DIPConfig` field (dipnet, and controls
+    built on its projections, such as fixed_noise), so that the run field ``dip`` applies."""
+    from .methods import get_method, list_methods
+
+    if method not in _TAKES_DIP:
+        if method not in list_methods():
+            return False  # not cached: it may be registered later
+        _TAKES_DIP[method] = set(DIPConfig().to_dict()) <= set(get_method(method).defaults)
+    return _TAKES_DIP[method]
+
+
+_TAKES_DIP: dict[str, bool] = {}
+
+
+def dip_methods() -> list[str]:
+    """The registered methods that take ``dip`` settings (see `takes_dip_settings`)."""
+    from .methods import list_methods
+
+    return [m for m in list_methods() if takes_dip_settings(m)]
 
 
 def _plain(value: Any) -> Any:

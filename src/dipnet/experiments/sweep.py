@@ -36,6 +36,7 @@ import yaml
 from .. import trust
 from ..errors import UserError
 from ..fileio import atomic_write_text
+from .config import dip_methods, takes_dip_settings
 from .locks import FolderLock, die_with_parent
 from .rundir import check_out_path, inspect_run_folder
 
@@ -43,9 +44,19 @@ __all__ = ["SweepConfig", "SweepResult", "SweepPlan", "METHODS", "PERTURBATIONS"
            "PERTURBATION_MODES", "EVALUATE_SUITES", "expand_grid", "plan_sweep", "run_sweep",
            "load_sweep_config", "parse_param", "is_finished", "provenance"]
 
-#: Every training method the engine implements (see dipnet.experiments.methods).
-METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
-           "cutout")
+#: The paper's methods first, in report order, then any other method the engine registers
+#: (see dipnet.experiments.methods; e.g. the fixed-noise control).
+_CORE_METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
+                 "cutout")
+
+
+def _registered_methods() -> tuple[str, ...]:
+    from .methods import list_methods
+
+    return _CORE_METHODS + tuple(m for m in list_methods() if m not in _CORE_METHODS)
+
+
+METHODS = _registered_methods()
 #: The paper's training-input conditions (Table 1 columns).
 PERTURBATIONS = ("none", "gaussian", "fgsm")
 #: How the perturbed conditions perturb: anew per batch, or the training set once.
@@ -106,10 +117,11 @@ class SweepConfig:
         """Check every field; raises UserError naming the bad value and the allowed ones."""
         if not self.methods:
             raise UserError("no methods given: pass --methods, e.g. --methods standard,dipnet")
-        unknown = [m for m in self.methods if m not in METHODS]
+        known = _registered_methods()  # methods registered after import count too
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise UserError(f"unknown method(s) {', '.join(unknown)}: choose from "
-                            f"{', '.join(METHODS)}")
+                            f"{', '.join(known)}")
         if len(set(self.methods)) != len(self.methods):
             raise UserError(f"a method is listed twice in {self.methods}: list each once")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool)
@@ -136,10 +148,10 @@ class SweepConfig:
                    for k in ("run", "method_params", "evaluation_params")):
             raise UserError("'run', 'method_params' and 'evaluation_params' in a sweep config "
                             "must be mappings (key: value)")
-        stray = [m for m in self.method_params if m not in METHODS]
+        stray = [m for m in self.method_params if m not in known]
         if stray:
             raise UserError(f"method_params names unknown method(s) {', '.join(stray)}: "
-                            f"choose from {', '.join(METHODS)}")
+                            f"choose from {', '.join(known)}")
         # settings that no run of this sweep would use are mistakes, not silently ignored
         unused = [m for m in self.method_params if self.method_params[m]
                   and m not in self.methods]
@@ -147,10 +159,10 @@ class SweepConfig:
             raise UserError(f"parameters are given for {', '.join(unused)} (method_params / "
                             f"--param {unused[0]}.*), which is not among the methods "
                             f"{', '.join(self.methods)}: add it to --methods or drop them")
-        if self.run.get("dip") and "dipnet" not in self.methods:
+        if self.run.get("dip") and not any(takes_dip_settings(m) for m in self.methods):
             raise UserError(f"dip settings {self.run['dip']} (--param dip.*) apply only to "
-                            f"dipnet, which is not among the methods "
-                            f"{', '.join(self.methods)}: add it or drop them")
+                            f"{', '.join(dip_methods())}, none of which is among the methods "
+                            f"{', '.join(self.methods)}: add dipnet or drop them")
         if "perturbation_mode" in self.run:
             raise UserError("set perturbation_mode at the top level of the sweep (or with "
                             "--perturbation-mode), not under run:")
@@ -212,9 +224,10 @@ def parse_param(text: str) -> tuple[str, list[str], Any]:
         raise UserError(f"--param {text!r} needs a scope and a key (scope.key=value), e.g. "
                         f"sam.rho=0.05, dip.alpha=0.1 or run.lr=0.01")
     scope = parts[0]
-    if scope not in METHODS + ("dip", "model", "run", "eval"):
+    known = _registered_methods()
+    if scope not in known + ("dip", "model", "run", "eval"):
         raise UserError(f"--param scope {scope!r} is unknown: use a method name "
-                        f"({', '.join(METHODS)}), dip, model, run or eval")
+                        f"({', '.join(known)}), dip, model, run or eval")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -237,7 +250,7 @@ def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
     data = sweep.to_dict()
     for text in params:
         scope, keys, value = parse_param(text)
-        if scope in METHODS:
+        if scope in _registered_methods():
             _set_nested(data["method_params"].setdefault(scope, {}), keys, value)
         elif scope == "run":
             _set_nested(data["run"], keys, value)
@@ -279,7 +292,7 @@ def expand_grid(sweep: SweepConfig) -> list[Any]:
                 data.update(dataset=sweep.dataset, model=sweep.model, method=method,
                             seed=int(seed), train_perturbation=pert)
                 # each run gets only the settings that apply to it (a run refuses the others)
-                if method != "dipnet":
+                if not takes_dip_settings(method):
                     data.pop("dip", None)
                 if pert == "none":
                     data.pop("perturbation_strength", None)

@@ -428,7 +428,11 @@ def prepare_run(plan: RunPlan) -> Prepared:
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
     model, base_params = build_model(cfg, method, data.input_shape, data.num_classes,
                                      len(train))
-    return Prepared(method, model.to(device), data, train, val, test, base_params)
+    model = model.to(device)
+    # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
+    # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
+    method.calibrate(model, train.x[:512])
+    return Prepared(method, model, data, train, val, test, base_params)
 
 
 # ---------------------------------------------------------------------- phase 3: take the folder
