@@ -171,7 +171,8 @@ def test_evaluate_out_under_a_file_is_one_line(finished, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, fragments", [
     (["--method", "standard", "--dip", "m=2"], ["dip", "dipnet", "'standard'"]),
-    (["--method", "standard", "--param", "sigma=0.3"], ["sigma", "'standard'"]),
+    (["--method", "standard", "--param", "sigma=0.3"], ["sigma", "'standard'", "rs",
+                                                        "input_noise", "--param"]),
     (["--perturbation-strength", "0.3"], ["perturbation_strength", "gaussian", "fgsm"]),
     (["--perturbation-mode", "fixed"], ["perturbation_mode", "gaussian", "fgsm"]),
 ])

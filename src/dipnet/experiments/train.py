@@ -63,8 +63,8 @@ from .perturb import perturb_batch
 from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path,
                      inspect_run_folder, read_metrics)
 
-__all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan", "Prepared",
-           "read_metrics", "evaluate_split", "save_checkpoint", "load_checkpoint",
+__all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan",
+           "Prepared", "read_metrics", "evaluate_split", "save_checkpoint", "load_checkpoint",
            "RESULT_FILES", "CHECKPOINT_DIR"]
 
 
@@ -339,6 +339,26 @@ class RunPlan:
         return self.state.metrics
 
 
+def _check_param_names(cfg: RunConfig) -> None:
+    """Refuse method parameters the method does not have, naming the methods that do."""
+    from .methods import list_methods
+
+    if cfg.method not in list_methods():
+        get_method(cfg.method)  # the registry's own "unknown method" error
+    own = set(get_method(cfg.method).defaults)
+    unknown = [k for k in cfg.resolved_method_params() if k not in own]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        owners = [m for m in list_methods() if key in get_method(m).defaults]
+        hints.append(f"{key} (" + (f"a parameter of {', '.join(owners)}" if owners
+                                   else "no method has it") + ")")
+    raise UserError(f"method {cfg.method!r} has no parameter {'; '.join(hints)}: remove it from "
+                    f"--param / method_params; {cfg.method}'s parameters are "
+                    f"{', '.join(sorted(own)) or 'none'}.")
+
+
 def validate_run(cfg: RunConfig, local_rank: int = 0) -> torch.device:
     """Check the settings of ``cfg`` that `RunConfig` alone cannot (nothing is loaded).
 
@@ -351,7 +371,8 @@ def validate_run(cfg: RunConfig, local_rank: int = 0) -> torch.device:
     problems = cfg.inapplicable()
     if problems:
         raise UserError("; ".join(problems) + ".")
-    get_method(cfg.method, **cfg.resolved_method_params())  # unknown / bad parameters
+    _check_param_names(cfg)
+    get_method(cfg.method, **cfg.resolved_method_params())  # bad values
     if cfg.dataset not in list_datasets():
         raise UserError(f"unknown data set {cfg.dataset!r}; choose one of "
                         f"{', '.join(list_datasets())}.")
