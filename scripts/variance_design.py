@@ -13,7 +13,7 @@ records each layer's lambda statistics, and at the end:
   - validation accuracy (deterministic prediction; the test split is not touched here).
 
 Run:  .venv/bin/python scripts/variance_design.py [--seeds 2] [--out runs/variance_design]
-       [--only NAME ...] [--max-train 20000] [--epochs 8]
+       [--only NAME ...] [--max-train 20000] [--epochs 8] [--summary FILE.json]
 Each (candidate, seed) writes one JSON file; finished ones are reused, so it resumes.
 """
 
@@ -48,6 +48,8 @@ CANDIDATES: dict[str, tuple[dict[str, Any], float | None]] = {
     "log-variance, lr 3e-2": ({"parameterization": "exp"}, 3e-2),
     "log-variance, lr 1e-1, init 0.1 x act. var": (
         {"parameterization": "exp", "init_scale": 0.1}, 1e-1),
+    # the same rule from the old absolute start: does it end at the same balance?
+    "log-variance, lr 1e-1": ({"parameterization": "exp"}, 1e-1),
 }
 
 
@@ -189,6 +191,42 @@ def main() -> None:
                   f"({res['seconds']:.0f}s)", flush=True)
     if args.summary:
         print(summarize(_all_finished(out), Path(args.summary)))
+        plot(_all_finished(out), Path(args.summary).with_name("design_trajectories.png"))
+
+
+PLOTTED = ("softplus, lr 1e-3 (old default)", "log-variance, variance lr 1e-2",
+           "log-variance, lr 3e-2, init 0.1 x act. var", "log-variance, lr 1e-1",
+           "log-variance, lr 1e-1, init 0.1 x act. var")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean lambda per layer over training steps, seed 0, 8 epochs, one line per candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r["seed"] == 0 and r["candidate"] in PLOTTED
+              and r["steps"] < 2000]
+    layers = list(chosen[0]["final"])
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), sharey=True)
+    for r in sorted(chosen, key=lambda r: PLOTTED.index(r["candidate"])):
+        for ax, layer in zip(axes, layers):
+            steps = [t["step"] for t in r["trace"]]
+            ax.plot(steps, [t["stats"][layer]["mean"] for t in r["trace"]], label=r["candidate"])
+    for ax, layer in zip(axes, layers):
+        ax.set_yscale("log")
+        ax.set_title(f"layer input: {layer}")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean variance lambda (log)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Fashion-MNIST MLP, 8 epochs: where each variance update rule takes lambda",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _all_finished(out: Path) -> list[dict[str, Any]]:
