@@ -332,6 +332,9 @@ def test_save_model_and_reload_round_trip(tmp_path):
     out = tmp_path / "saved"
     tr.save_model(str(out))
     assert (out / "dip_projections.safetensors").is_file()
+    assert (out / "dipnet_config.json").is_file()  # the dipnet.save_pretrained layout
+    assert set(dipnet.projections(dipnet.from_pretrained(tiny("gpt2"), out, load_weights=False))
+               ) == set(dipnet.projections(model))
     fresh = GPT2LMHeadModel.from_pretrained(str(out))
     load_projections_from(fresh, str(out))
     for k, v in dipnet.variances(model).items():
@@ -454,3 +457,16 @@ def test_variances_get_no_weight_decay_and_eval_loss_is_the_plain_loss(tmp_path)
     # evaluate(): projections off, no barrier, no stability: exactly the plain model's loss.
     metrics = tr.evaluate(eval_dataset=data("llama", 4))
     assert metrics["eval_loss"] == pytest.approx(plain, rel=1e-5)
+
+
+def test_variance_lr_comes_from_the_config_unless_given(tmp_path):
+    model = tiny("gpt2")
+    project_model(model, dipnet.DIPConfig(placement="blocks", variance_lr=0.07))
+    tr = DIPTrainer(model=model, args=targs(tmp_path), train_dataset=data("gpt2"))
+    opt = tr.create_optimizer()
+    var_ids = {id(p) for p in dipnet.variance_parameters(model)}
+    groups = [g for g in opt.param_groups if any(id(p) in var_ids for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["lr"] == 0.07 and groups[0]["weight_decay"] == 0.0
+    tr2 = DIPTrainer(model=model, args=targs(tmp_path), train_dataset=data("gpt2"),
+                     variance_lr=0.003)
+    assert tr2.variance_lr == 0.003

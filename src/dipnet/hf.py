@@ -157,7 +157,8 @@ class DIPTrainer(Trainer):
         dip_config: the objective's config; default: the config the model was projected with.
         num_train: training-set size N for the ELBO barrier scaling; default
             ``len(train_dataset)``.
-        variance_lr: learning rate of the variance parameters; default: the Trainer's.
+        variance_lr: learning rate of the variance parameters' own group; default the config's
+            ``variance_lr`` (and the Trainer's learning rate if that is None too).
         *args, **kwargs: as ``transformers.Trainer``.
     Raises:
         UserError: if the model holds no projections, or N cannot be determined.
@@ -181,7 +182,8 @@ class DIPTrainer(Trainer):
             raise UserError("DIPTrainer needs the training-set size for the ELBO barrier: pass "
                             "num_train=N (e.g. an IterableDataset has no len).")
         self.num_train = num_train
-        self.variance_lr = variance_lr
+        self.variance_lr = variance_lr if variance_lr is not None else \
+            self.dip_config.variance_lr
         # PEFT froze every non-adapter parameter; the variances are trained.
         for p in variance_parameters(model):
             p.requires_grad_(True)
@@ -366,7 +368,11 @@ class DIPTrainer(Trainer):
         super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            save_projections(_unwrap(self.model), os.path.join(output_dir, PROJECTIONS_FILE))
+            # The same layout as dipnet.save_pretrained: dipnet_config.json beside
+            # dip_projections.safetensors (the Trainer has already written the weights).
+            from .pretrained import save_pretrained
+
+            save_pretrained(_unwrap(self.model), output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None
                               ) -> None:
