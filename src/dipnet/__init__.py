@@ -10,52 +10,103 @@ Core API (needs only torch and safetensors)::
 The Hugging Face integration lives in `dipnet.hf` and is imported on demand.
 """
 
-from .config import DIPConfig, DIPConfigError
-from .inject import (
-    AlreadyProjectedError,
-    NotProjectedError,
-    ProjectionFileError,
-    deterministic,
-    get_config,
-    load_projections,
-    parameter_groups,
-    project,
-    projections,
-    remove,
-    sampling,
-    save_projections,
-    variance_parameters,
-    variances,
-)
-from .monitor import (
-    VarianceGradientMeter,
-    activation_variances,
-    calibrate,
-    variance_histograms,
-    variance_stats,
-)
-from .objective import (
-    BatchTooLargeError,
-    DIPLoss,
-    DIPLossWarning,
-    LossParts,
-    barrier,
-    repeat_batch,
-    stability,
-    token_mask,
-)
-from .predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
-from .pretrained import (
-    from_pretrained,
-    load_state_dict,
-    save_pretrained,
-    summary,
-    summary_dict,
-)
-from .projection import GaussianProjection, ProjectionShapeError
-from .targeting import Target, TargetError, resolve_targets
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._version import __version__  # noqa: E402 (installed metadata, else the source)
+# `import dipnet` runs only this file: every name below is imported from its submodule on first
+# use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet.trust` do not
+# pay for torch (2-4 s), and `dipnet.DIPConfig` still works as before.
+_LAZY: dict[str, str] = {name: module for module, names in {
+    "config": ("DIPConfig", "DIPConfigError"),
+    "inject": ("AlreadyProjectedError", "NotProjectedError", "ProjectionFileError",
+               "deterministic", "get_config", "load_projections", "parameter_groups", "project",
+               "projections", "remove", "sampling", "save_projections", "variance_parameters",
+               "variances"),
+    "monitor": ("VarianceGradientMeter", "activation_variances", "calibrate",
+                "variance_histograms", "variance_stats"),
+    "objective": ("BatchTooLargeError", "DIPLoss", "DIPLossWarning", "LossParts", "barrier",
+                  "repeat_batch", "stability", "token_mask"),
+    "predict": ("NonFiniteInputError", "PredictInputError", "Prediction", "mc_logits",
+                "predict"),
+    "pretrained": ("from_pretrained", "load_state_dict", "save_pretrained", "summary",
+                   "summary_dict"),
+    "projection": ("GaussianProjection", "ProjectionShapeError"),
+    "targeting": ("Target", "TargetError", "resolve_targets"),
+    "_version": ("__version__",),
+}.items() for name in names}
+
+if TYPE_CHECKING:  # what type checkers and IDEs read
+    from .config import DIPConfig, DIPConfigError
+    from .inject import (
+        AlreadyProjectedError,
+        NotProjectedError,
+        ProjectionFileError,
+        deterministic,
+        get_config,
+        load_projections,
+        parameter_groups,
+        project,
+        projections,
+        remove,
+        sampling,
+        save_projections,
+        variance_parameters,
+        variances,
+    )
+    from .monitor import (
+        VarianceGradientMeter,
+        activation_variances,
+        calibrate,
+        variance_histograms,
+        variance_stats,
+    )
+    from .objective import (
+        BatchTooLargeError,
+        DIPLoss,
+        DIPLossWarning,
+        LossParts,
+        barrier,
+        repeat_batch,
+        stability,
+        token_mask,
+    )
+    from .predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
+    from .pretrained import (
+        from_pretrained,
+        load_state_dict,
+        save_pretrained,
+        summary,
+        summary_dict,
+    )
+    from .projection import GaussianProjection, ProjectionShapeError
+    from .targeting import Target, TargetError, resolve_targets
+
+    from ._version import __version__
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name (or a submodule such as ``dipnet.inject``) on first use.
+
+    Raises:
+        AttributeError: ``name`` is neither an exported name nor a submodule.
+    """
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise  # the submodule exists but one of its imports is missing
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BatchTooLargeError",
