@@ -64,9 +64,11 @@ class SuiteSettings:
     strong_points: int = 500
     apgd_steps: int = 100
     square_queries: int = 1000
-    # Monte Carlo predictions stack k copies of a batch (one forward pass); at most this many
-    # rows go through the model at once (the memory budget; lower it for large models).
-    mc_max_rows: int = 4096
+    # Monte Carlo predictions stack k copies of a batch on the batch axis; at most this many
+    # rows go through the model in one pass (the memory budget; lower it for large models).
+    # None: 512 on a CPU (where bigger passes are slower, see predictors.DEFAULT_ROWS),
+    # 65,536 on a GPU.
+    mc_max_rows: int | None = None
     restarts: int = 1
     pgd_losses: tuple[str, ...] = ("ce",)
     eot_samples: int | None = 8
@@ -130,7 +132,8 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
             ok = isinstance(value, (tuple, list))
         else:
             ok = isinstance(value, type(ref))
-        if not ok and not (key in ("clean_points", "ood_points", "eot_samples") and isinstance(value, int)):
+        if not ok and not (key in ("clean_points", "ood_points", "eot_samples", "mc_max_rows")
+                           and isinstance(value, int)):
             raise UserError(f"suite setting {key}={value!r} is invalid: expected a value like {ref!r}.")
     for key, allowed in (("parts", PARTS), ("attacks", ATTACK_NAMES), ("pgd_losses", ("ce", "margin"))):
         value = overrides.get(key)
@@ -238,7 +241,8 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
         fn()
         timing[part] = round(time.perf_counter() - t0, 3)
 
-    predictors = [dataclasses.replace(p, chunk=settings.mc_max_rows) for p in predictors]
+    if settings.mc_max_rows is not None:
+        predictors = [dataclasses.replace(p, chunk=settings.mc_max_rows) for p in predictors]
     # The clean pass: every prediction once on the clean points, shared by every part that
     # needs the prediction at unperturbed inputs (see `_shared`).
     summaries: dict[str, PredictionSummary] = {}
