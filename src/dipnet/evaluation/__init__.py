@@ -7,6 +7,17 @@ of those into the report's tables and plots. Submodules are imported on demand (
 corruption backend pulls OpenCV).
 """
 
-from .predictors import Predictor, deterministic_predictor, sampled_predictor
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Predictor", "deterministic_predictor", "sampled_predictor"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `dipnet.evaluation.cli` (the parser) imports without torch.
+    if name in __all__:
+        from . import predictors
+
+        return getattr(predictors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

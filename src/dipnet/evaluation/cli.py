@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .suite import PARTS, SUITES
+from .settings import ATTACK_NAMES, PARTS, SUITES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="attacks, corruptions, OOD, calibration and smoothness of trained runs",
         description="Evaluate trained runs (folders written by `dipnet train`): clean accuracy, "
-                    "FGSM / PGD (L-inf, L2; EOT for sampled predictions), common corruptions, "
+                    "FGSM / PGD (L-inf, L2; EOT for sampled predictions; APGD-CE, APGD-DLR "
+                    "and Square from ART in the full suite), common corruptions, "
                     "out-of-distribution detection, calibration and the smoothness measures of "
                     "the DIPNet theory, for the deterministic and the sampled prediction. Writes "
                     "evaluation.json into each run folder (or --out) and prints a summary.")
@@ -74,8 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         " for quick)")
     p.add_argument("--l2-eps", type=_floats, default=None, metavar="E1,E2,...",
                    help=f"L2 epsilons (default {','.join(map(str, q.l2_eps))} for quick)")
-    p.add_argument("--attacks", type=_names(("fgsm", "pgd")), default=None, metavar="A,B",
-                   help="attacks to run: fgsm, pgd (default both)")
+    p.add_argument("--attacks", type=_names(ATTACK_NAMES), default=None, metavar="A,B",
+                   help="attacks to run: fgsm, pgd and the AutoAttack-style apgd-ce, apgd-dlr, "
+                        "square (from ART, on --set strong_points points at --set "
+                        "strong_linf_eps / strong_l2_eps) (default fgsm,pgd for quick, all for "
+                        "full)")
     p.add_argument("--parts", type=_names(PARTS), default=None, metavar="P,Q",
                    help=f"parts of the suite to run: {', '.join(PARTS)} (default all)")
     p.add_argument("--attack-points", type=_positive, default=None, metavar="N",

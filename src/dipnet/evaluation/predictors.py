@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -22,17 +22,45 @@ import torch.nn.functional as F
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-# Rows per forward pass when k trajectories are stacked, by device type. Measured with
-# benchmarks/bench_evaluation.py (1 CPU thread): one pass over k * B rows is slower than k
-# passes over B rows once the activations leave the CPU caches (0.7x for an MLP 784-256-256,
-# about 0.5x for a ResNet-8 at k * B = 4,000 rows), so a CPU stacks copies only for small
-# batches; a GPU runs the k copies in one pass (fewer, fuller kernel launches).
-DEFAULT_ROWS = {"cpu": 512, "cuda": 65536}
+# How many rows one stacked forward pass may hold. Measured with benchmarks/bench_evaluation.py
+# and by hand (1 CPU thread): on a CPU one pass over k * B rows is slower than k passes over B
+# rows once the activations leave the caches (0.7x for an MLP 784-256-256 and 0.5x for a
+# ResNet-8 at k * B = 4,000 rows; the best pass holds about a million elements in its largest
+# activation: 1,000 rows of the MLP, one batch of 100-200 images of the ResNet, 4,000 rows of
+# a 64-256-256 MLP). So on a CPU a pass holds up to CPU_ELEMENTS in the largest activation
+# per row found by `activation_size`; a GPU runs up to GPU_ROWS rows in one pass.
+CPU_ELEMENTS = 1_000_000
+GPU_ROWS = 65536
 
 
-def default_rows(device: torch.device | str) -> int:
-    """The default row budget of one stacked forward pass on ``device`` (see DEFAULT_ROWS)."""
-    return DEFAULT_ROWS.get(torch.device(device).type, DEFAULT_ROWS["cuda"])
+def default_rows(device: torch.device | str, row_elements: int = 1) -> int:
+    """The default row budget of one stacked forward pass on ``device``, for a model whose
+    largest activation holds ``row_elements`` elements per row (see CPU_ELEMENTS)."""
+    if torch.device(device).type == "cpu":
+        return max(1, CPU_ELEMENTS // max(1, int(row_elements)))
+    return GPU_ROWS
+
+
+def activation_size(fn: LogitsFn, x: torch.Tensor) -> int:
+    """Elements per row of the largest tensor ``fn`` saves for backward on inputs like ``x``.
+
+    One forward pass on 7 copies of ``x[0]`` with the global RNG forked (the caller's noise
+    stream is untouched) and gradients on; the input's own size if ``fn`` saves nothing.
+    """
+    rows = 7  # a batch size no layer width is likely to equal
+    probe = x[:1].detach().expand(rows, *x.shape[1:]).clone().requires_grad_(True)
+    largest = [x[0].numel()]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() > 0 and t.shape[0] == rows:
+            largest[0] = max(largest[0], t[0].numel())
+        return t
+
+    devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(probe)
+    return largest[0]
 
 
 @dataclass
@@ -49,7 +77,8 @@ class Predictor:
         chunk: at most this many rows per forward pass when stacking trajectories (the memory
             budget: k copies of a batch of B rows run in passes of max(1, chunk // B) copies;
             the suite sets it from ``SuiteSettings.mc_max_rows``). None: `default_rows` for
-            the input's device (512 on a CPU, 65,536 on a GPU).
+            the input's device and the model's activation size (measured once per input
+            shape by `activation_size`).
     """
 
     name: str
@@ -57,6 +86,7 @@ class Predictor:
     stochastic: bool = False
     k: int = 1
     chunk: int | None = None
+    _row_elements: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -79,8 +109,7 @@ class Predictor:
             return self.logits_fn(x).unsqueeze(0)
         n = self.k if n is None else n
         b = x.shape[0]
-        rows = self.chunk if self.chunk is not None else default_rows(x.device)
-        per_pass = max(1, rows // max(b, 1))
+        per_pass = max(1, self.rows_per_pass(x) // max(b, 1))
         outs = []
         done = 0
         while done < n:
@@ -90,6 +119,17 @@ class Predictor:
             outs.append(out.reshape(m, b, *out.shape[1:]))
             done += m
         return torch.cat(outs, 0)
+
+    def rows_per_pass(self, x: torch.Tensor) -> int:
+        """The row budget of one stacked pass for inputs like ``x`` (see ``chunk``)."""
+        if self.chunk is not None:
+            return self.chunk
+        if x.device.type != "cpu":
+            return default_rows(x.device)
+        key = tuple(x.shape[1:])
+        if key not in self._row_elements:
+            self._row_elements[key] = activation_size(self.logits_fn, x)
+        return default_rows(x.device, self._row_elements[key])
 
     def log_probs(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Log predictive probabilities, shape (B, C): log of the mean softmax over trajectories."""

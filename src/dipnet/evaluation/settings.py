@@ -1,0 +1,133 @@
+"""The evaluation suite's settings: parts, attacks, the quick and full suites (no torch).
+
+Kept apart from `dipnet.evaluation.suite` so that building the command line's parser
+(`dipnet.evaluation.cli`) imports neither torch nor any measuring code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+
+PARTS = ("clean", "calibration", "attacks", "corruptions", "ood", "smoothness")
+STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # dipnet.evaluation.strong_attacks (ART)
+ATTACK_NAMES = ("fgsm", "pgd") + STRONG_ATTACKS
+
+
+@dataclass
+class SuiteSettings:
+    """Sizes and budgets of one evaluation suite (see docs/evaluation.md for the reasoning).
+
+    Attacks: ``linf_eps`` / ``l2_eps`` on [0, 1] inputs (0 is the clean check); FGSM at every
+    L-inf epsilon (and L2 if ``fgsm_l2``), PGD at every epsilon of both norms with ``pgd_steps``
+    steps (step 2.5 eps / steps), ``restarts`` random starts and ``pgd_losses``; sampled
+    predictions with EOT over ``eot_samples`` trajectories per step (None = k).
+    """
+
+    clean_points: int | None = None  # None = the whole test set (clean and calibration)
+    attack_points: int = 300
+    linf_eps: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
+    l2_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    fgsm_l2: bool = False
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    pgd_steps: int = 20
+    # AutoAttack-style attacks from ART (dipnet.evaluation.strong_attacks), run when named in
+    # ``attacks``: on the first ``strong_points`` attacked points, at their own epsilons.
+    strong_linf_eps: tuple[float, ...] = (0.0, 0.05, 0.1)
+    strong_l2_eps: tuple[float, ...] = (0.0, 1.0)
+    strong_points: int = 500
+    apgd_steps: int = 100
+    square_queries: int = 1000
+    # Monte Carlo predictions stack k copies of a batch on the batch axis; at most this many
+    # rows go through the model in one pass (the memory budget; lower it for large models).
+    # None: 512 on a CPU (where bigger passes are slower, see predictors.DEFAULT_ROWS),
+    # 65,536 on a GPU.
+    mc_max_rows: int | None = None
+    restarts: int = 1
+    pgd_losses: tuple[str, ...] = ("ce",)
+    eot_samples: int | None = 8
+    corruption_points: int = 200
+    corruptions: tuple[str, ...] | None = None  # None = the quick or full list for the input
+    severities: tuple[int, ...] = (1, 2)
+    ood_points: int | None = 2000
+    smoothness_points: int = 100
+    lipschitz_random: int = 4
+    lipschitz_steps: int = 10
+    hessian_iters: int = 10
+    weight_points: int = 256
+    trace_probes: int = 8
+    power_iters: int = 8
+    subset_seed: int = 0
+    batch_size: int = 500
+    quick_corruptions: bool = True
+    parts: tuple[str, ...] = PARTS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+SUITES: dict[str, SuiteSettings] = {
+    "quick": SuiteSettings(),
+    "full": SuiteSettings(
+        attack_points=2000, linf_eps=(0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+        l2_eps=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0), fgsm_l2=True, pgd_steps=50, restarts=2,
+        attacks=("fgsm", "pgd") + STRONG_ATTACKS,
+        pgd_losses=("ce", "margin"), eot_samples=None, corruption_points=2000,
+        severities=(1, 2, 3), ood_points=None, smoothness_points=500, lipschitz_random=16,
+        lipschitz_steps=20, hessian_iters=30, weight_points=1024, trace_probes=30,
+        power_iters=20, quick_corruptions=False),
+}
+
+
+def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
+    """The named suite's settings with ``overrides`` applied (None values are ignored).
+
+    Raises:
+        UserError: unknown suite or unknown override name.
+    """
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}.")
+    fields = {f.name for f in dataclasses.fields(SuiteSettings)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise UserError(f"unknown suite setting(s) {bad}; known: {sorted(fields)}.")
+    base = SUITES[suite]
+    for key, value in overrides.items():
+        ref = getattr(base, key)
+        ref = ref if ref is not None else getattr(SUITES["full" if suite == "quick" else "quick"], key)
+        if value is None or ref is None:
+            continue
+        if isinstance(ref, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(ref, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(ref, tuple):
+            ok = isinstance(value, (tuple, list))
+        else:
+            ok = isinstance(value, type(ref))
+        if not ok and not (key in ("clean_points", "ood_points", "eot_samples", "mc_max_rows")
+                           and isinstance(value, int)):
+            raise UserError(f"suite setting {key}={value!r} is invalid: expected a value like {ref!r}.")
+    for key, allowed in (("parts", PARTS), ("attacks", ATTACK_NAMES), ("pgd_losses", ("ce", "margin"))):
+        value = overrides.get(key)
+        if value is not None and (not value or set(value) - set(allowed)):
+            raise UserError(f"{key}={list(value)} is invalid: choose from {', '.join(allowed)}.")
+    for key in ("linf_eps", "l2_eps", "strong_linf_eps", "strong_l2_eps"):
+        value = overrides.get(key)
+        if value is not None and any(not math.isfinite(float(e)) or float(e) < 0 for e in value):
+            raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")
+    for key in ("clean_points", "ood_points", "attack_points", "corruption_points", "smoothness_points", "weight_points",
+                "pgd_steps", "restarts", "eot_samples", "batch_size", "strong_points", "apgd_steps",
+                "square_queries", "mc_max_rows"):
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{key}={value!r} is invalid: expected an integer >= 1.")
+    sev = overrides.get("severities")
+    if sev is not None and (not sev or any(v not in (1, 2, 3, 4, 5) for v in sev)):
+        raise UserError(f"severities={list(sev)} is invalid: choose from 1..5.")
+    return dataclasses.replace(SUITES[suite], **{k: v for k, v in overrides.items() if v is not None})
