@@ -1,4 +1,20 @@
-"""`dipnet train`: one training run from flags and/or a YAML config (flags win)."""
+"""`dipnet train`: one training run from flags, ``--set`` overrides and/or a YAML config.
+
+The options are defined in `dipnet.commands.train` (no heavy imports); this module runs the
+command. Precedence: ``--config`` file < flags < ``--set`` items. What the ``--set`` keys of
+``train`` mean (docs/cli.md):
+
+    KEY=V            a run field (``lr``, ``epochs``, ``normalize``, ``report_to``...)
+    run.KEY=V        the same, spelled with its scope
+    method.KEY=V     a parameter of the run's method (``method.sigma=0.5``)
+    METHOD.KEY=V     the same, naming the method; an error if it is not the run's method
+    dip.KEY=V        a DIPConfig field (methods built on DIPConfig only)
+    model.KEY=V      a keyword argument of the model factory (``model.hidden=[512,512]``)
+
+Settings that do not apply to the run (``dip.*`` with ``--method standard``, a method
+parameter the method lacks, a model parameter the model lacks) are errors, raised by the run's
+plan before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -7,114 +23,20 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import trust
+from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
 from ..errors import UserError
-from .config import PERTURBATION_MODES, PERTURBATIONS, RunConfig
-
-
-def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
-    """``["a=1", "b=[2, 3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML).
-
-    Raises:
-        UserError: an item without ``=``, or a value that is not YAML.
-    """
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{option} {item!r} must look like key=value (e.g. {option} "
-                            "sigma=0.5).")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"{option} {item!r}: the value is not a number, string, list or "
-                            "mapping in YAML syntax.") from None
-    return out
+from .config import RunConfig
+from .data import require_dataset_code_allowed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
-    from .data import list_datasets
-    from .methods import list_methods
-    from .models import list_models
+    """Add the ``train`` subcommand (defined in `dipnet.commands.train`)."""
+    from ..commands import train
 
-    p = subparsers.add_parser(
-        "train", help="train one model with one method on one data set",
-        description="Train one run and write config.yaml, metrics.json, train.log, checkpoints "
-                    "and model.safetensors into --out. Every setting is checked, the data "
-                    "loaded and the model built before anything in --out changes; the folder is "
-                    "then locked against other dipnet processes. An interrupted run resumes "
-                    "from its last checkpoint; a finished one is reused only if its settings "
-                    "are the same (otherwise refused, naming the differences) unless "
-                    "--overwrite. Flags override the values of --config. Under `torchrun "
-                    "--nproc_per_node=N -m dipnet train ...` it trains data-parallel (DDP).")
-    p.add_argument("--config", metavar="FILE", help="YAML run config (e.g. a run's config.yaml); "
-                   "flags given on the command line override its values")
-    p.add_argument("--dataset", help=f"data set: {', '.join(list_datasets())} (default digits)")
-    p.add_argument("--model", help=f"model: {', '.join(list_models())}, or "
-                   "package.module:factory (default mlp)")
-    p.add_argument("--method", help=f"training method: {', '.join(list_methods())} "
-                   "(default standard)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
-    p.add_argument("--seed", type=int, help="seed of initialisation, batch order and noise "
-                   "(default 0)")
-    p.add_argument("--out", metavar="DIR", help="results folder (default runs/<run name>, "
-                   "e.g. runs/digits-mlp-dipnet-none-s0)")
-    p.add_argument("--batch-size", type=int, help="global mini-batch size (default 128)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
-                   help="optimizer (default adam)")
-    p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
-                   help="learning-rate schedule over epochs (default cosine)")
-    p.add_argument("--train-perturbation", choices=PERTURBATIONS,
-                   help="perturb the training inputs as in the paper's Table 1: none, gaussian "
-                        "(sigma 0.2) or fgsm (epsilon 0.2); per batch or once, see "
-                        "--perturbation-mode (default none)")
-    p.add_argument("--perturbation-strength", type=float, metavar="S",
-                   help="sigma / epsilon of --train-perturbation (default the paper's 0.2)")
-    p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
-                   help="fresh: perturb every mini-batch anew (default); fixed: perturb the "
-                        "training set once before training (Gaussian seeded by the seed; FGSM "
-                        "against a clean standard reference model trained first and cached in "
-                        "OUT/../_reference/)")
-    p.add_argument("--max-train", type=int, metavar="N",
-                   help="use only N training examples (for small CPU budgets)")
-    p.add_argument("--val-fraction", type=float, help="fraction of the training split held out "
-                   "for validation (default 0.1)")
-    p.add_argument("--max-val", type=int, metavar="N", help="evaluate validation on at most N "
-                   "held-out examples (default all)")
-    p.add_argument("--mc-samples", type=int, metavar="K", help="trajectories averaged by Monte "
-                   "Carlo predictions (default 8)")
-    p.add_argument("--no-eval-mc", dest="eval_mc", action="store_const", const=False,
-                   help="skip the extra Monte Carlo test accuracy of methods that predict "
-                        "deterministically (dipnet, dropout); saves mc_samples test passes")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files "
-                   "(default: data/, $DIPNET_DATA and the system locations; see "
-                   "docs/experiments.md)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="method parameter, repeatable (e.g. --param sigma=0.5, --param rho=0.1)")
-    p.add_argument("--dip", action="append", metavar="KEY=VALUE",
-                   help="DIPConfig field for --method dipnet, repeatable (e.g. --dip "
-                        "placement=input --dip gamma=0.05 --dip m=2)")
-    p.add_argument("--model-param", action="append", metavar="KEY=VALUE",
-                   help="model parameter, repeatable (e.g. --model-param 'hidden=[512, 512]', "
-                        "--model-param depth=20)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: "
-                   "torch's choice)")
-    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard a finished or partial run in --out and train again (only "
-                        "once the new run's data and model are ready)")
-    p.add_argument("--allow-code", action="store_true",
-                   help="allow a --config file to name user code as its model "
-                        "(package.module:factory); without it such a file is refused")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=run_train_command)
+    train.register(subparsers)
 
 
 # CLI flag -> RunConfig field, for the plain ones.
@@ -127,29 +49,71 @@ _FLAG_FIELDS = {
     "max_train": "max_train", "max_val": "max_val",
     "val_fraction": "val_fraction",
     "mc_samples": "mc_samples", "eval_mc": "eval_mc", "data_dir": "data_dir",
-    "threads": "num_threads",
-    "device": "device",
+    "threads": "num_threads", "device": "device", "report_to": "report_to",
 }
+#: RunConfig fields holding mappings: a dotted key below them sets one entry.
+_MAPPING_FIELDS = ("method_params", "dip", "model_params", "normalize")
+_SCOPES = ("KEY (a run field)", "run.KEY", "method.KEY", "METHOD.KEY", "dip.KEY", "model.KEY")
+
+
+def apply_run_overrides(data: dict[str, Any], overrides: Iterable[Override],
+                        command: str = "dipnet train") -> dict[str, Any]:
+    """Apply ``--set`` items to a RunConfig dict (in place; also returned).
+
+    Raises:
+        UserError: a key the run does not have, ``eval.*`` (train does not evaluate), or a
+            ``METHOD.KEY`` naming another method than the run's.
+    """
+    from .methods import list_methods
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    later: list[Override] = []
+    for ov in overrides:
+        head, rest = ov.head, ov.rest
+        if not rest and head in fields:
+            data[head] = ov.value
+        elif head == "run" and rest:
+            if rest[0] not in fields:
+                raise UserError(f"{ov.describe()}: a run has no field {rest[0]!r}; its fields "
+                                f"are {', '.join(sorted(fields))}")
+            set_nested(data, rest, ov.value)
+        elif rest and head in ("method", "model", *_MAPPING_FIELDS):
+            key = f"{head}_params" if head in ("method", "model") else head
+            if not isinstance(data.get(key), dict):
+                data[key] = {}
+            set_nested(data[key], rest, ov.value)
+        elif head == "eval":
+            raise UserError(f"{ov.describe()}: evaluation settings apply to dipnet compare "
+                            "(with --evaluate) and dipnet evaluate, not to train")
+        elif rest and head in list_methods():
+            later.append(ov)  # once the run's method is known
+        else:
+            raise unknown_scope(ov, command, _SCOPES)
+    method = data.get("method", RunConfig.method)
+    for ov in later:
+        if ov.head != method:
+            raise UserError(f"{ov.describe()} sets a parameter of method {ov.head!r}, but this "
+                            f"run's method is {method!r}: write --set method.{'.'.join(ov.rest)}"
+                            f"=... for {method}, or choose --method {ov.head}")
+        params = data.get("method_params") or {}
+        set_nested(params, ov.rest, ov.value)
+        data["method_params"] = params
+    return data
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of ``--config`` (if any) with every given flag applied on top.
+    """The RunConfig of ``--config`` (if any), every given flag on top, then ``--set``.
 
     Raises:
-        UserError: a bad config file, flag value or key=value item.
+        UserError: a bad config file, flag value or ``--set`` item.
     """
     data: dict[str, Any] = RunConfig.load(args.config).to_dict() if args.config else {}
     for flag, name in _FLAG_FIELDS.items():
         value = getattr(args, flag, None)
         if value is not None:
             data[name] = value
-    for flag, name in (("param", "method_params"), ("dip", "dip"),
-                       ("model_param", "model_params")):
-        extra = parse_key_values(getattr(args, flag, None), "--" + flag.replace("_", "-"))
-        if extra:
-            data[name] = {**(data.get(name) or {}), **extra}
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig.from_dict({k: v for k, v in data.items() if k in known})
+    apply_run_overrides(data, parse_overrides(args))
+    return RunConfig.from_dict(data)
 
 
 def describe_metrics(metrics: dict[str, Any]) -> str:
@@ -174,8 +138,9 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if args.config:
-        # a model named only by a file is not the user's say (a --model flag or --allow-code is)
+        # code named only by a file is not the user's say (a flag or --allow-code is)
         trust.require_code_allowed(cfg.model, f"config file {args.config}")
+        require_dataset_code_allowed(cfg.dataset, f"config file {args.config}")
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
     info = DistInfo()
     plan = plan_run(cfg, out, overwrite=args.overwrite, local_rank=info.local_rank)

@@ -19,6 +19,8 @@ PERTURBATION_MODES: tuple[str, ...] = ("fresh", "fixed")
 # Paper Table 1: Gaussian noise sigma 0.2 and FGSM epsilon 0.2, both on [0, 1] pixels.
 DEFAULT_PERTURBATION_STRENGTH = 0.2
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+#: Experiment trackers (Hugging Face's ``report_to`` names); see `dipnet.experiments.tracking`.
+REPORT_TO: tuple[str, ...] = ("tensorboard", "mlflow")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
@@ -27,7 +29,8 @@ class RunConfig:
     """Everything that decides the outcome of one run (and a few knobs that do not).
 
     Data:
-        dataset: a registered data set (``dipnet.experiments.data.list_datasets()``).
+        dataset: a registered data set (``dipnet.experiments.data.list_datasets()``), or the
+            user's own: a ``.npz`` file or ``package.module:factory`` (docs/cli.md).
         data_dir: where the data set's files are; None searches the default places.
         val_fraction: fraction of the training split held out for validation, in [0, 1).
         split_seed: seed of the train/validation split (and of the ``max_train`` subset);
@@ -38,6 +41,10 @@ class RunConfig:
     Model:
         model: a registered model (``list_models()``) or ``"package.module:factory"``.
         model_params: keyword arguments for the model factory (e.g. ``{"hidden": [128]}``).
+        normalize: ``{"mean": ..., "std": ...}`` (a number, one per channel, or the input's
+            shape): the model gets ``(x - mean) / std`` as its first layer, so data, attacks
+            and corruptions stay in [0, 1] pixel units. None: the data's own (a .npz file's
+            mean / std arrays), else none.
     Method:
         method: a registered method (``list_methods()``): standard, dipnet, sam, rs, ...
         method_params: the method's parameters (its defaults come from its paper).
@@ -68,6 +75,9 @@ class RunConfig:
     Runtime (do not change results on one machine):
         device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         num_threads: torch CPU threads; None leaves torch's default.
+        report_to: experiment trackers that get the per-epoch metrics: a list of
+            ``tensorboard`` / ``mlflow`` (also given as ``"tensorboard,mlflow"``, ``"all"`` or
+            ``"none"``); see `dipnet.experiments.tracking`.
         reference_cache: the folder caching the clean reference models of fixed-mode FGSM;
             None = ``<out>/../_reference`` (shared by the runs of one sweep). Set it to share
             references between runs kept in different parent folders.
@@ -104,9 +114,11 @@ class RunConfig:
     num_threads: int | None = None
     device: str = "auto"
     reference_cache: str | None = None
+    normalize: dict[str, Any] | None = None
+    report_to: list[str] = field(default_factory=list)
 
     # Fields that do not change a run's numbers: a resumed run may differ in them.
-    RUNTIME_FIELDS = ("data_dir", "num_threads", "device", "reference_cache")
+    RUNTIME_FIELDS = ("data_dir", "num_threads", "device", "reference_cache", "report_to")
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> UserError:
@@ -164,6 +176,9 @@ class RunConfig:
         for name in ("data_dir", "reference_cache"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
+        self.report_to = _report_to(self.report_to)
+        if self.normalize is not None:
+            _check_normalize(self.normalize)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -176,18 +191,21 @@ class RunConfig:
     def run_name(self) -> str:
         """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``, with
         ``-fixed`` after the perturbation in fixed mode (fresh names stay as they were)."""
+        from .data import dataset_label
+
         model = self.model.replace(":", "_").replace("/", "_").replace(".", "_")
         pert = self.train_perturbation
         if self.perturbation_mode == "fixed" and pert != "none":
             pert += "-fixed"
-        return f"{self.dataset}-{model}-{self.method}-{pert}-s{self.seed}"
+        dataset = dataset_label(self.dataset).replace("/", "_")
+        return f"{dataset}-{model}-{self.method}-{pert}-s{self.seed}"
 
     def inapplicable(self) -> list[str]:
         """Settings given that this run would silently ignore (each as a phrase naming the
         field, its option and where it applies); empty when everything given applies."""
         out = []
         if self.dip and not takes_dip_settings(self.method):
-            out.append(f"'dip' {self.dip} (--dip, or dip.* in a sweep) applies only to methods "
+            out.append(f"'dip' {self.dip} (--set dip.KEY, or --dip) applies only to methods "
                        f"{', '.join(dip_methods())}, not {self.method!r}: remove it or use "
                        "--method dipnet")
         if self.train_perturbation == "none":
@@ -290,6 +308,43 @@ def dip_methods() -> list[str]:
     from .methods import list_methods
 
     return [m for m in list_methods() if takes_dip_settings(m)]
+
+
+def _report_to(value: Any) -> list[str]:
+    """``"tensorboard,mlflow"`` / ``"all"`` / ``"none"`` / a list -> a list of tracker names."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise UserError(f"config field 'report_to'={value!r} is invalid: expected "
+                        f"{', '.join(REPORT_TO)}, all or none (a list or comma-separated).")
+    names: list[str] = []
+    for item in (v.strip() for v in items):
+        if item in ("", "none"):
+            continue
+        for name in (REPORT_TO if item == "all" else (item,)):
+            if name not in REPORT_TO:
+                raise UserError(f"config field 'report_to' names {name!r}: choose from "
+                                f"{', '.join(REPORT_TO)}, all or none (--report-to).")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _check_normalize(value: Any) -> None:
+    # The shape is checked against the input when the model is built (the input is unknown
+    # here); the form and the values are checked now.
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise UserError(f"config field 'normalize'={value!r} is invalid: expected a mapping "
+                        "{mean: ..., std: ...} (numbers, or one per channel).")
+    for key in ("mean", "std"):
+        flat = value[key] if isinstance(value[key], list) else [value[key]]
+        while flat and isinstance(flat[0], list):
+            flat = [v for row in flat for v in (row if isinstance(row, list) else [row])]
+        if not flat or not all(_is_num(v) for v in flat) or (
+                key == "std" and not all(v > 0 for v in flat)):
+            raise UserError(f"config field 'normalize' {key}={value[key]!r} is invalid: expected "
+                            "finite numbers" + (" > 0" if key == "std" else "") + ".")
 
 
 def _plain(value: Any) -> Any:

