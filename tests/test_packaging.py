@@ -40,6 +40,7 @@ FEATURE_EXTRAS = {
     "hf_experiments/text.py": ["text"],
     "hf_experiments/math.py": ["math"],
     "hf_experiments/tokenizers.py": ["math"],
+    "experiments/tracking.py": ["track"],
 }
 HEAVY = ("transformers", "scipy", "yaml", "tqdm", "sklearn", "matplotlib", "numpy", "peft",
          "pandas")
@@ -314,10 +315,6 @@ def PYPROJECT_VERSION() -> str:  # noqa: N802 (reads like the constant it stands
     return VERSION
 
 
-# Both need src/dipnet/cli.py changes owned elsewhere (issue 11, "One CLI grammar"); strict, so
-# that the mark must come off the moment the CLI is fixed.
-@pytest.mark.xfail(strict=True, reason="issue 11: `dipnet --help` imports yaml (the sweep CLI) "
-                   "at parser build time; remove this mark once cli.py loads subcommands lazily")
 def test_the_core_only_command_line_answers_help(core_env: Path) -> None:
     run = subprocess.run([str(core_env / "bin" / "dipnet"), "--help"], capture_output=True,
                          text=True, timeout=120)
@@ -325,9 +322,22 @@ def test_the_core_only_command_line_answers_help(core_env: Path) -> None:
     assert "train" in run.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: cli.py has no --version yet (add "
-                   "`parser.add_argument('--version', action='version', version=...)`)")
 def test_the_command_line_reports_the_package_version(core_env: Path) -> None:
     run = subprocess.run([str(core_env / "bin" / "dipnet"), "--version"], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and PYPROJECT_VERSION() in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["train"], "experiments"), (["compare", "--dataset", "digits", "--methods", "standard"],
+                                 "experiments"),
+    (["report", "x"], "experiments"), (["demo"], "experiments"), (["evaluate", "x"], "eval"),
+    (["text-classify"], "text"), (["math"], "math"),
+])
+def test_the_core_only_command_line_names_the_extra_a_command_needs(core_env: Path, argv,
+                                                                    extra) -> None:
+    run = subprocess.run([str(core_env / "bin" / "dipnet"), *argv], capture_output=True,
+                         text=True, timeout=120, cwd=core_env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert f"pip install 'dipnet[{extra}]'" in lines[0]
