@@ -132,3 +132,66 @@ def test_eot_attacks_sampled_prediction():
         fgsm(det, x, y, 0.1, norm="l1")
     with pytest.raises(ValueError, match="eps"):
         pgd(det, x, y, -1.0)
+
+
+def _reference_pgd_correct(pred, x, y, eps, norm, steps, gen, restarts=1):
+    """The PGD of the first release, kept as the reference: the whole batch at every step, a
+    separate forward pass to check every iterate, no pruning of broken points."""
+    from dipnet.evaluation.attacks import _clip, _correct, _grad, _project, _random_start, _step
+
+    alpha = 2.5 * eps / steps
+    broken = ~_correct(pred, x, y)
+    best = x.clone()
+    for _ in range(restarts):
+        delta = _clip(x + _random_start(x, norm, eps, gen), (0.0, 1.0)) - x
+        for _ in range(steps):
+            g = _grad(pred, x + delta, y, None)
+            delta = _project(delta + _step(g, norm, alpha), norm, eps)
+            delta = _clip(x + delta, (0.0, 1.0)) - x
+            adv = x + delta
+            newly = ~broken & ~_correct(pred, adv, y)
+            best[newly] = adv[newly]
+            broken |= newly
+        best[~broken] = (x + delta)[~broken]
+    return _correct(pred, best, y)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_pruned_pgd_is_the_reference_pgd_exactly(norm, eps, restarts):
+    # The speed-ups (a broken point leaves the batch, the check reuses the next step's forward
+    # pass, cumulative curves attack only the survivors) must not change a single result.
+    (pred,) = model_predictors(standard_mlp())
+    _, _, x, y = digits_split()
+    ref = _reference_pgd_correct(pred, x, y, eps, norm, 10, torch.Generator().manual_seed(0), restarts)
+    got = run_attack(pred, x, y, "pgd", norm, eps, steps=10, restarts=restarts,
+                     generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, ref)
+    assert 0.1 < got.float().mean().item() < 0.9  # the attack breaks some points, not all
+    # Cumulative curve: the points still standing at the smaller eps, attacked at the larger,
+    # give what attacking everyone and intersecting gives.
+    curve = robust_accuracy_curve(pred, x, y, "pgd", norm, [eps / 2, eps], steps=10,
+                                  restarts=restarts, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    small = _reference_pgd_correct(pred, x, y, eps / 2, norm, 10, gen, restarts)
+    large = _reference_pgd_correct(pred, x, y, eps, norm, 10, gen, restarts)
+    assert curve[0]["accuracy"] == small.float().mean().item()
+    assert curve[1]["accuracy"] == (small & large).float().mean().item()
+
+
+def test_fgsm_gradient_shared_over_eps_and_eps0_from_the_clean_pass():
+    (pred,) = model_predictors(standard_mlp())
+    _, _, x, y = digits_split()
+    eps = [0.0, 0.05, 0.1]
+    curve = robust_accuracy_curve(pred, x, y, "fgsm", "linf", eps)
+    still = torch.ones(len(y), dtype=torch.bool)
+    for row, e in zip(curve, eps):
+        one = run_attack(pred, x, y, "fgsm", "linf", e)  # fgsm() at this eps alone
+        still &= one
+        assert row["accuracy"] == still.float().mean().item()
+    # With the suite's clean log-probabilities the eps = 0 row is their accuracy, no new pass.
+    lp = torch.full((len(y), 10), -10.0).scatter(1, y[:, None], 0.0)  # "all correct"
+    calls = []
+    counted = deterministic_predictor(lambda t: calls.append(len(t)) or pred.logits_fn(t))
+    row0 = robust_accuracy_curve(counted, x, y, "pgd", "linf", [0.0], clean_log_probs=lp)[0]
+    assert row0["accuracy"] == 1.0 and calls == []

@@ -100,3 +100,62 @@ def test_corruption_accuracy_of_trained_mlp():
     mean = [r for r in rows if r["corruption"] == "mean"]
     assert len(mean) == 1 and mean[0]["accuracy"] == pytest.approx(
         sum(acc.values()) / 4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_corruptions_are_the_package_image_by_image(channels):
+    # The vectorised corruptions must give exactly what the package gives one image at a time
+    # after the same numpy seed (the code path of the first release).
+    import numpy as np
+    from imagecorruptions import corrupt as package_corrupt
+
+    from dipnet.evaluation.corruptions import VECTORISED, _corrupt_batch
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    if channels == 1:
+        imgs = np.repeat(imgs[..., :1], 3, axis=3)
+    for name in VECTORISED:
+        for sev in (1, 3, 5):
+            np.random.seed(11)
+            ref = np.stack([np.asarray(package_corrupt(im, severity=sev, corruption_name=name),
+                                       dtype=np.float32) for im in imgs])
+            np.random.seed(11)
+            got = _corrupt_batch(imgs, name, sev)
+            assert np.array_equal(ref, got), (name, sev)
+
+
+def test_grey_brightness_shortcut_on_every_grey_value():
+    import numpy as np
+    from imagecorruptions import corrupt as package_corrupt
+
+    from dipnet.evaluation.corruptions import _corrupt_batch
+
+    grey = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), 3, axis=3)
+    grey = np.pad(grey, ((0, 0), (8, 8), (8, 8), (0, 0)), mode="edge")  # 32 x 32
+    for sev in range(1, 6):
+        ref = np.asarray(package_corrupt(grey[0], severity=sev, corruption_name="brightness"),
+                         dtype=np.float32)
+        assert np.array_equal(_corrupt_batch(grey, "brightness", sev)[0], ref), sev
+
+
+def test_corrupted_copies_are_cached_per_process(monkeypatch):
+    from dipnet.evaluation import corruptions as mod
+
+    calls = []
+    real = mod.corrupt_images
+    monkeypatch.setattr(mod, "corrupt_images", lambda *a: calls.append(a[1]) or real(*a))
+    mod._CACHE.clear()
+    x = _images28(6)
+    first = corrupt(x, "fog", 1, seed=3)
+    again = corrupt(x, "fog", 1, seed=3)
+    assert torch.equal(first, again) and calls == ["fog"]  # made once
+    again.zero_()  # a hit is a fresh tensor: the cached copy is not shared
+    assert torch.equal(corrupt(x, "fog", 1, seed=3), first) and calls == ["fog"]
+    other = corrupt(x, "fog", 1, seed=4)  # another seed, severity or input is another entry
+    corrupt(x + 0.01, "fog", 1, seed=3)
+    assert not torch.equal(other, first) and calls == ["fog", "fog", "fog"]
+    monkeypatch.setattr(mod, "CACHE_BYTES", 0)  # nothing fits: nothing is kept
+    mod._CACHE.clear()
+    corrupt(x, "fog", 1, seed=3)
+    assert len(mod._CACHE) == 0
