@@ -92,17 +92,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="corruption severities 1..5 (default 1,2 for quick, 1,2,3 for full)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="settings",
                    help="any other suite setting (repeatable), e.g. --set clean_points=2000 "
-                        "--set pgd_losses=[ce,margin] --set restarts=3 (YAML values; names in "
-                        "docs/evaluation.md and dipnet.evaluation.suite.SuiteSettings)")
+                        "--set pgd_losses=[ce,margin] --set eval.restarts=3 (YAML values; "
+                        "KEY or eval.KEY as in compare; names in docs/evaluation.md and "
+                        "dipnet.evaluation.settings.SuiteSettings; grammar in docs/cli.md)")
+    p.add_argument("--shift-set", action="append", default=None, metavar="NAME_OR_PATH",
+                   help="an extra test distribution, repeatable: a data set name or a .npz "
+                        "(x_test, y_test; or x, y) with the run's input shape and classes; "
+                        "accuracy, NLL and ECE per prediction under 'shift' in evaluation.json, "
+                        "labelled with the set's name (the file stem)")
+    p.add_argument("--ood-set", action="append", default=None, metavar="NAME_OR_PATH",
+                   help="an extra out-of-distribution partner, repeatable: a data set name or "
+                        "a .npz (x_test or x; labels ignored), beside the run's default "
+                        "partners, labelled with its name (the file stem)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the JSON here instead of RUN_DIR/evaluation.json (one run only)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the data sets' files (default: the run's own)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:N (default cuda if available, else cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
                    help="torch CPU threads (default torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="hide the progress bars (--quiet is the same)")
     p.set_defaults(func=run_evaluate_command)
 
 
@@ -133,6 +144,10 @@ def summary_rows(ev: dict[str, Any]) -> list[list[str]]:
             row(f"{a['attack'].upper()} {a['norm']} eps {a['eps']:g} %",
                 lambda p, key=key: next(b["accuracy"] for b in ev["attacks"] if b["prediction"] == p
                                         and (b["attack"], b["norm"], b["eps"]) == key))
+    for s in ev.get("shift") or []:  # --shift-set
+        if s["prediction"] == preds[0]:
+            row(f"shift set {s['set']} accuracy %", lambda p, n=s["set"]: next(
+                b["accuracy"] for b in ev["shift"] if b["prediction"] == p and b["set"] == n))
     row("corruptions (mean) %", lambda p: next(c["accuracy"] for c in ev["corruptions"]
                                                if c["prediction"] == p and c["corruption"] == "mean"))
     for o in ev.get("ood") or []:
@@ -173,19 +188,10 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
     Raises:
         UserError: an item without ``=``, or a value that is not valid YAML.
     """
-    import yaml
+    # the command line's one --set grammar (docs/cli.md): KEY or eval.KEY
+    from ..commands.overrides import parse_item, suite_settings
 
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r} is not KEY=VALUE; e.g. --set clean_points=2000.")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML.") from None
-        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return out
+    return suite_settings([parse_item("--set", item) for item in items or []], "dipnet evaluate")
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -207,6 +213,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         ev = evaluate_run(run_dir, args.suite, k=args.k, device=args.device,
                           data_dir=args.data_dir, progress=not args.no_progress, out=args.out,
+                          shift_sets=args.shift_set or (), ood_sets=args.ood_set or (),
                           **overrides)
         target = Path(args.out) if args.out else Path(run_dir) / "evaluation.json"
         print(f"\n{ev['dataset']} / {ev['model']} / {ev['method']} (seed {ev['seed']}), "

@@ -362,6 +362,7 @@ def _device(device: str | torch.device | None) -> torch.device:
 def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None = None,
                  device: str | torch.device | None = None, data_dir: str | None = None,
                  progress: bool = True, write: bool = True, out: str | os.PathLike | None = None,
+                 shift_sets: Sequence[str] = (), ood_sets: Sequence[str] = (),
                  **overrides: Any) -> dict[str, Any]:
     """Evaluate a finished run and write ``evaluation.json`` into its folder (atomically).
 
@@ -374,6 +375,9 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
         progress: show progress bars.
         write: write evaluation.json (False only returns the dict).
         out: write to this file instead of ``run_dir/evaluation.json``.
+        shift_sets: extra test distributions (data set names or .npz files): accuracy, NLL
+            and ECE under ``shift`` (`dipnet.evaluation.shift`).
+        ood_sets: extra OOD partners (names or .npz files), beside the run's default ones.
         overrides: `SuiteSettings` fields to change (e.g. ``linf_eps=(0, 0.1)``).
     Returns:
         the evaluation dict, as written.
@@ -384,12 +388,14 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
     # that the caller's RNG stream (a sweep that trains next) is left as it was.
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        return _evaluate_run(run_dir, suite, k, device, data_dir, progress, write, out, overrides)
+        return _evaluate_run(run_dir, suite, k, device, data_dir, progress, write, out, overrides,
+                             shift_sets, ood_sets)
 
 
 def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
                   device: str | torch.device | None, data_dir: str | None, progress: bool,
-                  write: bool, out: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
+                  write: bool, out: str | os.PathLike | None, overrides: dict[str, Any],
+                  shift_sets: Sequence[str] = (), ood_sets: Sequence[str] = ()) -> dict[str, Any]:
     from ..experiments.runs import load_run
 
     settings = get_settings(suite, **overrides)
@@ -407,12 +413,24 @@ def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
     d = run.data
     ood = (ood_sets_for(d.name, d.input_shape, run.config.data_dir, notes)
            if "ood" in settings.parts else {})
+    # --shift-set / --ood-set: the user's own sets, labelled with their names (shift.py)
+    from .shift import load_extra_sets, shift_accuracy
+
+    shift, extra_ood = load_extra_sets(shift_sets, ood_sets, d, data_dir or run.config.data_dir,
+                                       settings.parts)
+    ood.update(extra_ood)
     data = EvalData(d.name, d.test.x.to(dev), d.test.y.to(dev), d.train.x.to(dev), d.train.y.to(dev),
                     {n: v.to(dev) for n, v in ood.items()})
     preds = run_predictors(run, k)
     result = evaluate_predictions(preds, data, settings, params=model_weights(run.model),
                                   progress=progress, notes=notes)
     result["timing"]["load"] = round(load_s, 3)
+    if shift:
+        t_shift = time.perf_counter()
+        result["shift"] = shift_accuracy(preds, {n: (x.to(dev), y.to(dev)) for n, (x, y)
+                                                 in shift.items()}, settings.batch_size,
+                                         settings.subset_seed)
+        result["timing"]["shift"] = round(time.perf_counter() - t_shift, 3)
     cfg = run.config
     header = {
         "schema_version": SCHEMA_VERSION,
