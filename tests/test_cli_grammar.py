@@ -241,3 +241,19 @@ def test_hf_settings_that_do_not_apply_are_errors(command, argv, fragments):
         hf_settings(command, *argv)
     for fragment in fragments:
         assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_every_command_in_docs_cli_md_parses():
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("dipnet "):
+                commands.append(shlex.split(line)[1:])
+    assert len(commands) >= 4
+    for argv in commands:
+        args = parse(*argv)
+        assert callable(args.func), argv

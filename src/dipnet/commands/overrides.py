@@ -86,9 +86,9 @@ def parse_item(option: str, text: str, prefix: str = "") -> Override:
     key, sep, raw = text.partition("=")
     path = tuple((prefix + key.strip()).split("."))
     if not sep or not key.strip() or not all(p.strip() for p in path):
-        raise UserError(f"{option} {text!r} lacks '=' or a key: it must look like key=value "
-                        f"with a dotted key, e.g. --set dip.m=2 or --set "
-                        f"model.hidden=[512,512] (see docs/cli.md)")
+        raise UserError(f"{option} {text!r} lacks '=' or a key: it must look like key=value, "
+                        "i.e. KEY=VALUE with a dotted KEY and a YAML VALUE, e.g. --set dip.m=2 "
+                        "or --set model.hidden=[512,512] (see docs/cli.md)")
     try:
         value = _yaml_load(raw) if raw.strip() else None
     except ValueError:
