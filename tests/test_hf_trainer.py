@@ -237,12 +237,14 @@ def noise_from_content(monkeypatch):
     batch and two micro-batches draw the same noise for each example (m = 2)."""
     m = 2
 
-    def randn_like(x, *args, **kwargs):
+    def perturb(x, std):
         rows = x.reshape(m, x.shape[0] // m, *x.shape[1:])
         j = torch.arange(m, dtype=x.dtype).view(m, *([1] * (x.dim())))
-        return torch.sin(37.0 * rows + 1.3 * (j + 1)).reshape(x.shape) * 1.5
+        eps = torch.sin(37.0 * rows + 1.3 * (j + 1)).reshape(x.shape) * 1.5
+        return torch.addcmul(x, eps, std), None
 
-    monkeypatch.setattr(torch, "randn_like", randn_like)
+    # dipnet.noise.perturb draws every projection's noise (u = x + std * eps).
+    monkeypatch.setattr(dipnet.noise, "perturb", perturb)
     return m
 
 

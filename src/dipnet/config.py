@@ -84,6 +84,10 @@ class DIPConfig:
             Default 1.
         k: sampled trajectories averaged for Monte Carlo prediction, >= 1. Default 8. Ignored by
             the deterministic prediction (the default prediction mode).
+        chunks: run the m trajectories of a `DIPLoss` step in this many passes (1..m) when m
+            copies of a batch do not fit in memory. Each pass holds about m / chunks copies and
+            runs under activation checkpointing: one more forward pass per step, the same loss
+            and gradients (BatchNorm aside: it normalises over the rows of one pass). Default 1.
 
     Raises:
         DIPConfigError: at construction, for any invalid value; the message names the field.
@@ -106,6 +110,7 @@ class DIPConfig:
     stability_on: StabilityOn = "logits"
     m: int = 1
     k: int = 8
+    chunks: int = 1
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -174,10 +179,13 @@ class DIPConfig:
             raise bad("init_scale", "None or a finite number > 0")
         if self.stability_on not in ("logits", "probs"):
             raise bad("stability_on", "'logits' or 'probs'")
-        for name in ("m", "k"):
+        for name in ("m", "k", "chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "an integer >= 1")
+        if self.chunks > self.m:
+            raise bad("chunks", f"an integer from 1 to m={self.m} (passes the m trajectories run "
+                                "in)")
         if self.gamma > 0 and self.m < 2:
             raise DIPConfigError(
                 f"DIPConfig.gamma={self.gamma} needs m >= 2 trajectories (got m={self.m}): the "

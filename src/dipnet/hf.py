@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from . import noise
 from .config import DIPConfig
 from .errors import UserError
 from .inject import (
@@ -173,6 +174,15 @@ class DIPTrainer(Trainer):
             raise UserError("DIPTrainer got a model without DIPNet projections; call "
                             "dipnet.hf.project_model(model, DIPConfig(...)) first.")
         self.dip_config = dip_config or get_config(model) or DIPConfig(placement="blocks")
+        if self.dip_config.chunks > 1:
+            raise UserError(f"DIPTrainer runs the m trajectories in one pass; DIPConfig.chunks="
+                            f"{self.dip_config.chunks} applies to dipnet.DIPLoss only. Set "
+                            "chunks=1 and lower per_device_train_batch_size (raise "
+                            "gradient_accumulation_steps to keep the batch) to save memory.")
+        if self.args.torch_compile:
+            # The Trainer compiles the model (TrainingArguments.torch_compile); the projections
+            # then draw with ATen's random ops, several times faster than inductor's on a CPU.
+            noise.prepare_compile()
         if num_train is None and self.train_dataset is not None:
             try:
                 num_train = len(self.train_dataset)  # type: ignore[arg-type]
@@ -235,6 +245,14 @@ class DIPTrainer(Trainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+        if torch.compiler.is_compiling():
+            return self._dip_loss(model, inputs, return_outputs, num_items_in_batch)
+        # The trajectories draw the noise DIPLoss draws for the same seed (dipnet.noise).
+        with noise.trajectories(noise.new_seed(), 0, self.dip_config.m):
+            return self._dip_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _dip_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool,
+                  num_items_in_batch: torch.Tensor | int | None) -> Any:
         config = self.dip_config
         m = config.m
         b = batch_size_of(inputs)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import DIPConfig
 from .inject import NotProjectedError, get_config, projections
+from .trajectories import chunk_sizes, run_trajectories
 
 Batch = torch.Tensor | Mapping[str, Any]
 
@@ -178,11 +179,28 @@ def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum")
     projs = list(projections(model).values())
     if not projs:
         raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
-    total = projs[0].raw_variance.new_zeros(())
-    for p in projs:
-        v = p.variance
+    parts: list[tuple[torch.Tensor, int]] = []  # (variances, divisor)
+    if reduction == "sum":
+        # One set of ops per group of alike layers, not per layer: with many projections the
+        # per-layer ops cost more time than the noise itself (benchmarks/bench_overhead.py).
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        for p in projs:
+            key = (p.raw_variance.device, p.raw_variance.dtype, p.parameterization,
+                   p.variance_floor)
+            groups.setdefault(key, []).append(p)
+        for group in groups.values():
+            raw = (torch.cat([p.raw_variance for p in group]) if len(group) > 1
+                   else group[0].raw_variance)
+            parts.append((group[0].variance_of(raw), 1))
+    else:
+        parts = [(p.variance, p.num_features) for p in projs]
+    total: torch.Tensor | None = None
+    for v, divisor in parts:
         layer = alpha * v.sum() - beta * torch.log(v).sum()
-        total = total + (layer / v.numel() if reduction == "mean" else layer)
+        if divisor != 1:
+            layer = layer / divisor
+        total = layer if total is None else total + layer.to(total.device)
+    assert total is not None
     return total
 
 
@@ -295,6 +313,9 @@ class DIPLoss(nn.Module):
     ``loss_fn(model, inputs, targets)`` repeats the batch m times along axis 0 (each copy draws
     its own noise in every projection, so trajectories and examples are independent), runs the
     model once, and returns `LossParts`. Note that BatchNorm layers then see m x B rows.
+    With ``DIPConfig.chunks = c > 1`` the m copies run in c passes under activation
+    checkpointing (one more forward pass, one chunk's activations alive at a time), with the
+    same loss and gradients (`dipnet.trajectories`).
 
     Args:
         config: the `DIPConfig` (alpha, beta, gamma, m, barrier_scaling, stability_on). Default:
@@ -377,16 +398,19 @@ class DIPLoss(nn.Module):
             maybe_calibrate(model, inputs, config, **forward_kwargs)
             self._calibration_checked.add(model)
         m = config.m
+        chunks = config.chunks
         b = batch_size_of(inputs)
-        check_copies_fit(inputs, m, f"DIPLoss with m={m}", "lower DIPConfig.m or the batch size")
+        if not torch.compiler.is_compiling():  # reads /proc: not traceable
+            per_pass = max(chunk_sizes(m, chunks))
+            check_copies_fit(inputs, per_pass,
+                             f"DIPLoss with m={m}" + (f", chunks={chunks}" if chunks > 1 else ""),
+                             "set DIPConfig.chunks (runs the m trajectories in that many passes, "
+                             "m/chunks copies each), lower DIPConfig.m or the batch size")
         if config.gamma > 0 and m > 1:
             self._warn_if_not_sampling(model)
-        stacked = repeat_batch(inputs, m, b)
-        if isinstance(stacked, Mapping):
-            raw = model(**stacked, **forward_kwargs)
-        else:
-            raw = model(stacked, **forward_kwargs)
-        out = self.output_fn(raw)
+        # chunks > 1: passes of m/chunks copies under activation checkpointing (trajectories.py)
+        out, own_loss = run_trajectories(model, inputs, m, b, chunks, self.output_fn,
+                                         forward_kwargs)
         if out.shape[0] != m * b:
             raise ValueError(
                 f"model output has {out.shape[0]} rows, expected m*B = {m}*{b}; DIPLoss needs "
@@ -394,12 +418,9 @@ class DIPLoss(nn.Module):
             )
         outputs = out.reshape(m, b, *out.shape[1:])
         if targets is None and self.criterion is None:
-            loss = getattr(raw, "loss", None)
-            if loss is None and isinstance(raw, Mapping):
-                loss = raw.get("loss")
-            if loss is None:
+            if own_loss is None:
                 raise ValueError("no targets given and the model returned no .loss")
-            nll = loss
+            nll = own_loss
         else:
             if targets is None:
                 raise ValueError("a criterion was given but no targets")
@@ -414,7 +435,8 @@ class DIPLoss(nn.Module):
             stab = stability(f, self._counted(model, inputs, targets, outputs))
         else:
             stab = nll.new_zeros(())
-        total = nll + bar + config.gamma * stab
+        # gamma = 0 adds an exact 0: leaving it out saves two autograd ops per step.
+        total = nll + bar + config.gamma * stab if config.gamma > 0 else nll + bar
         return LossParts(total=total, nll=nll, barrier=bar, stability=stab, outputs=outputs)
 
     @staticmethod

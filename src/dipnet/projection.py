@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import noise
+
 # The name under which a projection is attached to its host module. Original parameters and
 # their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".
 ATTR = "dip_projection"
@@ -99,9 +101,15 @@ class GaussianProjection(nn.Module):
     @property
     def variance(self) -> torch.Tensor:
         """The current per-feature variances lambda (differentiable), shape (num_features,)."""
+        return self.variance_of(self.raw_variance)
+
+    def variance_of(self, raw: torch.Tensor) -> torch.Tensor:
+        """The variances that raw parameter values ``raw`` give under this projection's
+        parameterization and floor (differentiable; `dipnet.barrier` applies it to the raw
+        parameters of several layers at once)."""
         if self.parameterization == "softplus":
-            return F.softplus(self.raw_variance) + self.variance_floor
-        return torch.exp(self.raw_variance) + self.variance_floor
+            return F.softplus(raw) + self.variance_floor
+        return torch.exp(raw) + self.variance_floor
 
     def raw_from_variance(self, variance: torch.Tensor | float) -> torch.Tensor:
         """The raw parameter value that gives ``variance`` (a float or a per-feature tensor).
@@ -204,20 +212,32 @@ class GaussianProjection(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x + sqrt(lambda) * eps`` with fresh independent noise for every element.
 
+        The noise comes from a seed drawn from torch's global generator (``torch.manual_seed``
+        fixes it) and, in training, is drawn again in backward instead of being kept
+        (`dipnet.noise`).
+
         Raises:
             ProjectionShapeError: if ``x``'s feature axis does not have ``num_features`` entries.
         """
         dim = self.feature_axis(x)
         std = self.variance.sqrt().to(x.dtype)
-        shape = [1] * x.dim()
-        shape[dim] = self.num_features
-        noise = torch.randn_like(x)
-        # addcmul is one fused kernel; its gradient w.r.t. std is sum(noise * grad_out).
-        return torch.addcmul(x, noise, std.view(shape))
+        if dim != x.dim() - 1:  # features on the last axis broadcast as they are
+            shape = [1] * x.dim()
+            shape[dim] = self.num_features
+            std = std.view(shape)
+        u, rebuild = noise.perturb(x, std)
+        if rebuild is not None:
+            # The hook that called us saves u as its recipe during the host's forward.
+            self.__dict__["_rebuild"] = (u, rebuild)
+        return u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` if sampling, else return it unchanged."""
-        return self.project(x) if self.sampling else x
+        if not self.sampling:
+            return x
+        u = self.project(x)
+        self.__dict__.pop("_rebuild", None)  # no host forward to pack for
+        return u
 
     def _hooked(self, x: torch.Tensor) -> torch.Tensor:
         if self.sampling:
@@ -240,11 +260,22 @@ class GaussianProjection(nn.Module):
         return super()._apply(keep_precision, recurse)
 
     # ------------------------------------------------------------------ hooks
+    def _enter_packing(self, module: nn.Module, u: torch.Tensor) -> None:
+        # u came with a recipe (clean input + seed): while the host runs, any saved copy of u
+        # is kept as that recipe; `_post_input_hook` leaves the scope.
+        pending = self.__dict__.pop("_rebuild", None)
+        if pending is not None and pending[0] is u:
+            noise.enter_scope(module, pending[1])
+
+    def _post_input_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        noise.exit_scope(module)
+
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if args:
             first = args[0]
             if isinstance(first, torch.Tensor):
                 u = self._hooked(first)
+                self._enter_packing(module, u)
                 # Same tensor passed several times (self-attention's query, key, value) gets the
                 # same sample: it is one input, projected once.
                 new_args = tuple(u if a is first else a for a in args)
@@ -259,6 +290,7 @@ class GaussianProjection(nn.Module):
             if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
                 kwargs = dict(kwargs)
                 kwargs[key] = self._hooked(value)
+                self._enter_packing(module, kwargs[key])
                 return args, kwargs
         raise ProjectionShapeError(
             f"DIPNet projection on {type(module).__name__}: no tensor input found "
@@ -267,7 +299,9 @@ class GaussianProjection(nn.Module):
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, torch.Tensor):
-            return self._hooked(output)
+            u = self._hooked(output)
+            self.__dict__.pop("_rebuild", None)  # the consumer is not ours to wrap
+            return u
         raise ProjectionShapeError(
             f"DIPNet output projection on {type(module).__name__}: output is a "
             f"{type(output).__name__}, not a tensor."
@@ -301,6 +335,8 @@ class GaussianProjection(nn.Module):
                 host.register_forward_hook(self._post_hook)
             else:
                 host.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+                # always_call: the packing scope is left even if the host raises.
+                host.register_forward_hook(self._post_input_hook, always_call=True)
         elif has and not want:
             self._unregister(host)
 
