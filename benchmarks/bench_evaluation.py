@@ -44,7 +44,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 # The last commit before the evaluation speed-ups (issue 10 item 7; its evaluation package is
 # the "old" side; everything else comes from the working tree).
-DEFAULT_BASELINE = "a571c6872e10fd09a3b2326ca787155d70b4c77b"
+DEFAULT_BASELINE = "a571c68b12e4927d9568de92811beafc0c71daf9"
 WORK = Path(tempfile.gettempdir()) / "dipnet-bench-evaluation"
 
 
@@ -108,13 +108,23 @@ ev = evaluate_run(sys.argv[1], "quick", progress=False, write=False, **json.load
 print("RESULT" + json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - w0,
                              "ev": ev}))
 """
+# One process evaluating several runs one after the other, as a `dipnet compare` / `dipnet
+# demo` worker does (in-process caches such as the corrupted images then carry over).
+_SWEEP_CHILD = r"""
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[3]))
+from dipnet.evaluation.suite import evaluate_run
+c0, w0 = time.process_time(), time.perf_counter()
+for run in json.loads(sys.argv[1]):
+    evaluate_run(run, "quick", progress=False, write=False, **json.loads(sys.argv[2]))
+print("RESULT" + json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - w0}))
+"""
 
 
 def _old_tree(rev: str) -> Path:
     """A copy of the working tree's src/ with the evaluation package of ``rev``."""
+    # Rebuilt every time: the rest of src/ must be the working tree's, as on the "new" side.
     dest = WORK / f"src-{rev[:12]}"
-    if (dest / "dipnet" / "evaluation").is_dir():
-        return dest
     tmp = WORK / "src-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ROOT / "src" / "dipnet", tmp / "dipnet",
@@ -132,9 +142,11 @@ def _old_tree(rev: str) -> Path:
     return dest
 
 
-def _evaluate(src: Path, run: Path, overrides: dict[str, Any], threads: int) -> dict[str, Any]:
+def _evaluate(src: Path, run: Path | list[str], overrides: dict[str, Any], threads: int,
+              child: str = _CHILD) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(run), json.dumps(overrides), str(threads)],
+    target = json.dumps(run) if isinstance(run, list) else str(run)
+    proc = subprocess.run([sys.executable, "-c", child, target, json.dumps(overrides), str(threads)],
                           env=env, capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     if proc.returncode != 0 or line is None:
@@ -213,9 +225,23 @@ def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: s
     if len(rows) > 1:
         tot = {s: sum(r[s]["total"] for r in rows) for s in ("old", "new")}
         cpu = {s: sum(r[s]["cpu"] for r in rows) for s in ("old", "new")}
-        print(f"\n  all runs: suite wall {tot['old']:.1f} s -> {tot['new']:.1f} s "
+        print(f"\n  all runs, one process each: suite wall {tot['old']:.1f} s -> {tot['new']:.1f} s "
               f"({tot['old'] / tot['new']:.2f}x); CPU {cpu['old']:.1f} s -> {cpu['new']:.1f} s "
               f"({cpu['old'] / cpu['new']:.2f}x)")
+    demo = [(r, o) for r, o in runs if r.name.startswith("demo-")]
+    if demo:
+        sweep: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for _ in range(rounds):
+            for side, src in (("old", old_src), ("new", new_src)):
+                sweep[side].append(_evaluate(src, [str(r) for r, _ in demo], demo[0][1], threads,
+                                             _SWEEP_CHILD))
+        med = {side: {k: statistics.median(r[k] for r in sweep[side]) for k in ("cpu", "wall")}
+               for side in sweep}
+        rows.append({"run": "demo runs in one process", "old": med["old"], "new": med["new"]})
+        print(f"\n  the {len(demo)} demo runs in one process (as a sweep worker), medians of {rounds}:"
+              f" CPU {med['old']['cpu']:.1f} s -> {med['new']['cpu']:.1f} s "
+              f"({med['old']['cpu'] / med['new']['cpu']:.2f}x); wall {med['old']['wall']:.1f} s -> "
+              f"{med['new']['wall']:.1f} s ({med['old']['wall'] / med['new']['wall']:.2f}x)")
     return rows
 
 

@@ -174,10 +174,14 @@ def test_docs_library_example_runs():
 @pytest.mark.slow
 def test_full_suite_on_digits(runs):
     # The full suite's extra paths: FGSM L2, restarts, the CE + margin ensemble, severity 3.
+    # And the ART attacks (APGD-CE, APGD-DLR, Square), here with small budgets.
     ev = evaluate_run(runs["dipnet"], "full", progress=False, write=False,
-                      attack_points=100, corruption_points=100, smoothness_points=20)
+                      attack_points=100, corruption_points=100, smoothness_points=20,
+                      strong_points=50, apgd_steps=10, square_queries=50)
     kinds = {(a["attack"], a["norm"]) for a in ev["attacks"]}
-    assert kinds == {("fgsm", "linf"), ("fgsm", "l2"), ("pgd", "linf"), ("pgd", "l2")}
+    assert kinds == {(a, n) for a in ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square")
+                     for n in ("linf", "l2")}
+    assert ev["n_points"]["strong_attacks"] == 50
     pgd = [a for a in ev["attacks"] if a["attack"] == "pgd"]
     assert all(a["losses"] == ["ce", "margin"] and a["restarts"] == 2 for a in pgd)
     assert {c["severity"] for c in ev["corruptions"]} == {1, 2, 3, None}
