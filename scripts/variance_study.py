@@ -260,7 +260,54 @@ def report(out: Path, docs: Path, seeds: int, conditions: list[str],
     suffix = "" if preset == "mlp" else f"_{preset}"
     atomic_write_json(docs / f"results{suffix}.json", results)
     atomic_write_text(docs / f"table{suffix}.md", "\n".join(lines) + "\n")
+    plot(results, docs / f"headline{suffix}.png",
+         f"{BASE['model']} on {BASE['dataset']} ({BASE['max_train']} images, "
+         f"{BASE['epochs']} epochs), {seeds} seeds: mean difference and 95% CI")
     print("\n".join(lines))
+
+
+ARM_LABELS = {"standard": "standard", "dipnet": "DIPNet, learned variances",
+              "fixed_noise": "same projections, variances frozen at init",
+              "fixed_profile": "same projections, frozen at the learned profile",
+              "input_noise": "Gaussian noise on the input", "rs": "randomized smoothing",
+              "dipnet_old": "DIPNet, old default (variances barely move)"}
+
+
+def plot(results: dict[str, Any], path: Path, title: str) -> None:
+    """One panel per condition: each arm's test-accuracy difference from standard, paired by
+    seed, with its 95% confidence interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = [c for c, arms in results["conditions"].items() if "standard" in arms]
+    if not conds:
+        return
+    arms = [a for a in ARM_LABELS if a != "standard"]
+    fig, axes = plt.subplots(1, len(conds), figsize=(3.3 * len(conds) + 2.6, 3.4), sharey=True,
+                             squeeze=False)
+    for ax, cond in zip(axes[0], conds):
+        data = results["conditions"][cond]
+        for i, arm in enumerate(arms):
+            t = data.get(arm, {}).get("paired", {}).get("standard")
+            if t is None:
+                continue
+            m, lo, hi = 100 * t["mean_diff"], 100 * t["ci_low"], 100 * t["ci_high"]
+            colour = "C3" if arm == "dipnet" else ("C0" if arm.startswith("fixed") else "C7")
+            ax.errorbar(m, i, xerr=[[m - lo], [hi - m]], fmt="o", color=colour, capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"training inputs: {cond}", fontsize=9)
+        ax.set_xlabel("test accuracy minus standard (points)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(arms)))
+    axes[0][0].set_yticklabels([ARM_LABELS[a] for a in arms], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
