@@ -472,3 +472,19 @@ def test_variance_lr_comes_from_the_config_unless_given(tmp_path):
     tr2 = DIPTrainer(model=model, args=targs(tmp_path), train_dataset=data("gpt2"),
                      variance_lr=0.003)
     assert tr2.variance_lr == 0.003
+
+
+def test_init_scale_calibrates_on_the_first_training_batch(tmp_path):
+    model = tiny("gpt2")
+    project_model(model, dipnet.DIPConfig(placement="blocks", init_scale=0.5))
+    before = {k: float(v.mean()) for k, v in dipnet.variances(model).items()}
+    assert all(v == pytest.approx(0.01) for v in before.values())  # init_variance until then
+    acts = dipnet.activation_variances(model, batch(data("gpt2", 4)))
+    tr = DIPTrainer(model=model, args=targs(tmp_path, max_steps=1, learning_rate=1e-12),
+                    train_dataset=data("gpt2"))
+    tr.train()
+    for name, p in dipnet.projections(model).items():
+        assert p.calibrated
+        # 0.5 x the mean activation variance of that block's input (on the first batch, which
+        # differs from the 4 examples above: same order of magnitude, not the same value)
+        assert 0.1 < p.init_variance / (0.5 * float(acts[name].mean())) < 10

@@ -204,6 +204,7 @@ class DIPTrainer(Trainer):
         self._loss_shifts_labels = self._causal
         self._dip_sums: dict[str, float] = {}
         self._dip_count = 0
+        self._calibration_checked = False
 
     # ------------------------------------------------------------------ optimizer
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
@@ -245,6 +246,13 @@ class DIPTrainer(Trainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+        if self.dip_config.init_scale is not None and not self._calibration_checked:
+            # DIPConfig.init_scale: the first training batch sets each variance relative to
+            # its layer's activation scale (never a model whose variances were trained).
+            from .monitor import maybe_calibrate
+
+            maybe_calibrate(_unwrap(model), dict(inputs), self.dip_config)
+            self._calibration_checked = True
         if torch.compiler.is_compiling():
             return self._dip_loss(model, inputs, return_outputs, num_items_in_batch)
         # The trajectories draw the noise DIPLoss draws for the same seed (dipnet.noise).
