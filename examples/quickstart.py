@@ -17,7 +17,7 @@ model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 config = dipnet.DIPConfig(placement="layers", m=4, gamma=0.05)  # from scratch: small gamma
 dipnet.project(model, config)  # a learned Gaussian before each Linear, in place
 loss_fn = dipnet.DIPLoss(config, num_train=len(x_train))  # ELBO-scaled barrier
-opt = torch.optim.Adam(dipnet.parameter_groups(model, variance_lr=1e-2), lr=3e-3)
+opt = torch.optim.Adam(dipnet.parameter_groups(model), lr=3e-3)  # variances: own lr 0.1
 
 for epoch in range(20):
     model.train()  # projections sample
@@ -34,6 +34,7 @@ print(f"test accuracy: deterministic {(det.labels == y_test).float().mean():.3f}
       f"16 samples {(mc.labels == y_test).float().mean():.3f}")
 print("mean predictive entropy / mutual information:",
       f"{mc.entropy.mean():.3f} / {mc.mutual_information.mean():.4f}")
-for name, proj in dipnet.projections(model).items():
-    print(f"variance before layer {name!r}: {proj.variance_summary()}")
-dipnet.save_projections(model, "/tmp/dipnet_quickstart.safetensors")  # projections only
+for name, stats in dipnet.variance_stats(model).items():
+    print(f"variance before layer {name!r}: init {stats['init']:.3g} -> mean {stats['mean']:.3g}")
+print(dipnet.summary(model))
+dipnet.save_pretrained(model, "/tmp/dipnet_quickstart")  # config + variances, PEFT-style

@@ -73,7 +73,8 @@ ARMS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
                     for s in INIT_SCALES],
     "input_noise": [(f"sigma={s}", "input_noise", {"sigma": s}) for s in (0.05, 0.1, 0.2)],
     "rs": [(f"sigma={s}", "rs", {"sigma": s}) for s in (0.05, 0.1, 0.25)],
-    "dipnet_old": [("softplus, 0.01, shared lr", "dipnet", {})],
+    "dipnet_old": [("softplus, 0.01, shared lr", "dipnet",
+                    {"parameterization": "softplus", "init_variance": 0.01, "variance_lr": None})],
 }
 TUNE_SEEDS: tuple[int, ...] = (0, 1)
 CONDITIONS = {

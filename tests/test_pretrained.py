@@ -156,7 +156,8 @@ def test_exp_parameterization_survives_the_round_trip(tmp_path: Path) -> None:
     dipnet.save_pretrained(model, tmp_path)
     fresh = dipnet.from_pretrained(mlp(), tmp_path)
     assert same_variances(model, fresh)
-    softplus_model = dipnet.project(mlp(), dipnet.DIPConfig())
+    softplus_model = dipnet.project(mlp(), dipnet.DIPConfig(parameterization="softplus",
+                                                            variance_floor=1e-4))
     with pytest.raises(dipnet.ProjectionFileError, match="parameterization: saved 'exp'"):
         dipnet.from_pretrained(softplus_model, tmp_path)
 
@@ -312,7 +313,8 @@ def test_state_dict_that_does_not_fit_is_a_clear_error_and_changes_nothing() -> 
 
 # ---------------------------------------------------------------------- summary
 def test_summary_counts_projections_parameters_and_variances() -> None:
-    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.04))
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.04,
+                                                   parameterization="softplus"))
     with torch.no_grad():
         raw = dipnet.projections(model)["2"].raw_variance
         raw[0] = pretrained_raw(0.09)  # one feature of the second layer moved

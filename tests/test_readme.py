@@ -13,8 +13,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
-    code = blocks[0].replace("/tmp/dipnet_quickstart.safetensors",
-                             str(tmp_path / "proj.safetensors"))
+    code = blocks[0].replace("/tmp/dipnet_quickstart", str(tmp_path / "saved"))
     import torch
 
     torch.set_num_threads(1)
@@ -23,7 +22,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
     acc = float((namespace["det"].labels == namespace["y_test"]).float().mean())
     # Measured 0.91 on these 397 held-out digits; 0.8 leaves room for other CPUs' float order.
     assert acc > 0.8
-    assert (tmp_path / "proj.safetensors").exists()
+    assert (tmp_path / "saved" / "dipnet_config.json").exists()
+    assert (tmp_path / "saved" / "dip_projections.safetensors").exists()
 
 
 def test_readme_commands_name_real_files() -> None:

@@ -15,6 +15,8 @@ BarrierReduction = Literal["sum", "mean"]
 StabilityOn = Literal["logits", "probs"]
 
 PLACEMENTS: tuple[str, ...] = ("layers", "blocks", "input", "custom")
+# What a relatively initialised projection holds before `dipnet.calibrate` sets its value.
+PLACEHOLDER_VARIANCE = 1e-2
 
 
 class DIPConfigError(ValueError):
@@ -41,28 +43,36 @@ class DIPConfig:
         exclude_modules: modules never projected, same format as ``target_modules``; checked
             first. Default: none.
 
-    Variances (one per input feature of each projected layer):
-        init_variance: the variance every projection starts at, > 0. Default 1e-2, i.e. a noise
-            standard deviation of 0.1: about a tenth of a unit-scale activation, small enough that
-            training starts from (almost) the plain network and large enough that the data term
-            and the barrier, not the initialisation, decide where the variance goes.
-        init_scale: if set (> 0), each projection instead starts at ``init_scale`` times the
-            mean per-feature variance of ITS OWN input, measured on a first batch by
-            `dipnet.calibrate` (the experiment harness calls it on the first training examples).
+    Variances (one per input feature of each projected layer). The defaults are the update
+    rule that the variance study (docs/results/variance_study/) found to let the variances reach
+    the balance of data term and barrier within a normal training budget, from any start:
+        init_variance: an ABSOLUTE variance every projection starts at, > 0, or None (default)
+            to start relative to each layer's activations (``init_scale``). Setting it switches
+            the calibration off.
+        init_scale: with ``init_variance=None``, each projection starts at ``init_scale`` times
+            the mean per-feature variance of ITS OWN input, measured on the first training batch
+            (`DIPLoss` and `DIPTrainer` call `dipnet.calibrate` on their first call; call it
+            yourself before wrapping a model in DDP; until then a projection holds 0.01).
             Activations differ in scale by orders of magnitude between layers (about 0.09 at the
             input of a Fashion-MNIST MLP, 0.002 at its head), so one absolute number is a large
-            noise for one layer and none for another. Default None (use ``init_variance``).
-        parameterization: ``"softplus"`` (variance = softplus(raw) + floor, gradients stay
-            bounded for large variances) or ``"exp"`` (variance = exp(raw) + floor, i.e. a learned
-            log-variance). Default ``"softplus"``.
+            noise for one layer and none for another. Default 0.1.
+        parameterization: ``"exp"`` (variance = exp(raw) + floor: a learned log-variance, so a
+            step changes lambda by a fixed FACTOR at every scale) or ``"softplus"`` (variance =
+            softplus(raw) + floor; identical to exp for small variances, bounded gradients for
+            large ones). Default ``"exp"``.
         variance_floor: added to every variance, > 0, so that ln(variance) stays finite.
             Default 1e-6.
-
         variance_lr: learning rate of the variances' own optimizer group
-            (`dipnet.parameter_groups`), > 0, or None for the optimizer's learning rate. With
-            Adam a parameter moves about one learning rate per step whatever the size of its
-            gradient, so at a weight learning rate of 1e-3 the variances barely leave their
-            initial value within a normal training budget. Default None.
+            (`dipnet.parameter_groups`, `DIPTrainer`), > 0, or None for the optimizer's learning
+            rate. With Adam a parameter moves about one learning rate per step whatever the size
+            of its gradient, so at the weights' 1e-3 the variances barely leave their initial
+            value (measured: 0.010 -> 0.0101-0.011 in 1,250 steps); at 0.1 they reach the same
+            balance from starts 60x apart within about 600 steps. Tuned for Adam-like
+            optimizers. Default 0.1.
+        learn_variance: False freezes every variance at its initial value: the same projections
+            as fixed Gaussian noise. In the variance study tuned fixed noise was never worse
+            than learned variances (see the README's results); set it with a validated
+            ``init_scale``. Default True (DIPNet as defined: the variances are learned).
 
     Objective (paper Eq. 3-4; gamma is the paper's "lambda"):
         alpha: weight of sum(variance) in the barrier, > 0. Default 0.1 (paper).
@@ -97,16 +107,17 @@ class DIPConfig:
     target_modules: str | list[str] | None = None
     target_types: list[Any] | None = None
     exclude_modules: str | list[str] | None = None
-    init_variance: float = 1e-2
-    parameterization: Parameterization = "softplus"
+    init_variance: float | None = None
+    parameterization: Parameterization = "exp"
     variance_floor: float = 1e-6
     alpha: float = 0.1
     beta: float = 0.2
     gamma: float = 0.0
     barrier_scaling: BarrierScaling = "elbo"
     barrier_reduction: BarrierReduction = "sum"
-    init_scale: float | None = None
-    variance_lr: float | None = None
+    init_scale: float | None = 0.1
+    variance_lr: float | None = 0.1
+    learn_variance: bool = True
     stability_on: StabilityOn = "logits"
     m: int = 1
     k: int = 8
@@ -145,7 +156,12 @@ class DIPConfig:
             if not all(isinstance(t, (str, type)) for t in self.target_types):
                 raise bad("target_types", "a list of classes or class names")
             self.target_types = list(self.target_types)
-        for name in ("init_variance", "alpha", "beta"):
+        if self.init_variance is None and self.init_scale is None:
+            raise DIPConfigError("DIPConfig needs init_variance (an absolute starting variance) "
+                                 "or init_scale (relative to each layer's activations); both "
+                                 "are None.")
+        for name in (("init_variance",) if self.init_variance is not None else ()) + (
+                "alpha", "beta"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
                 raise bad(name, "a finite number > 0")
@@ -158,9 +174,9 @@ class DIPConfig:
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0 or not math.isfinite(value):
                 raise bad(name, "a finite number >= 0")
-        if self.init_variance <= self.variance_floor:
+        if self.start_variance <= self.variance_floor:
             raise DIPConfigError(
-                f"DIPConfig.init_variance={self.init_variance} must exceed "
+                f"DIPConfig.init_variance={self.start_variance} must exceed "
                 f"variance_floor={self.variance_floor}."
             )
         if self.parameterization not in ("softplus", "exp"):
@@ -169,6 +185,8 @@ class DIPConfig:
             raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
         if self.barrier_reduction not in ("sum", "mean"):
             raise bad("barrier_reduction", "'sum' (over every feature) or 'mean' (per layer)")
+        if not isinstance(self.learn_variance, bool):
+            raise bad("learn_variance", "True or False")
         if self.variance_lr is not None and (not _is_number(self.variance_lr)
                                              or not self.variance_lr > 0
                                              or not math.isfinite(self.variance_lr)):
@@ -191,6 +209,18 @@ class DIPConfig:
                 f"DIPConfig.gamma={self.gamma} needs m >= 2 trajectories (got m={self.m}): the "
                 "stability penalty is a variance across trajectories. Set m >= 2 or gamma = 0."
             )
+
+    @property
+    def relative_init(self) -> bool:
+        """Whether the projections start relative to their activations (calibrated on the first
+        batch): ``init_variance`` is None."""
+        return self.init_variance is None
+
+    @property
+    def start_variance(self) -> float:
+        """The variance a projection holds when it is created: ``init_variance``, or 0.01 until
+        the calibration replaces it."""
+        return float(self.init_variance) if self.init_variance is not None else PLACEHOLDER_VARIANCE
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON/YAML-serialisable values (classes become names)."""

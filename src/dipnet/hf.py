@@ -246,7 +246,7 @@ class DIPTrainer(Trainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        if self.dip_config.init_scale is not None and not self._calibration_checked:
+        if self.dip_config.relative_init and not self._calibration_checked:
             # DIPConfig.init_scale: the first training batch sets each variance relative to
             # its layer's activation scale (never a model whose variances were trained).
             from .monitor import maybe_calibrate

@@ -83,7 +83,7 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
         proj = GaussianProjection(
             t.num_features,
             feature_dim=t.feature_dim,
-            init_variance=config.init_variance,
+            init_variance=config.start_variance,
             parameterization=config.parameterization,
             variance_floor=config.variance_floor,
             on=t.on,
@@ -94,6 +94,8 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
             # Only the device: variances stay float32 even in a half-precision model (they
             # are tiny numbers whose logarithm enters the loss).
             proj.to(device=device)
+        if not config.learn_variance:
+            proj.raw_variance.requires_grad_(False)
         proj.attach(host)
     object.__setattr__(model, _CONFIG_ATTR, config)
     return model
@@ -137,7 +139,8 @@ def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list
         variance_lr: learning rate of the variances; None takes the model's
             ``DIPConfig.variance_lr``, and if that is None too the optimizer's default lr.
     Returns:
-        A list of two dicts for ``torch.optim.X(groups, lr=..., weight_decay=...)``.
+        A list of two dicts for ``torch.optim.X(groups, lr=..., weight_decay=...)`` (one when
+        the variances are frozen, ``learn_variance=False``).
     Raises:
         NotProjectedError: if the model has no projections.
     """
@@ -145,13 +148,17 @@ def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list
     if not var:
         raise NotProjectedError("model has no DIPNet projections; call dipnet.project first.")
     ids = {id(p) for p in var}
+    own = {"params": [p for p in model.parameters() if id(p) not in ids]}
+    var = [p for p in var if p.requires_grad]
+    if not var:  # DIPConfig.learn_variance=False: fixed noise, nothing to learn
+        return [own]
     group: dict = {"params": var, "weight_decay": 0.0}
     if variance_lr is None:
         config = get_config(model)
         variance_lr = config.variance_lr if config is not None else None
     if variance_lr is not None:
         group["lr"] = variance_lr
-    return [{"params": [p for p in model.parameters() if id(p) not in ids]}, group]
+    return [own, group]
 
 
 def variances(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -136,14 +136,14 @@ def calibrate(model: nn.Module, inputs: Batch, scale: float | None = None,
 
 def maybe_calibrate(model: nn.Module, inputs: Batch, config: DIPConfig | None = None,
                     **forward_kwargs: Any) -> bool:
-    """`calibrate` the model if its config asks for it (``init_scale``) and no projection has
+    """`calibrate` the model if its config asks for it (``init_variance=None``) and no projection has
     been calibrated or trained yet; returns whether it calibrated.
 
     "Not trained yet" means every variance still holds exactly the value it was constructed
     with, so a model whose trained variances were loaded from a checkpoint is never reset.
     """
     config = config or get_config(model)
-    if config is None or config.init_scale is None:
+    if config is None or not config.relative_init:
         return False
     projs = projections(model)
     if not projs or any(p.calibrated for p in projs.values()):

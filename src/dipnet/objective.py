@@ -390,7 +390,7 @@ class DIPLoss(nn.Module):
             forward_kwargs: extra keyword arguments for the model, not repeated.
         """
         config = self.resolve_config(model)
-        if config.init_scale is not None and model not in self._calibration_checked:
+        if config.relative_init and model not in self._calibration_checked:
             # The first training batch sets the initial variances relative to each layer's
             # activation scale (DIPConfig.init_scale), unless that already happened.
             from .monitor import maybe_calibrate

@@ -133,12 +133,15 @@ class GaussianProjection(nn.Module):
         Args:
             variance: the new variance(s), each above ``variance_floor``.
             as_init: also record it as the initial variance that monitoring compares with (the
-                mean, for a per-feature tensor).
+                mean, for a per-feature tensor), and mark the projection as calibrated, so that
+                `DIPLoss` does not replace the value on its first batch.
         """
         raw = self.raw_from_variance(variance).to(self.raw_variance.device)
         self.raw_variance.copy_(raw)
         if as_init:
             self.init_variance = float(torch.as_tensor(variance, dtype=torch.float64).mean())
+            # An explicitly chosen start: the first-batch calibration must not replace it.
+            self.calibrated = True
 
     def variance_derivative(self) -> torch.Tensor:
         """d lambda / d raw per feature (detached): sigmoid(raw) for softplus, exp(raw) for exp."""

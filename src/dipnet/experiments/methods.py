@@ -246,7 +246,7 @@ class DIPNetMethod(Method):
         return model
 
     def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
-        if self.dip_config.init_scale is not None:
+        if self.dip_config.relative_init:
             # Under the same seed the same weights and examples give the same values, so a
             # resumed run recomputes them identically before its checkpoint overwrites them.
             dipnet.calibrate(unwrap(model), x)
@@ -325,6 +325,7 @@ class FixedNoise(DIPNetMethod):
 
     def validate(self) -> None:
         super().validate()
+        self.dip_config.learn_variance = False
         if self.profile is not None and not (
                 isinstance(self.profile, dict)
                 and all(isinstance(k, str) and _is_num(v) and v > 0
