@@ -19,6 +19,7 @@ when backward recomputes the chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Any, Callable, Iterator, Mapping
 
@@ -55,11 +56,15 @@ def _own_loss(raw: Any) -> torch.Tensor | None:
 
 def _one_pass(model: nn.Module, inputs: Any, batch_size: int, first: int, count: int,
               base_seed: int | None, output_fn: Callable[[Any], torch.Tensor],
-              forward_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+              forward_kwargs: dict[str, Any], options: dict[str, Any] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     stacked = _repeat(inputs, count, batch_size)
     scope = (noise.trajectories(base_seed, first, count) if base_seed is not None
              else contextlib.nullcontext())
-    with scope:
+    # Backward's recomputation of a chunk runs under the noise options of its forward pass,
+    # so that it saves what the forward saved (checkpoint checks this).
+    settings = noise.options(**options) if options is not None else contextlib.nullcontext()
+    with scope, settings:
         if isinstance(stacked, Mapping):
             raw = model(**stacked, **forward_kwargs)
         else:
@@ -119,9 +124,10 @@ def run_trajectories(model: nn.Module, inputs: Any, m: int, batch_size: int, chu
     outs: list[torch.Tensor] = []
     losses: list[torch.Tensor | None] = []
     first = 0
+    options = dataclasses.asdict(noise.OPTIONS)
     for count in sizes:
         run = functools.partial(_one_pass, model, inputs, batch_size, first, count, base_seed,
-                                output_fn, forward_kwargs)
+                                output_fn, forward_kwargs, options)
         if torch.is_grad_enabled() and not compiling:
             out, loss = torch.utils.checkpoint.checkpoint(
                 run, use_reentrant=False,
