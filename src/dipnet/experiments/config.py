@@ -64,6 +64,9 @@ class RunConfig:
             ONCE before training (Gaussian from a generator seeded by (split_seed, seed); FGSM
             against a clean standard reference model trained first), then used as a fixed
             data set. See `dipnet.experiments.fixed`.
+        compile: train through ``torch.compile`` (inductor, with ATen's random number
+            generator; docs/cost.md). Changes the noise stream, so a run resumes only with the
+            same setting. On a GPU it pays; on a CPU measure first. Default false.
     Evaluation:
         eval_batch_size: batch size for validation / test passes.
         mc_samples: trajectories averaged by Monte Carlo predictions (methods whose default
@@ -110,6 +113,7 @@ class RunConfig:
     eval_batch_size: int = 1000
     mc_samples: int = 8
     eval_mc: bool = True
+    compile: bool = False
     data_dir: str | None = None
     num_threads: int | None = None
     device: str = "auto"
@@ -144,6 +148,8 @@ class RunConfig:
             raise bad("num_threads", "an integer >= 1, or null")
         if not isinstance(self.eval_mc, bool):
             raise bad("eval_mc", "true or false")
+        if not isinstance(self.compile, bool):
+            raise bad("compile", "true or false")
         if not _is_num(self.lr) or not self.lr > 0:
             raise bad("lr", "a number > 0")
         for name in ("weight_decay", "momentum"):

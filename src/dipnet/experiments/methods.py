@@ -67,6 +67,21 @@ def unwrap(model: nn.Module) -> nn.Module:
         model, nn.parallel.DistributedDataParallel) else model
 
 
+def compile_for_training(net: nn.Module, cfg: Any) -> nn.Module:
+    """The module the training loop calls: ``net`` itself, or ``torch.compile(net)`` when the
+    run says ``compile: true`` (with ATen's random ops: `dipnet.noise.prepare_compile`).
+
+    The optimizer and the checkpoints keep using the uncompiled model; the compiled module
+    shares its parameters.
+    """
+    if not getattr(cfg, "compile", False):
+        return net
+    from ..noise import prepare_compile
+
+    prepare_compile()
+    return torch.compile(net)
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

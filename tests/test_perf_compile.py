@@ -1,0 +1,113 @@
+"""torch.compile (issue 10 item 3): no graph break in training or evaluation, and the compiled
+projection draws the noise the eager one draws for the same seed.
+
+Inductor itself is not run here (a compilation takes tens of seconds on this machine);
+benchmarks/bench_overhead.py --sections compile times it. ``aot_eager`` runs the same traced
+graphs, the custom ops (dipnet::perturb) and their autograd with eager kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+
+import dipnet
+from dipnet import noise
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 5))
+
+
+@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.1)])
+def test_a_dip_loss_training_step_traces_without_graph_breaks(m, gamma) -> None:
+    torch.manual_seed(0)
+    cfg = dipnet.DIPConfig(m=m, gamma=gamma)
+    model = dipnet.project(mlp(), cfg).train()
+    loss = dipnet.DIPLoss(cfg, num_train=100)
+    x, y = torch.rand(4, 20), torch.randint(0, 5, (4,))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss(model, x, y).total
+
+    step(x, y)  # the first call calibrates the variances (init_scale), eagerly, once
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step)(x, y)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_evaluation_and_sampled_prediction_trace_without_graph_breaks() -> None:
+    torch.manual_seed(0)
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.1))
+    x = torch.rand(4, 20)
+    model.eval()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    with dipnet.sampling(model), torch.no_grad():  # Monte Carlo prediction: projections on
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("regenerate", [False, True])
+def test_the_compiled_step_draws_the_eager_noise_and_gradients(regenerate) -> None:
+    torch.manual_seed(0)
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.1)).train()
+    compiled = copy.deepcopy(model)
+    forward = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    x = torch.rand(6, 20)
+    results = []
+    with noise.options(regenerate=regenerate):
+        for net, run in ((model, model), (compiled, forward)):
+            torch.manual_seed(1)  # both draw their seed from the global generator
+            out = run(x)
+            out.square().mean().backward()
+            results.append((out.detach(), [p.grad for p in net.parameters()]))
+    (out_eager, grads_eager), (out_compiled, grads_compiled) = results
+    assert torch.allclose(out_eager, out_compiled, rtol=1e-6, atol=1e-7)
+    for a, b in zip(grads_eager, grads_compiled):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    variance_grads = [p.grad for p in dipnet.variance_parameters(compiled)]
+    assert all(g is not None and g.abs().sum() > 0 for g in variance_grads)
+
+
+def test_the_run_setting_compile_wraps_the_training_module() -> None:
+    import torch._inductor.config as inductor_config
+
+    from dipnet.errors import UserError
+    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.methods import compile_for_training
+
+    net = mlp()
+    with inductor_config.patch(fallback_random=False):
+        assert compile_for_training(net, RunConfig()) is net
+        compiled = compile_for_training(net, RunConfig(compile=True))
+        assert inductor_config.fallback_random  # ATen's CPU generator, not inductor's slow one
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    assert all(a is b for a, b in zip(compiled.parameters(), net.parameters()))
+    assert RunConfig.from_dict(RunConfig(compile=True).to_dict()).compile is True
+    with pytest.raises(UserError, match="'compile'='yes' is invalid"):
+        RunConfig(compile="yes")
+
+
+def test_dip_trainer_prepares_hugging_face_torch_compile(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    import torch._inductor.config as inductor_config
+
+    from dipnet.hf import DIPTrainer, project_model
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=32, n_positions=8, n_embd=8, n_layer=2, n_head=2, bos_token_id=0,
+        eos_token_id=0))
+    project_model(model, dipnet.DIPConfig(placement="blocks", init_variance=0.01))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                          use_cpu=True, torch_compile=True)
+    with inductor_config.patch(fallback_random=False):
+        DIPTrainer(model=model, args=args, train_dataset=[], num_train=10)
+        assert inductor_config.fallback_random
