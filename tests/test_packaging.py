@@ -41,6 +41,8 @@ FEATURE_EXTRAS = {
     "hf_experiments/math.py": ["math"],
     "hf_experiments/tokenizers.py": ["math"],
     "experiments/tracking.py": ["track"],
+    "experiments/backends.py": ["cluster"],
+    "experiments/tune.py": ["tune"],
 }
 HEAVY = ("transformers", "scipy", "yaml", "tqdm", "sklearn", "matplotlib", "numpy", "peft",
          "pandas")

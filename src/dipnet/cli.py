@@ -31,6 +31,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "experiments": ("yaml", "tqdm", "numpy", "scipy", "matplotlib", "sklearn",
                     "pytorch_optimizer", "markdown_it"),
     "eval": ("yaml", "tqdm", "numpy", "sklearn"),
+    "tune": ("optuna", "yaml", "tqdm", "numpy", "scipy", "matplotlib", "sklearn",
+             "pytorch_optimizer", "markdown_it"),
     "text": ("transformers", "accelerate", "peft", "numpy", "scipy", "matplotlib", "tqdm"),
     "math": ("transformers", "accelerate", "peft", "numpy", "scipy", "matplotlib", "tqdm",
              "reasoning_gym"),

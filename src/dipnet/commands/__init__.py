@@ -13,6 +13,7 @@ train           dipnet.experiments.cli:run_train_command              experiment
 compare         dipnet.experiments.sweep_cli:compare_command          experiments
 report          dipnet.experiments.sweep_cli:report_command           experiments
 demo            dipnet.experiments.sweep_cli:demo_command             experiments
+tune            dipnet.experiments.tune:tune_command                  tune
 evaluate        dipnet.evaluation.cli:run_evaluate_command            eval
 text-classify   dipnet.hf_experiments.cli:text_command                text
 math            dipnet.hf_experiments.cli:math_command                math
@@ -29,6 +30,7 @@ from __future__ import annotations
 COMMAND_MODULES = (
     "dipnet.commands.train",     # train
     "dipnet.commands.sweep",     # compare, report, demo
+    "dipnet.commands.tune",      # tune
     "dipnet.commands.evaluate",  # evaluate
     "dipnet.commands.hf",        # text-classify, math
 )

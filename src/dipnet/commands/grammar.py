@@ -126,6 +126,23 @@ def add_report_to(p: argparse.ArgumentParser) -> None:
                         "docs/cli.md)")
 
 
+BACKENDS = ("local", "ray", "submitit")
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    """``--backend local|ray|submitit`` and ``--address`` (docs/cluster.md)."""
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="where the runs execute: local processes (default), ray (Ray tasks on "
+                        "a running cluster, see --address, or on a local Ray instance of --jobs "
+                        "CPUs) or submitit (Slurm jobs; the local executor where there is no "
+                        "Slurm). Same folders, resume and results; needs pip install "
+                        "'dipnet[cluster]'. Settings: --set backend.KEY=VALUE, e.g. "
+                        "backend.slurm_partition=gpu (docs/cluster.md)")
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="with --backend ray: the running cluster, auto or HOST:PORT (default: "
+                        "start a local Ray instance for this command)")
+
+
 def add_old_override(p: argparse.ArgumentParser, option: str, prefix: str, what: str,
                      example: str) -> None:
     """An old key=value option kept for one release as ``--set PREFIX.KEY=VALUE``."""

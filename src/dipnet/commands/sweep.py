@@ -49,6 +49,7 @@ def _add_compare_options(p: argparse.ArgumentParser) -> None:
     grammar.add_old_override(p, "--param", "", "SCOPE.KEY=VALUE overrides", "sam.rho=0.1")
     grammar.add_report_to(p)
     p.add_argument("--jobs", type=int, help="runs trained in parallel processes (default 1)")
+    grammar.add_backend(p)
     p.add_argument("--name", help="sweep label used in the report title")
     p.add_argument("--allow-code", action="store_true",
                    help="allow a --config file to name user code as its model or data set "

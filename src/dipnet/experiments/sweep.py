@@ -11,17 +11,17 @@ The lifecycle mirrors a run's: :func:`plan_sweep` validates every grid point, fi
 builds every (model, method) pair once and compares every run folder with its run, writing
 nothing; then the sweep folder is locked (``OUT/.lock``; a second ``compare`` on it gets one
 line), looked at again, and only then is ``sweep.yaml`` written and training started. Each run
-locks its own folder as well (different files, never waited on: no deadlock). Worker processes
-die with the sweep (`locks.die_with_parent`).
+locks its own folder as well (different files, never waited on: no deadlock). The runs execute
+through a backend (`dipnet.experiments.backends`): local worker processes that die with the
+sweep (`locks.die_with_parent`), Ray tasks or submitit (Slurm) jobs, all running the same
+`_train_one` into the same folders.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import datetime as _dt
 import json
-import multiprocessing
 import os
 import platform
 import subprocess
@@ -36,8 +36,9 @@ import yaml
 from .. import trust
 from ..errors import UserError
 from ..fileio import atomic_write_text
+from . import backends
 from .config import dip_methods, takes_dip_settings
-from .locks import FolderLock, die_with_parent
+from .locks import FolderLock
 from .rundir import check_out_path, inspect_run_folder
 
 __all__ = ["SweepConfig", "SweepResult", "SweepPlan", "METHODS", "PERTURBATIONS",
@@ -88,6 +89,14 @@ class SweepConfig:
         evaluation_params: overrides of the evaluation suite's sizes (``SuiteSettings`` fields
             of dipnet.evaluation.suite, e.g. ``{attack_points: 200}``), for tight budgets.
         name: a label for the report title.
+        backend: where the runs execute (`dipnet.experiments.backends`): empty or
+            ``{name: local}`` (processes on this machine), ``{name: ray, address: auto}``,
+            ``{name: submitit, slurm_partition: gpu, timeout_min: 120}``; docs/cluster.md.
+            Changes no result.
+        method_run: per-method RunConfig fields over ``run``, ``{method: {key: value}}``, e.g.
+            each method's tuned learning rate (``dipnet tune`` writes it).
+        tuning: what ``dipnet tune`` did to choose ``method_params`` / ``method_run`` (budget
+            per method, search space, objective); recorded for the report, used by no run.
     """
 
     dataset: str
@@ -102,6 +111,9 @@ class SweepConfig:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluation_params: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    backend: dict[str, Any] = field(default_factory=dict)
+    method_run: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -166,6 +178,21 @@ class SweepConfig:
         if "perturbation_mode" in self.run:
             raise UserError("set perturbation_mode at the top level of the sweep (or with "
                             "--perturbation-mode), not under run:")
+        self.backend = backends.check_settings(self.backend)
+        for key in ("method_run", "tuning"):
+            if getattr(self, key) is None:
+                setattr(self, key, {})
+            if not isinstance(getattr(self, key), dict):
+                raise UserError(f"'{key}' in a sweep config must be a mapping (key: value)")
+        for method, values in self.method_run.items():
+            if method not in self.methods:
+                raise UserError(f"method_run names {method!r}, which is not among the methods "
+                                f"{', '.join(self.methods)}: add it to --methods or drop it")
+            grid = {"dataset", "model", "method", "seed", "train_perturbation",
+                    "perturbation_mode"} & set(values or {})
+            if not isinstance(values, dict) or grid:
+                raise UserError(f"method_run.{method} must map run fields to values (the grid's "
+                                f"own {', '.join(sorted(grid)) or 'fields'} cannot be set there)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, the inverse of :meth:`from_dict` (what sweep.yaml holds)."""
@@ -298,6 +325,7 @@ def expand_grid(sweep: SweepConfig) -> list[Any]:
                     data.pop("perturbation_strength", None)
                 else:
                     data["perturbation_mode"] = sweep.perturbation_mode
+                data.update(copy.deepcopy(sweep.method_run.get(method, {})))
                 mp = copy.deepcopy(sweep.method_params.get(method, {}))
                 if mp:
                     data["method_params"] = {**data.get("method_params", {}), **mp}
@@ -338,20 +366,6 @@ class SweepResult:
     evaluated: list[Path] = field(default_factory=list)
     evaluation_skipped: str = ""
     wall_clock_s: float = 0.0
-
-
-def _worker_init(parent_pid: int, allowance: tuple[bool, tuple[str, ...]]) -> None:
-    """Pool initializer: die with the sweep process, one torch thread, the parent's allowance
-    of user code (the sweep's own model)."""
-    die_with_parent(parent_pid)
-    _single_thread()
-    trust.set_allowance(allowance)
-
-
-def _pool(jobs: int) -> cf.ProcessPoolExecutor:
-    # spawn, not fork: torch's thread pools do not survive a fork reliably.
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(
-        "spawn"), initializer=_worker_init, initargs=(os.getpid(), trust.allowance()))
 
 
 def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
@@ -424,8 +438,17 @@ def _tuples(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
 
 
+def _task(sweep: SweepConfig, cfg: Any, run_dir: Path, fn: Callable[..., Any],
+          *args: Any) -> backends.Task:
+    """One run's training or evaluation (``fn(*args)``) as a backend task keyed by its folder,
+    asking for the run's threads and, for a CUDA run, a GPU."""
+    return backends.Task(key=run_dir, fn=fn, args=args, cpus=int(cfg.num_threads or 1),
+                         gpus=backends.task_gpus(sweep.backend, cfg.device))
+
+
 def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
-                   result: SweepResult) -> None:
+                   result: SweepResult, backend: backends.Backend,
+                   configs: dict[Path, Any]) -> None:
     try:
         from ..evaluation.suite import get_settings
     except ImportError as err:
@@ -451,32 +474,12 @@ def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
             bar.update(1)
 
     try:
-        if sweep.jobs <= 1 or len(todo) <= 1:
-            for d in todo:
-                _done(d, _evaluate_one(str(d), sweep.evaluate, sweep.evaluation_params)[1])
-        else:
-            with _pool(sweep.jobs) as pool:
-                futs = {pool.submit(_evaluate_one, str(d), sweep.evaluate,
-                                    sweep.evaluation_params): d for d in todo}
-                for fut in cf.as_completed(futs):
-                    try:
-                        _, err = fut.result()
-                    except UserError:
-                        for f in futs:
-                            f.cancel()
-                        raise
-                    except Exception as exc:
-                        err = f"{type(exc).__name__}: {exc}"
-                    _done(futs[fut], err)
+        backend.run([_task(sweep, configs[d], d, _evaluate_one, str(d), sweep.evaluate,
+                           sweep.evaluation_params) for d in todo],
+                    lambda task, value, err: _done(task.key, err if value is None else value[1]))
     finally:
         if bar is not None:
             bar.close()
-
-
-def _single_thread() -> None:
-    """Pool initializer: one torch thread per worker, so jobs workers share the cores."""
-    import torch
-    torch.set_num_threads(1)
 
 
 @dataclass
@@ -575,6 +578,7 @@ def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan
 
     out = Path(out_dir)
     check_out_path(out)
+    backends.require(sweep.backend)  # a missing ray / submitit, an unknown sbatch parameter
     configs = expand_grid(sweep)
     with trust.allowing([sweep.model]):
         for cfg in configs:
@@ -670,33 +674,27 @@ def _execute_sweep(sweep: SweepConfig, plan: SweepPlan, progress: bool,
             bar.update(1)
             bar.set_postfix_str(run_dir.name[-40:])
 
-    try:
-        if sweep.jobs <= 1 or len(todo) <= 1:
-            for cfg, d in todo:
-                if bar is not None:
-                    bar.set_postfix_str(d.name[-40:])
-                _, err = _train_one(cfg.to_dict(), str(d))
-                _done(d, err)
-        else:
-            with _pool(sweep.jobs) as pool:
-                futs = {pool.submit(_train_one, cfg.to_dict(), str(d)): d for cfg, d in todo}
-                for fut in cf.as_completed(futs):
-                    d = futs[fut]
-                    try:
-                        _, err = fut.result()
-                    except UserError:
-                        for f in futs:
-                            f.cancel()
-                        raise
-                    except Exception as exc:  # a worker died (e.g. out of memory)
-                        err = f"{type(exc).__name__}: {exc}"
-                    _done(d, err)
-    finally:
+    def _starting(task: backends.Task) -> None:
         if bar is not None:
-            bar.close()
+            bar.set_postfix_str(task.key.name[-40:])
 
-    if sweep.evaluate != "none":
-        _evaluate_runs(result.run_dirs, sweep, progress, result)
-    else:
-        result.evaluation_skipped = "evaluation not requested (--evaluate none)"
+    # where the runs execute: local processes, Ray tasks or submitit jobs (same folders)
+    threads = max([int(cfg.num_threads or 1) for cfg in plan.configs] or [1])
+    with backends.make_backend(sweep.backend, jobs=sweep.jobs, folder=out,
+                               cpus_per_task=threads) as backend:
+        try:
+            backend.run([_task(sweep, cfg, d, _train_one, cfg.to_dict(), str(d))
+                         for cfg, d in todo],
+                        lambda task, value, err: _done(task.key,
+                                                       err if value is None else value[1]),
+                        starting=_starting)
+        finally:
+            if bar is not None:
+                bar.close()
+
+        if sweep.evaluate != "none":
+            _evaluate_runs(result.run_dirs, sweep, progress, result, backend,
+                           dict(zip(plan.run_dirs, plan.configs)))
+        else:
+            result.evaluation_skipped = "evaluation not requested (--evaluate none)"
     return result

@@ -123,7 +123,7 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 _SCOPES = ("KEY (a sweep or run field)", "run.KEY", "METHOD.KEY", "method.KEY", "dip.KEY",
-           "model.KEY", "eval.KEY")
+           "model.KEY", "eval.KEY", "backend.KEY")
 
 
 def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -> dict[str, Any]:
@@ -159,6 +159,10 @@ def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -
             set_nested(run, rest, ov.value)
         elif head == "eval" and rest:
             set_nested(base.setdefault("evaluation_params", {}), rest, ov.value)
+        elif head == "backend" and rest:  # docs/cluster.md: backend.slurm_partition=gpu...
+            if not isinstance(base.get("backend"), dict):
+                base["backend"] = {"name": base["backend"]} if base.get("backend") else {}
+            set_nested(base["backend"], rest, ov.value)
         elif rest and head in ("dip", "model", "normalize"):
             key = "model_params" if head == "model" else head
             if not isinstance(run.get(key), dict):
@@ -184,6 +188,24 @@ def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -
         for m in owners:
             set_nested(params.setdefault(m, {}), ov.rest, ov.value)
     return base
+
+
+def apply_backend_options(base: dict[str, Any], args: argparse.Namespace) -> None:
+    """``--backend`` / ``--address`` into a sweep dict's ``backend`` mapping (in place). A
+    backend other than the config file's replaces the file's settings (they were for it)."""
+    backend = base.get("backend") or {}
+    if isinstance(backend, str):
+        backend = {"name": backend}
+    name = getattr(args, "backend", None)
+    if name and name != (backend.get("name") or "local"):
+        backend = {"name": name}
+    address = getattr(args, "address", None)
+    if address:
+        if (backend.get("name") or "local") != "ray":
+            raise UserError("--address is for --backend ray (a running Ray cluster): add "
+                            "--backend ray, or drop --address")
+        backend["address"] = address
+    base["backend"] = backend
 
 
 def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
@@ -215,6 +237,7 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
         base["jobs"] = _positive_int("--jobs", args.jobs)
     if args.name:
         base["name"] = args.name
+    apply_backend_options(base, args)
     run = base.setdefault("run", {}) or {}
     base["run"] = run
     for opt, key in (("epochs", "epochs"), ("max_train", "max_train"),

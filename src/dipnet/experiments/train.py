@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -512,7 +512,8 @@ def _take_folder(plan: RunPlan, info: DistInfo, wait: bool) -> tuple[FolderLock 
 
 # ---------------------------------------------------------------------- the run
 def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
-                 progress: bool = True, command: str | None = None) -> dict[str, Any]:
+                 progress: bool = True, command: str | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one run and write its results folder; resume or reuse what is there.
 
     The lifecycle: plan (validate every setting, check the folder: `plan_run`), prepare (data,
@@ -526,6 +527,10 @@ def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = F
         overwrite: discard a finished or partial run in ``out_dir`` and train again.
         progress: show tqdm bars (epochs and batches) on stderr.
         command: the command line recorded in metrics.json (default: sys.argv).
+        on_epoch: called (rank 0 only) with each epoch's history row once its checkpoint is
+            saved; an exception it raises stops the run there, resumable from that checkpoint
+            (`dipnet.experiments.tune` reports validation accuracy to Optuna and stops pruned
+            trials, and every trial before the test split is touched).
     Returns:
         The metrics dict (also written to ``out_dir/metrics.json``). A finished run with the
         same config is not retrained: its metrics are returned (and a line says so).
@@ -533,12 +538,14 @@ def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = F
         UserError: bad config values, missing data, a folder holding a different or damaged
             run, a folder in use by another process, a corrupt checkpoint.
     """
-    return train_run(cfg, out_dir, overwrite=overwrite, progress=progress, command=command)
+    return train_run(cfg, out_dir, overwrite=overwrite, progress=progress, command=command,
+                     on_epoch=on_epoch)
 
 
 def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
               progress: bool = True, command: str | None = None,
-              wait_for_lock: bool = False) -> dict[str, Any]:
+              wait_for_lock: bool = False,
+              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """`run_training`, plus ``wait_for_lock``: wait for another process that holds the folder
     instead of refusing (used for shared caches such as the fixed-FGSM reference model)."""
     info = DistInfo()
@@ -556,7 +563,7 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
         if finished is not None:
             return finished if info.is_main else {}
         try:
-            return _train_and_finish(plan, prep, info, progress, command)
+            return _train_and_finish(plan, prep, info, progress, command, on_epoch)
         finally:
             if lock is not None:
                 lock.release()
@@ -566,7 +573,9 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
 
 # ---------------------------------------------------------------------- phases 4-5: train, finish
 def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: bool,
-                      command: str | None) -> dict[str, Any]:
+                      command: str | None,
+                      on_epoch: Callable[[dict[str, Any]], None] | None = None
+                      ) -> dict[str, Any]:
     cfg, out, device = plan.cfg, plan.out, plan.device
     main = info.is_main
     method, model, val, test = prep.method, prep.model, prep.val, prep.test
@@ -709,6 +718,8 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
                     f"time {row['epoch_time_s']:.2f}s")
                 epochs_bar.set_postfix(val_acc=f"{row.get('val_accuracy', float('nan')):.3f}")
                 trackers.log_epoch(row)
+                if on_epoch is not None:
+                    on_epoch(dict(row))
             epochs_bar.update(1)
             info.barrier()
         epochs_bar.close()
