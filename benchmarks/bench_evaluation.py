@@ -4,11 +4,12 @@ Two parts (both by default; ``--only mc`` or ``--only eval`` picks one):
 
 mc    Monte Carlo prediction: k trajectories as a Python loop (one forward pass each) against
       the batched path of `Predictor.sample_logits` (k copies stacked on the batch axis,
-      trajectory-major, one pass, chunked by the ``mc_max_rows`` budget), for k = 8 and 16, on
-      a DIPNet MLP 784-256-256-10 and a DIPNet ResNet-8, batch of 500. Medians of interleaved
-      rounds (loop, batched, loop, ...), so drift on a shared machine hits both alike. Also
-      prints the two estimates' mean predictive probabilities side by side (same estimator:
-      they agree to Monte Carlo error).
+      trajectory-major, in passes of the default row budget) and against one single pass over
+      all k * B rows, for k = 8 and 16, on a DIPNet MLP 784-256-256-10 and a DIPNet ResNet-8,
+      batch of 500, on --device (cpu by default; cuda if you have one). Medians of
+      interleaved rounds, so drift on a shared machine hits all alike; ratios are
+      looped / variant (> 1: the variant is faster). Also prints the mean top probability of
+      the looped and the batched estimate (same estimator: equal to Monte Carlo error).
 
 eval  `evaluate_run(RUN, "quick")` with the evaluation package of a baseline commit (before
       the speed-ups; --baseline) against the working tree, each in a fresh process, rounds
@@ -22,7 +23,7 @@ eval  `evaluate_run(RUN, "quick")` with the evaluation package of a baseline com
       error (fresh noise).
 
 Run:  .venv/bin/python benchmarks/bench_evaluation.py [--only mc|eval] [--rounds 3] [--demo]
-      [--runs DIR ...] [--baseline REV] [--threads 1] [--json out.json]
+      [--runs DIR ...] [--baseline REV] [--threads 1] [--device cuda] [--json out.json]
 On a shared machine prefer the CPU seconds: wall-clock includes waiting for a core. This is a
 benchmark, not a test: nothing asserts.
 """
@@ -49,7 +50,14 @@ WORK = Path(tempfile.gettempdir()) / "dipnet-bench-evaluation"
 
 
 # ------------------------------------------------------------------------------------ mc
-def bench_mc(rounds: int, threads: int) -> list[dict[str, Any]]:
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_mc(rounds: int, threads: int, device: str = "cpu") -> list[dict[str, Any]]:
     import torch
 
     import dipnet
@@ -62,39 +70,51 @@ def bench_mc(rounds: int, threads: int) -> list[dict[str, Any]]:
     for name, shape in (("mlp 784-256-256-10", (1, 28, 28)), ("resnet8", (1, 28, 28))):
         model = create_model("mlp" if name.startswith("mlp") else "resnet8", shape, 10)
         dipnet.project(model)
-        model.eval()
+        model.eval().to(device)
 
         def one(x: torch.Tensor, model: torch.nn.Module = model) -> torch.Tensor:
             with dipnet.sampling(model):
                 return model(x)
 
-        x = torch.rand(500, *shape)
+        x = torch.rand(500, *shape, device=device)
         for k in (8, 16):
             pred = sampled_predictor(one, k)
-            looped: Callable[[], Any] = lambda: sample_logits_looped(pred, x, k)  # noqa: E731
-            batched: Callable[[], Any] = lambda: pred.sample_logits(x, k)  # noqa: E731
-            times: dict[str, list[float]] = {"looped": [], "batched": []}
+            one_pass = sampled_predictor(one, k)
+            one_pass.chunk = k * x.shape[0]  # every copy in a single pass
+            fns: dict[str, Callable[[], Any]] = {
+                "looped": lambda: sample_logits_looped(pred, x, k),
+                "batched": lambda: pred.sample_logits(x, k),  # the default row budget
+                "one_pass": lambda: one_pass.sample_logits(x, k)}
+            times: dict[str, list[float]] = {label: [] for label in fns}
             with torch.no_grad():
-                looped(), batched()  # warm-up
+                for fn in fns.values():
+                    fn()  # warm-up (and the activation-size probe of the default budget)
                 for _ in range(rounds):
-                    for label, fn in (("looped", looped), ("batched", batched)):
+                    for label, fn in fns.items():
+                        _sync(device)
                         t0 = time.perf_counter()
                         fn()
+                        _sync(device)
                         times[label].append(time.perf_counter() - t0)
                 torch.manual_seed(1)
                 p_loop = sample_logits_looped(pred, x, k).softmax(-1).mean(0)
                 torch.manual_seed(1)
                 p_batch = pred.sample_logits(x, k).softmax(-1).mean(0)
-            t_loop, t_batch = statistics.median(times["looped"]), statistics.median(times["batched"])
-            row = {"model": name, "k": k, "batch": 500, "looped_ms": 1e3 * t_loop,
-                   "batched_ms": 1e3 * t_batch, "speedup": t_loop / t_batch,
+            med = {label: statistics.median(v) for label, v in times.items()}
+            row = {"model": name, "device": device, "k": k, "batch": 500,
+                   "rows_per_pass": pred.rows_per_pass(x),
+                   **{f"{label}_ms": 1e3 * v for label, v in med.items()},
+                   "looped_over_batched": med["looped"] / med["batched"],
+                   "looped_over_one_pass": med["looped"] / med["one_pass"],
                    "mean_prob_looped": p_loop.max(-1).values.mean().item(),
                    "mean_prob_batched": p_batch.max(-1).values.mean().item()}
             rows.append(row)
-            print(f"  {name:20s} k={k:2d}  looped {row['looped_ms']:8.1f} ms  batched "
-                  f"{row['batched_ms']:8.1f} ms  looped/batched {row['speedup']:5.2f}x  "
-                  f"(mean top probability {row['mean_prob_looped']:.4f} vs "
-                  f"{row['mean_prob_batched']:.4f})", flush=True)
+            print(f"  {name:20s} k={k:2d}  looped {row['looped_ms']:7.1f} ms | batched, "
+                  f"{row['rows_per_pass']} rows/pass {row['batched_ms']:7.1f} ms "
+                  f"({row['looped_over_batched']:4.2f}x) | one pass of {k * x.shape[0]} rows "
+                  f"{row['one_pass_ms']:7.1f} ms ({row['looped_over_one_pass']:4.2f}x) | "
+                  f"mean top probability {row['mean_prob_looped']:.4f} vs "
+                  f"{row['mean_prob_batched']:.4f}", flush=True)
     return rows
 
 
@@ -250,6 +270,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("mc", "eval"), default=None)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="device of the mc part (cpu, cuda)")
     ap.add_argument("--demo", action="store_true", help="also the five demo runs, demo settings")
     ap.add_argument("--runs", nargs="*", default=None, metavar="DIR",
                     help="evaluate these run folders (quick suite) instead of training")
@@ -265,8 +286,8 @@ def main() -> None:
           f"{args.threads} thread(s), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     out: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds}
     if args.only in (None, "mc"):
-        print("\nMonte Carlo prediction, k trajectories (no_grad, batch 500):")
-        out["mc"] = bench_mc(max(args.rounds, 5), args.threads)
+        print(f"\nMonte Carlo prediction on {args.device}, k trajectories (no_grad, batch 500):")
+        out["mc"] = bench_mc(max(args.rounds, 5), args.threads, args.device)
     if args.only in (None, "eval"):
         print(f"\nquick evaluation, old = evaluation package of {args.baseline[:12]}, "
               "new = working tree:")

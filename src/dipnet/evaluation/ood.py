@@ -13,7 +13,6 @@ AUROC is sklearn.metrics.roc_auc_score.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
