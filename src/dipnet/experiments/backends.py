@@ -18,10 +18,11 @@ the same run folder under the sweep folder, its own folder lock, resume from its
 The remote backends need every node to see the sweep folder at the same path (a shared
 filesystem) and dipnet installed in the same environment; a task refuses to start otherwise.
 
-Tasks of a driver that died stop: a remote task on the driver's host whose parent is the
-driver dies with it (``PR_SET_PDEATHSIG``); every remote task also watches a heartbeat file
-that the driver rewrites every few seconds in the folder it holds locked and exits when the
-heartbeat stops (``orphan_timeout_s``, default 120 s) or another driver took the folder over.
+Tasks of a driver that died stop: a remote task on the driver's host checks every second that
+the driver's process is alive (submitit's local executor, a local Ray instance); every remote
+task also watches a heartbeat file that the driver rewrites every few seconds in the folder it
+holds locked, and exits when the heartbeat stops (``orphan_timeout_s``, default 120 s) or
+another driver took the folder over.
 Ray additionally cancels the tasks of a driver that exits (its own fate-sharing), and the
 driver cancels its outstanding tasks and jobs when it stops on an error, Ctrl-C or SIGTERM.
 
@@ -52,6 +53,9 @@ from .. import trust
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from .locks import die_with_parent
+
+#: The exit status of a task process that stopped because its driver is gone.
+EXIT_ORPHANED = 3
 
 __all__ = ["BACKENDS", "Task", "Backend", "LocalBackend", "RayBackend", "SubmititBackend",
            "check_settings", "require", "make_backend", "backend_name", "task_gpus",
@@ -351,18 +355,40 @@ def _read(path: str) -> str | None:
 def _orphaned(message: str) -> None:
     print(f"dipnet: {message}; stopping this task (its run resumes from its checkpoint)",
           file=sys.stderr, flush=True)
-    os._exit(3)
+    os._exit(EXIT_ORPHANED)
 
 
-def _watch_heartbeat(beat: dict[str, Any], stop: threading.Event) -> None:
-    """Task side: exit the process when the driver's heartbeat stops or changes hands.
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this machine) is running; a zombie counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _watch_heartbeat(beat: dict[str, Any], stop: threading.Event,
+                     driver_pid: int | None = None) -> None:
+    """Task side: exit the process when the driver is gone: its process (``driver_pid``, when
+    it runs on this machine) exited, its heartbeat stopped, or another driver took over.
 
     Read errors count as "no news" (only a timeout ends the task), so a filesystem hiccup
     never kills a healthy run; time is this process's monotonic clock, so clock skew between
     nodes does not matter.
     """
     last, since = None, time.monotonic()
-    while not stop.wait(beat["interval"]):
+    period = min(1.0, beat["interval"]) if driver_pid is not None else beat["interval"]
+    while not stop.wait(period):
+        if driver_pid is not None and not _alive(driver_pid):
+            _orphaned(f"the driver (pid {driver_pid}) exited")
         text = _read(beat["path"])
         if text is not None and text.strip() and not text.startswith(beat["token"] + " "):
             _orphaned("another dipnet process took over the sweep folder")
@@ -404,14 +430,13 @@ def run_remote(payload: dict[str, Any]) -> tuple[str, Any]:
                                   f"on node {host}: start dipnet from a folder on a filesystem "
                                   f"every node shares")
         os.chdir(cwd)  # relative --out, --data-dir and .npz paths mean what they meant there
-        if host == payload["host"] and os.getppid() == payload["pid"]:
-            die_with_parent(payload["pid"])  # submitit's local executor: a child of the driver
         beat = payload["heartbeat"]
         if not _wait_visible(beat, min(60.0, beat["timeout"])):
             return ("user_error", f"{beat['path']} is not visible on node {host}: the sweep "
                                   f"folder must be on a filesystem every node shares, at the "
                                   f"same path")
-        threading.Thread(target=_watch_heartbeat, args=(beat, stop),
+        local = payload["pid"] if host == payload["host"] else None
+        threading.Thread(target=_watch_heartbeat, args=(beat, stop, local),
                          name="dipnet-driver-watch", daemon=True).start()
         trust.set_allowance(payload["allowance"])
         import torch

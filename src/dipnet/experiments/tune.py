@@ -477,8 +477,8 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
                 what = (f"failed: {err}" if err is not None else
                         f"{value['state']}, validation accuracy "
                         f"{_last_value(frozen):.4f} after epoch {_epochs(frozen)}")
-                print(f"dipnet tune: {method} trial {number + 1}/{cfg.budget} {what} "
-                      f"({_params_text(frozen.params)})", file=sys.stderr)
+                print(f"dipnet tune: {method} trial-{number:03d} ({number + 1}/{cfg.budget}) "
+                      f"{what} ({_params_text(frozen.params)})", file=sys.stderr)
 
         backend.run(tasks, done)
     study = optuna.load_study(study_name=method, storage=storage)
