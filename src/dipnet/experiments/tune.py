@@ -16,9 +16,12 @@ evaluated while tuning. The objective is the validation accuracy after the last 
 ``compare`` keeps: no early stopping).
 
 Reproducible: the TPE sampler of trial n is seeded by (seed, n), and trials run in batches of
-``jobs`` asked only once every earlier batch finished, so the same seed chooses the same
-trials whatever the backend, ``jobs`` or an interruption (an interrupted tune resumes: its
-unfinished trials continue from their checkpoints, then new ones are asked).
+``jobs``, asked once every earlier batch finished and told once their own batch finished, so
+for a given ``jobs`` the same seed chooses (and prunes) the same trials whatever the backend,
+the timing or an interruption (an interrupted tune resumes: its unfinished trials continue
+from their checkpoints, then new ones are asked). With ``jobs`` > 1 the model-based choices
+see fewer finished trials than with ``jobs`` 1, so the trials differ from a sequential tune's
+once the random startup trials are done.
 
 Writes ``OUT/best.yaml`` (a sweep config for ``dipnet compare --config``: each method with its
 tuned ``method_params`` and learning rate in ``method_run``, and a ``tuning`` block stating the
@@ -191,6 +194,8 @@ def _trial_sweep(cfg: TuneConfig, method: str, params: dict[str, float]) -> Swee
     """The one-run sweep of a trial of ``method`` with ``params`` (lr and method keys)."""
     data = cfg.sweep.to_dict()
     data.update(methods=[method], seeds=[cfg.seed], backend={}, tuning={}, jobs=1)
+    if not takes_dip_settings(method):  # the sweep's dip settings are for its dip methods
+        data["run"].pop("dip", None)
     own = {k: v for k, v in params.items() if k != "lr"}
     data["method_params"] = {method: {**data["method_params"].get(method, {}), **own}}
     data["method_params"] = {m: v for m, v in data["method_params"].items() if v}
@@ -406,13 +411,13 @@ def tune(cfg: TuneConfig, out_dir: str | Path, *, progress: bool = True) -> Tune
             for method in cfg.sweep.methods:
                 method_rows = _tune_method(cfg, method, spaces[method], out, backend, progress)
                 rows += method_rows
+                _write_tables(cfg, out, rows, spaces)  # progress visible while tuning
                 done = [r for r in method_rows if r["state"] == "complete"]
                 if not done:
                     raise UserError(f"no trial of {method} completed ({len(method_rows)} "
-                                    f"pruned or failed; see {out / 'trials.csv'}): widen the "
-                                    f"budget or the search space")
+                                    f"pruned or failed; see {out / 'trials.csv'}): raise "
+                                    f"--budget, change the search space or relax the pruner")
                 best[method] = max(done, key=lambda r: (r["value"], -r["trial"]))
-                _write_tables(cfg, out, rows, spaces)  # progress visible while tuning
         result = _finish(cfg, out, rows, best, spaces)
         result.wall_clock_s = time.perf_counter() - t0
         return result
@@ -462,8 +467,13 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
                 cpus=int(run_cfg.num_threads or 1),
                 gpus=backends.task_gpus(cfg.sweep.backend, run_cfg.device)))
 
-        def done(task: backends.Task, value: Any, err: str | None) -> None:
-            number = task.key
+        outcomes: dict[int, tuple[Any, str | None]] = {}
+        backend.run(tasks, lambda task, value, err: outcomes.__setitem__(task.key, (value, err)))
+        # Told only once the whole batch is back: until then its trials stay RUNNING, so the
+        # pruner of a trial sees the earlier batches only, never a batch-mate that happened
+        # to finish first (the outcome does not depend on timing).
+        for number in sorted(outcomes):
+            value, err = outcomes[number]
             if err is not None:
                 errors[number] = err
                 study.tell(number, state=TrialState.FAIL)
@@ -479,8 +489,6 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
                         f"{_last_value(frozen):.4f} after epoch {_epochs(frozen)}")
                 print(f"dipnet tune: {method} trial-{number:03d} ({number + 1}/{cfg.budget}) "
                       f"{what} ({_params_text(frozen.params)})", file=sys.stderr)
-
-        backend.run(tasks, done)
     study = optuna.load_study(study_name=method, storage=storage)
     return [_row(method, t, out, errors.get(t.number)) for t in study.trials]
 
