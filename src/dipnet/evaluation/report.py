@@ -351,7 +351,7 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
         plt.close(fig)
         rows = [[_label(s), *[_cell(list(idx.per_seed(s, smooth(k)).values()), 1, 3) for k, _ in present]]
                 for s in idx.series]
-        md += ["", "#### Smoothness (DIPNET.md section 4; lower is smoother)", "",
+        md += ["", "#### Smoothness (the theory's quantities, docs/method.md; lower is smoother)", "",
                _md_table(["method (prediction)", *[t for _, t in present]], rows), "",
                "![smoothness measures](smoothness.png)", "",
                "Per-example measures are means over the evaluated test points; a sampled "

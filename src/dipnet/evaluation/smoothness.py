@@ -1,4 +1,4 @@
-"""Smoothness measures of DIPNET.md section 4, for a deterministic or an MC-averaged prediction.
+"""Smoothness measures of the paper's theory (docs/method.md), for a deterministic or an MC-averaged prediction.
 
 What is measured (per test point unless said otherwise):
 - input-gradient norm of the loss, ||grad_x loss(x, y)||_2;
