@@ -112,9 +112,8 @@ def check_settings(settings: Any) -> dict[str, Any]:
         if stray:
             raise UserError(f"backend setting(s) {', '.join(stray)} do not apply to the ray "
                             f"backend; its settings are {', '.join(sorted(_RAY))}")
-    else:
-        stray = sorted(k for k in keys - _SUBMITIT if k == "address")
-        if stray:
+    else:  # submitit's own parameters are checked against its lists by `require`
+        if "address" in settings:
             raise UserError("--address is for --backend ray; the submitit backend finds Slurm "
                             "itself (or set backend.cluster=local)")
         cluster = settings.get("cluster", "auto")
@@ -621,6 +620,7 @@ class SubmititBackend(Backend):
         self.jobs = max(1, jobs)
         self.folder = Path(folder)
         self._executor: Any = None
+        self._user_params: dict[str, Any] = {}
         self._beat: _Heartbeat | None = None
 
     def _start(self) -> Any:
