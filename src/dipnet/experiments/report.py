@@ -209,7 +209,8 @@ def _run_row(r: RunRecord) -> dict[str, Any]:
     final_loss = _num(hist[-1].get("train_loss")) if hist and isinstance(hist[-1], dict) else None
     row: dict[str, Any] = {
         "run": r.name, "dataset": r.group[0], "model": r.group[1], "train_perturbation":
-        r.perturbation, "method": r.method, "seed": r.seed,
+        r.perturbation, "perturbation_mode": r.config.get("perturbation_mode") or "fresh",
+        "method": r.method, "seed": r.seed,
         "epochs": r.config.get("epochs", len(hist)), "max_train": r.config.get("max_train"),
         "test_accuracy": _num(m.get("test_accuracy")),
         "test_accuracy_deterministic": _num(m.get("test_accuracy_deterministic")),
@@ -874,10 +875,17 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         sub_conds = sorted({a["train_perturbation"] for a in sub}, key=_pert_order)
         md += ["", f"## Clean test accuracy ({ds} / {model})", ""]
         if len(sub_conds) > 1:
+            modes = sorted({r.get("perturbation_mode", "fresh") for r in results["runs"]
+                            if r["dataset"] == ds and r["model"] == model
+                            and r["train_perturbation"] != "none"})
+            how = {"fixed": "the training set perturbed ONCE before training (FGSM against a "
+                            "clean reference model)",
+                   "fresh": "perturbations drawn anew for every batch"}
             md += ["The paper's protocol (its Table 1): training inputs perturbed by Gaussian "
                    "noise (σ = 0.2) or FGSM (ε = 0.2 on [0, 1] pixels), accuracy on the clean "
                    "test set; the last columns compare the mean over conditions with "
-                   "standard's, paired by seed.", ""]
+                   "standard's, paired by seed. Perturbation mode: "
+                   + "; ".join(f"{m_} ({how.get(m_, m_)})" for m_ in modes) + ".", ""]
         md += [summary_table(results, ds, model), ""]
         sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
         p = report_plots.plot_accuracy(sub, sub_methods, sub_conds, f"{ds} / {model}",
