@@ -25,7 +25,7 @@ from dipnet.commands import names
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "scipy", "sklearn", "matplotlib", "yaml", "tqdm", "numpy",
          "peft", "safetensors", "pandas")
-COMMANDS = ("train", "compare", "report", "demo", "evaluate", "text-classify", "math")
+COMMANDS = ("train", "compare", "report", "demo", "evaluate", "tune", "text-classify", "math")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
