@@ -291,9 +291,14 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
     if not conds:
         return
     arms = [a for a in ARM_LABELS if a != "standard"]
-    fig, axes = plt.subplots(1, len(conds), figsize=(3.3 * len(conds) + 2.6, 3.4), sharey=True,
-                             squeeze=False)
-    for ax, cond in zip(axes[0], conds):
+    ncols = min(2, len(conds))
+    nrows = (len(conds) + ncols - 1) // ncols
+    # Two panels a row keep the figure legible at page width.
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 2.6, 2.9 * nrows + 0.5),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(conds):]:
+        ax.axis("off")
+    for ax, cond in zip(axes.flat, conds):
         data = results["conditions"][cond]
         for i, arm in enumerate(arms):
             t = data.get(arm, {}).get("paired", {}).get("standard")
@@ -303,11 +308,13 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
             colour = "C3" if arm == "dipnet" else ("C0" if arm.startswith("fixed") else "C7")
             ax.errorbar(m, i, xerr=[[m - lo], [hi - m]], fmt="o", color=colour, capsize=3)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(f"training inputs: {cond}", fontsize=9)
+        n = data.get("standard", {}).get("seeds", "?")
+        ax.set_title(f"training inputs: {cond} ({n} seeds)", fontsize=9)
         ax.set_xlabel("test accuracy minus standard (points)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(range(len(arms)))
-    axes[0][0].set_yticklabels([ARM_LABELS[a] for a in arms], fontsize=8)
+    for row in axes:
+        row[0].set_yticks(range(len(arms)))
+        row[0].set_yticklabels([ARM_LABELS[a] for a in arms], fontsize=8)
     axes[0][0].invert_yaxis()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
