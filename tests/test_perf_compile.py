@@ -126,3 +126,25 @@ def test_dip_trainer_prepares_hugging_face_torch_compile(tmp_path) -> None:
     with inductor_config.patch(fallback_random=False):
         DIPTrainer(model=model, args=args, train_dataset=[], num_train=10)
         assert inductor_config.fallback_random
+
+
+def test_a_model_compiled_in_eval_mode_samples_under_dipnet_sampling() -> None:
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=1.0)).eval()
+    x = torch.rand(2, 20)
+    with dynamo_config.patch(skip_nnmodule_hook_guards=True), \
+            inductor_config.patch(fallback_random=False):
+        noise.prepare_compile()  # what compile_for_training and DIPTrainer call
+        assert not dynamo_config.skip_nnmodule_hook_guards and inductor_config.fallback_random
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager")
+        with torch.no_grad():
+            plain = compiled(x)
+            with dipnet.sampling(model):
+                a, b = compiled(x), compiled(x)
+            again = compiled(x)
+    assert torch.equal(plain, again) and torch.equal(plain, model(x))
+    assert not torch.allclose(a, b) and not torch.allclose(a, plain)

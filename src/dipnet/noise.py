@@ -120,10 +120,20 @@ def options(**changes: bool | str) -> Iterator[NoiseOptions]:
 
 
 def prepare_compile() -> None:
-    """Settings that make a compiled DIPNet step fast: inductor's in-kernel CPU random number
-    generator is several times slower than ATen's, so random ops fall back to ATen."""
+    """Call before ``torch.compile`` of a projected model: settings it needs to be right and fast.
+
+    - Guards on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards = False``): a
+      projection hooks itself in only while it samples, and without these guards a model
+      compiled in eval mode keeps its compiled graph under `dipnet.sampling` (no noise at all),
+      and two compiled functions of one code object can share a graph although only one of
+      their models is projected (both measured).
+    - ``torch._inductor.config.fallback_random = True``: inductor's in-kernel CPU random number
+      generator is several times slower than ATen's.
+    """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
+    dynamo_config.skip_nnmodule_hook_guards = False
     inductor_config.fallback_random = True
 
 
@@ -485,6 +495,38 @@ def _perturb_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
 
 
 _perturb_op.register_autograd(_perturb_backward, setup_context=_perturb_setup)
+
+
+@torch.library.custom_op("dipnet::noise_std", mutates_args=())
+def _noise_std(raw: torch.Tensor, floor: float, softplus: bool) -> torch.Tensor:
+    v = torch.nn.functional.softplus(raw) if softplus else torch.exp(raw)
+    return (v + floor).sqrt()
+
+
+@_noise_std.register_fake
+def _noise_std_fake(raw: torch.Tensor, floor: float, softplus: bool) -> torch.Tensor:
+    return torch.empty_like(raw)
+
+
+def _noise_std_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.softplus = inputs[2]
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _noise_std_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    raw, std = ctx.saved_tensors
+    dv = torch.sigmoid(raw) if ctx.softplus else torch.exp(raw)  # d variance / d raw
+    return grad * dv / (2 * std), None, None
+
+
+_noise_std.register_autograd(_noise_std_backward, setup_context=_noise_std_setup)
+
+
+def compiled_std(raw: torch.Tensor, floor: float, parameterization: str) -> torch.Tensor:
+    """sqrt(variance) from the raw parameters as one opaque op, for ``torch.compile``: inductor
+    would otherwise fuse exp / softplus and sqrt (and their derivatives) into the per-element
+    kernels around the noise and evaluate them once per element instead of once per feature."""
+    return _noise_std(raw, float(floor), parameterization == "softplus")
 
 
 def _compiled_perturb(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

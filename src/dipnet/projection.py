@@ -223,7 +223,11 @@ class GaussianProjection(nn.Module):
             ProjectionShapeError: if ``x``'s feature axis does not have ``num_features`` entries.
         """
         dim = self.feature_axis(x)
-        std = self.variance.sqrt().to(x.dtype)
+        if torch.compiler.is_compiling():
+            std = noise.compiled_std(self.raw_variance, self.variance_floor,
+                                     self.parameterization).to(x.dtype)
+        else:
+            std = self.variance.sqrt().to(x.dtype)
         if dim != x.dim() - 1:  # features on the last axis broadcast as they are
             shape = [1] * x.dim()
             shape[dim] = self.num_features
