@@ -112,3 +112,24 @@ def test_dip_trainer_refuses_chunks(tmp_path) -> None:
                                           use_cpu=True)
     with pytest.raises(dipnet.errors.UserError, match="chunks=2 applies to dipnet.DIPLoss"):
         DIPTrainer(model=model, args=args, train_dataset=[], num_train=10)
+
+
+def test_chunks_average_the_models_own_loss_over_trajectories() -> None:
+    """Hugging Face style: no targets, the model's own .loss per pass, weighted by its share."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    base = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=32, n_positions=8, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
+    ids = torch.randint(0, 32, (2, 8))
+    runs = []
+    for chunks in (1, 2):  # m = 3: passes of 2 and 1 trajectories
+        cfg = dipnet.DIPConfig(placement="blocks", m=3, chunks=chunks, init_variance=0.05)
+        model = dipnet.project(copy.deepcopy(base), cfg).train()
+        torch.manual_seed(5)
+        parts = dipnet.DIPLoss(cfg, num_train=100)(model, {"input_ids": ids, "labels": ids})
+        parts.total.backward()
+        runs.append((parts.nll.item(), [p.grad for p in model.parameters() if p.grad is not None]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-6)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
