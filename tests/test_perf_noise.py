@@ -111,13 +111,14 @@ def test_saved_bytes_of_the_mlp_stay_within_ten_percent_of_plain() -> None:
 
 def test_saved_bytes_of_a_gpt2_stay_within_three_percent_of_plain() -> None:
     """Issue 10 goal: 4-layer GPT-2 (d 256), layers placement, <= 1.03x (1.19x before). Here
-    seq 64 and batch 4 to stay fast; benchmarks/bench_overhead.py measures seq 128, batch 8.
+    2 layers, seq 64 and batch 4 to stay fast (every layer saves the same); the bench measures
+    4 layers, seq 128, batch 8: 1.001x.
     The attention output is kept by the fused attention kernel, so the input of c_proj is
     saved as its recipe."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=1024, n_positions=64, n_embd=256, n_layer=4, n_head=4, resid_pdrop=0.0,
+        vocab_size=1024, n_positions=64, n_embd=256, n_layer=2, n_head=4, resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
     ids = torch.randint(0, 1024, (4, 64))
     batch = {"input_ids": ids, "labels": ids}
