@@ -57,7 +57,7 @@ from .config import RunConfig
 from .data import DatasetSplits, Split, check_dataset_name, load_dataset
 from .fixed import fixed_training_inputs
 from .locks import FolderLock
-from .methods import Method, get_method
+from .methods import Method, compile_for_training, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
 from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path,
@@ -624,6 +624,9 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
         if info.enabled:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        # `compile: true`: the loop calls the compiled module; the optimizer and checkpoints keep
+        # the plain model, which shares its parameters.
+        net = compile_for_training(net, cfg)
         extra = method.extra_parameters(model)
         per_rank_batch = max(1, math.ceil(cfg.batch_size / info.world))
         sampler = DistributedSampler(range(num_train), num_replicas=info.world, rank=info.rank,
