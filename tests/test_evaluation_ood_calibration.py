@@ -80,3 +80,24 @@ def test_temperature_scaling_moves_ece_as_expected():
     hot = calibration_metrics(torch.log_softmax(5 * logits, -1), y)
     assert hot["ece"] > base["ece"] and hot["nll"] > base["nll"]
     assert 0 <= base["ece"] < 0.1 and base["brier"] < 0.1
+
+
+def test_reliability_bins_by_hand():
+    from dipnet.evaluation.calibration import calibration_metrics, reliability_bins
+
+    # Confidences 0.9, 0.9 (one right, one wrong), 0.6 (right), 0.3 (wrong; 3 classes).
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1],
+                          [0.3, 0.35, 0.35]])
+    y = torch.tensor([0, 1, 0, 0])
+    r = reliability_bins(probs, y, bins=5)
+    assert r["bin_edges"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert r["count"] == [0, 1, 1, 0, 2]  # 0.35 -> (0.2, 0.4]; 0.6 -> (0.4, 0.6]; 0.9 x 2
+    assert r["confidence"][4] == pytest.approx(0.9) and r["accuracy"][4] == pytest.approx(0.5)
+    assert r["accuracy"][1] == 0.0 and r["accuracy"][2] == 1.0
+    assert r["confidence"][0] is None  # empty bin
+    # The ECE is the count-weighted gap of these very bins.
+    ece = sum(c / 4 * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"])
+              if c)
+    m = calibration_metrics(probs.log(), y, bins=5)
+    assert m["ece"] == pytest.approx(ece, abs=1e-6)
+    assert m["reliability"]["count"] == r["count"]
