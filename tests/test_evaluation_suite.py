@@ -207,3 +207,25 @@ def test_out_that_cannot_be_written_is_one_line_before_any_work(runs, tmp_path, 
     # The library entry point gives the same clear error.
     with pytest.raises(UserError, match="--out"):
         evaluate_run(runs["standard"], progress=False, out=out, parts=("clean",))
+
+
+def test_test_time_gaussian_noise_sweep(runs, evaluated):
+    r = evaluated["standard"][0]
+    rows = r["gaussian_noise"]
+    sigmas = sorted({row["sigma"] for row in rows})
+    assert sigmas[0] == 0.0 and len(sigmas) >= 4
+    acc = {row["sigma"]: row["accuracy"] for row in rows if row["prediction"] == "deterministic"}
+    # The noise reaches the model: the accuracy changes with sigma (this 3-epoch fixture model
+    # is weak, so no monotone decline is asserted), and sigma 0 is the clean subset.
+    assert len(set(acc.values())) > 1
+    from dipnet.evaluation.suite import _subset
+    from dipnet.experiments.runs import load_run
+
+    run = load_run(runs["standard"])
+    xs, ys = _subset(run.data.test.x, run.data.test.y, 40, 0)
+    with torch.no_grad():
+        direct = float((run.method.predict_logits(run.model, xs).argmax(-1) == ys).float().mean())
+    assert acc[0.0] == pytest.approx(direct)
+    assert all(row["n_points"] == 40 for row in rows)  # the corruption subset
+    assert {row["prediction"] for row in evaluated["dipnet"][0]["gaussian_noise"]} == {
+        "deterministic", "sampled"}

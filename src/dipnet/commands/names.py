@@ -25,7 +25,7 @@ LR_SCHEDULES = ("constant", "cosine")
 EVALUATE_SUITES = ("quick", "full", "none")
 #: `dipnet.evaluation.suite.SUITES` and `PARTS`
 EVAL_SUITES = ("full", "quick")
-EVAL_PARTS = ("clean", "calibration", "attacks", "corruptions", "ood", "smoothness")
+EVAL_PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
 #: `dipnet.experiments.tracking.REPORT_TO`: Hugging Face's ``report_to`` names
 REPORT_TO = ("tensorboard", "mlflow")
 #: `dipnet.hf_experiments.text.METHODS` / `dipnet.hf_experiments.math.METHODS`

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UserError
 
-PARTS = ("clean", "calibration", "attacks", "corruptions", "ood", "smoothness")
+PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
 STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # dipnet.evaluation.strong_attacks (ART)
 ATTACK_NAMES = ("fgsm", "pgd") + STRONG_ATTACKS
 
@@ -53,6 +53,9 @@ class SuiteSettings:
     corruption_points: int = 200
     corruptions: tuple[str, ...] | None = None  # None = the quick or full list for the input
     severities: tuple[int, ...] = (1, 2)
+    # Test-time Gaussian noise of these standard deviations (on [0, 1] inputs, clipped), on
+    # the corruption subset: accuracy against sigma in the report.
+    noise_sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
     ood_points: int | None = 2000
     smoothness_points: int = 100
     lipschitz_random: int = 4
@@ -117,7 +120,7 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
         value = overrides.get(key)
         if value is not None and (not value or set(value) - set(allowed)):
             raise UserError(f"{key}={list(value)} is invalid: choose from {', '.join(allowed)}.")
-    for key in ("linf_eps", "l2_eps", "strong_linf_eps", "strong_l2_eps"):
+    for key in ("linf_eps", "l2_eps", "strong_linf_eps", "strong_l2_eps", "noise_sigmas"):
         value = overrides.get(key)
         if value is not None and any(not math.isfinite(float(e)) or float(e) < 0 for e in value):
             raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")

@@ -267,13 +267,32 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
                 power_iters=settings.power_iters, batch_size=min(settings.batch_size, 100),
                 seed=settings.subset_seed, output_variances=variances)
 
+    def noise() -> None:
+        # One draw of standard normal noise, scaled by each sigma: every predictor and every
+        # sigma sees the same directions, so the curves differ only by the strength.
+        xn, yn = _subset(x, y, settings.corruption_points, settings.subset_seed)
+        n_points["noise"] = int(len(yn))
+        gen = torch.Generator(device=xn.device).manual_seed(settings.subset_seed)
+        draws = torch.randn(xn.shape, generator=gen, device=xn.device, dtype=xn.dtype)
+        rows = out.setdefault("gaussian_noise", [])
+        for sigma in settings.noise_sigmas:
+            xs = xn + float(sigma) * draws
+            if bounds is not None:
+                xs = xs.clamp(*bounds)
+            for p in predictors:
+                torch.manual_seed(settings.subset_seed)
+                lp = predict_summary(p, xs, settings.batch_size).log_probs
+                rows.append({"sigma": float(sigma), "prediction": p.name,
+                             "accuracy": accuracy(lp, yn), "n_points": int(len(yn))})
+
     t_all = time.perf_counter()
     # The suite seeds torch's global RNG per part (reproducible noise); fork it so that the
     # caller's RNG stream (e.g. a sweep that trains next) is left as it was.
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         for part, fn in (("clean", clean), ("calibration", calibration), ("attacks", attacks),
-                         ("corruptions", corruptions), ("ood", ood), ("smoothness", smoothness)):
+                         ("corruptions", corruptions), ("noise", noise), ("ood", ood),
+                         ("smoothness", smoothness)):
             timed(part, fn)
     timing["total"] = round(time.perf_counter() - t_all, 3)
     out.update({"timing": timing, "n_points": n_points, "settings": settings.to_dict(),
