@@ -443,9 +443,10 @@ class RandomizedSmoothing(_GaussianInput):
 @register_method
 class InputNoise(_GaussianInput):
     """Gaussian noise on the input during training only (Bishop 1995), deterministic
-    prediction. sigma = 0.1 equals DIPNet's initial standard deviation (init_variance 1e-2),
-    so this is DIPNet's input projection with the variance frozen: the ablation the paper's
-    reviewers asked for. No sampled prediction: that would be randomized smoothing (rs)."""
+    prediction. sigma = 0.1 equals the old DIPNet default's initial standard deviation
+    (absolute variance 1e-2), i.e. DIPNet's input projection alone with the variance frozen:
+    the ablation the paper's reviewers asked for (`fixed_noise` is the same at every layer). No
+    sampled prediction: that would be randomized smoothing (rs)."""
 
     name = "input_noise"
     description = "Gaussian input noise in training, deterministic prediction"
