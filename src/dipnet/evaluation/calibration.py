@@ -28,22 +28,16 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
     Raises:
         ValueError: if shapes disagree or ``bins`` < 1.
     """
-    if probs.dim() != 2 or y.shape != probs.shape[:1]:
-        raise ValueError(f"probs must be (N, C) and y (N,), got {tuple(probs.shape)} and {tuple(y.shape)}")
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    conf, pred = probs.float().max(-1)
-    correct = (pred == y).float()
-    # bucketize with right=False puts conf in bin i where edges[i-1] < conf <= edges[i].
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)[1:-1]
-    idx = torch.bucketize(conf, edges)
-    n = conf.numel()
-    ece = torch.zeros((), device=probs.device)
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            ece += mask.sum() / n * (correct[mask].mean() - conf[mask].mean()).abs()
-    return ece.item()
+    return _ece_from_bins(reliability_bins(probs, y, bins))
+
+
+def _ece_from_bins(r: dict[str, list]) -> float:
+    """sum_b (n_b / N) |accuracy_b - confidence_b| over the bins of `reliability_bins`."""
+    n = sum(r["count"])
+    if n == 0:
+        return 0.0
+    return sum(c / n * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"],
+                                                      r["confidence"]) if c)
 
 
 def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, list]:
@@ -65,17 +59,19 @@ def reliability_bins(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> di
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     conf, pred = probs.float().max(-1)
-    correct = (pred == y).float()
+    conf, correct = conf.cpu(), (pred == y).float().cpu()
     edges = torch.linspace(0, 1, bins + 1)
-    idx = torch.bucketize(conf.cpu(), edges[1:-1])
+    # bucketize with right=False puts conf in bin i where edges[i] < conf <= edges[i+1]; a
+    # confidence of exactly 0 falls in the first bin.
+    idx = torch.bucketize(conf, edges[1:-1])
     out: dict[str, list] = {"bin_edges": [float(e) for e in edges], "confidence": [],
                             "accuracy": [], "count": []}
     for b in range(bins):
         mask = idx == b
         n = int(mask.sum())
         out["count"].append(n)
-        out["confidence"].append(float(conf.cpu()[mask].mean()) if n else None)
-        out["accuracy"].append(float(correct.cpu()[mask].mean()) if n else None)
+        out["confidence"].append(float(conf[mask].mean()) if n else None)
+        out["accuracy"].append(float(correct[mask].mean()) if n else None)
     return out
 
 
@@ -89,10 +85,11 @@ def calibration_metrics(log_probs: torch.Tensor, y: torch.Tensor, bins: int = 15
     """ECE (``bins`` bins), Brier score, NLL and the reliability bins of a prediction given as
     log-probabilities (N, C)."""
     probs = log_probs.float().exp()
+    reliability = reliability_bins(probs, y, bins)  # binned once: the ECE is read off the bins
     return {
-        "ece": expected_calibration_error(probs, y, bins),
+        "ece": _ece_from_bins(reliability),
         "brier": brier_score(probs, y),
         "nll": F.nll_loss(log_probs.float(), y).item(),
         "ece_bins": bins,
-        "reliability": reliability_bins(probs, y, bins),
+        "reliability": reliability,
     }
