@@ -146,8 +146,13 @@ class Method:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{self.name}: non-finite training loss {float(loss)}")
         loss.backward()
+        self.after_backward(model)
         optimizer.step()
         return parts
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called between ``backward()`` and ``optimizer.step()`` (dipnet: reads the variance
+        gradients for monitoring). Default: nothing."""
 
     def epoch_stats(self, model: nn.Module) -> dict[str, Any]:
         """Extra per-epoch numbers for the history (dipnet: variances)."""
@@ -290,16 +295,9 @@ class DIPNetMethod(Method):
         out["correct"] = _correct(parts.outputs[0], y)
         return parts.total, out
 
-    def train_step(self, model, optimizer, x, y):
-        optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.training_loss(model, x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: non-finite training loss {float(loss)}")
-        loss.backward()
+    def after_backward(self, model: nn.Module) -> None:
         if self.meter is not None and self.learn_variance:
             self.meter.update(unwrap(model))
-        optimizer.step()
-        return parts
 
     def epoch_stats(self, model: nn.Module) -> dict[str, Any]:
         stats = dipnet.variance_stats(unwrap(model))
