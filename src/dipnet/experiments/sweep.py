@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from .. import trust
+from ..commands.overrides import set_nested
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from . import backends
@@ -262,35 +263,25 @@ def parse_param(text: str) -> tuple[str, list[str], Any]:
     return scope, parts[1:], value
 
 
-def _set_nested(target: dict[str, Any], keys: Sequence[str], value: Any) -> None:
-    for k in keys[:-1]:
-        nxt = target.get(k)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            target[k] = nxt
-        target = nxt
-    target[keys[-1]] = value
-
-
 def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
     """Return a copy of ``sweep`` with ``--param`` overrides applied (see :func:`parse_param`)."""
     data = sweep.to_dict()
     for text in params:
         scope, keys, value = parse_param(text)
         if scope in _registered_methods():
-            _set_nested(data["method_params"].setdefault(scope, {}), keys, value)
+            set_nested(data["method_params"].setdefault(scope, {}), keys, value)
         elif scope == "run":
-            _set_nested(data["run"], keys, value)
+            set_nested(data["run"], keys, value)
         elif scope == "eval":
-            _set_nested(data["evaluation_params"], keys, value)
+            set_nested(data["evaluation_params"], keys, value)
         elif scope == "dip":
             if not isinstance(data["run"].get("dip"), dict):
                 data["run"]["dip"] = {}
-            _set_nested(data["run"]["dip"], keys, value)
+            set_nested(data["run"]["dip"], keys, value)
         else:  # model
             if not isinstance(data["run"].get("model_params"), dict):
                 data["run"]["model_params"] = {}
-            _set_nested(data["run"]["model_params"], keys, value)
+            set_nested(data["run"]["model_params"], keys, value)
     return SweepConfig.from_dict(data)
 
 
