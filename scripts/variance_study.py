@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dipnet.experiments.config import RunConfig
+from dipnet.experiments.rundir import read_metrics
 from dipnet.experiments.stats import paired_test
 from dipnet.experiments.train import run_training
 from dipnet.fileio import atomic_write_json, atomic_write_text
@@ -125,11 +125,7 @@ def _train(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
 
 
 def _finished(path: Path) -> dict[str, Any] | None:
-    f = path / "metrics.json"
-    if not f.is_file():
-        return None
-    m = json.loads(f.read_text())
-    return m if m.get("status") == "finished" else None
+    return read_metrics(path)  # None unless the folder holds a finished run
 
 
 def _run_all(jobs: list[tuple[dict[str, Any], str]], workers: int) -> None:
