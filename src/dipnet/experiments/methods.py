@@ -240,7 +240,6 @@ class DIPNetMethod(Method):
     # per step whatever its gradient, so at lr 1e-3 a few hundred steps leave the variances near
     # their initial value: docs/results/variance_study/ measures the update rules.
     defaults = DIPConfig().to_dict()
-    learn_variance = True
 
     def validate(self) -> None:
         params = dict(self.params)
@@ -260,10 +259,12 @@ class DIPNetMethod(Method):
         # under DDP, where every rank's mean NLL estimates the same per-example mean.
         self.loss_fn = dipnet.DIPLoss(self.dip_config, num_train=max(int(num_train), 1))
         self.meter = dipnet.VarianceGradientMeter(self.dip_config, max(int(num_train), 1))
-        if not self.learn_variance:
-            for p in dipnet.variance_parameters(model):
-                p.requires_grad_(False)
-        return model
+        return model  # project() froze the variances if the config says learn_variance=False
+
+    @property
+    def learn_variance(self) -> bool:
+        """Whether the variances are trained (`DIPConfig.learn_variance`)."""
+        return self.dip_config.learn_variance
 
     def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
         if self.dip_config.relative_init:
@@ -334,7 +335,6 @@ class FixedNoise(DIPNetMethod):
     name = "fixed_noise"
     description = "DIPNet's projections with the variances frozen (the learning control)"
     defaults = {**DIPConfig().to_dict(), "profile": None}
-    learn_variance = False
 
     def validate(self) -> None:
         super().validate()
