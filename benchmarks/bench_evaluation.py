@@ -16,10 +16,13 @@ eval  `evaluate_run(RUN, "quick")` with the evaluation package of a baseline com
       interleaved. RUN defaults to the run of the issue's profile command, trained here if
       missing (digits, dipnet, 3 epochs, seed 0: what
       `dipnet train --dataset digits --method dipnet --epochs 3 --out RUN` writes);
-      ``--demo`` adds the five `dipnet demo` runs (Fashion-MNIST MLP 256-256, 4 epochs on 8,000
-      images, one seed) evaluated with the demo's trimmed settings. Prints wall-clock and CPU
+      ``--demo`` adds one run per `dipnet demo` method (Fashion-MNIST MLP 256-256, 4 epochs on
+      8,000 images, seed 0, clean training inputs) evaluated with the demo's trimmed settings,
+      and one demo worker's share of the demo's evaluations (each method's run as often as the
+      demo has runs of it per worker, in one process, so in-process caches carry over). Prints wall-clock and CPU
       seconds per part and in total, and the ratio old / new; the per-run deterministic
-      results must be identical (checked and printed), the sampled ones agree to Monte Carlo
+      results must be identical (checked number by number; what differs is printed, apart from
+      the deliberate changes listed in KNOWN_CHANGES), the sampled ones agree to Monte Carlo
       error (fresh noise).
 
 Run:  .venv/bin/python benchmarks/bench_evaluation.py [--only mc|eval] [--rounds 3] [--demo]
@@ -159,6 +162,11 @@ def _old_tree(rev: str) -> Path:
         (tmp / "dipnet" / "evaluation" / Path(name).name).write_text(text)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+    # The loaders look for data in <src>/../data (experiments.data.REPO_DATA): without this
+    # link the old side found no MNIST and skipped that OOD pair (cheaper, and not comparable).
+    link = WORK / "data"
+    if (ROOT / "data").is_dir() and not link.exists():
+        link.symlink_to(ROOT / "data", target_is_directory=True)
     return dest
 
 
@@ -201,14 +209,54 @@ def _train_runs(demo: bool) -> list[tuple[Path, dict[str, Any]]]:
     return runs
 
 
-def _same_deterministic(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    def det(ev: dict[str, Any]) -> Any:
-        return {"clean": ev["clean"].get("deterministic"),
-                "calibration": ev["calibration"].get("deterministic"),
-                "attacks": [a for a in ev["attacks"] if a["prediction"] == "deterministic"],
-                "corruptions": [c for c in ev["corruptions"] if c["prediction"] == "deterministic"],
-                "smoothness": ev["smoothness"].get("deterministic")}
-    return det(old) == det(new)
+# Deterministic numbers that changed on purpose since DEFAULT_BASELINE, for reasons other
+# than speed: path -> why. The check prints them apart from unexplained differences.
+KNOWN_CHANGES = {
+    "calibration.deterministic.ece": "d723e39 reads the ECE off the reliability bins, summed in "
+                                     "float64 (was float32): differs from the 8th digit on",
+}
+
+
+def _deterministic(ev: dict[str, Any]) -> dict[str, Any]:
+    """Every number of the deterministic prediction in an evaluation dict, keyed by where it is."""
+    rows = {}
+    for part, key in (("attacks", ("attack", "norm", "eps")),
+                      ("corruptions", ("corruption", "severity")),
+                      ("gaussian_noise", ("sigma",)),
+                      ("ood", ("out_dataset", "score"))):
+        for r in ev.get(part, []):
+            if r.get("prediction") == "deterministic":
+                rows[part + "[" + ",".join(str(r[k]) for k in key) + "]"] = r
+    for part in ("clean", "calibration", "smoothness"):
+        if "deterministic" in ev.get(part, {}):
+            rows[part + ".deterministic"] = ev[part]["deterministic"]
+    return rows
+
+
+def _deterministic_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Where the deterministic numbers of two evaluations differ: ``path: old -> new`` lines.
+
+    Only what both hold is compared (a part or key added since the baseline is not a change of
+    a number); a row present in one and not the other is listed.
+    """
+    a, b = _deterministic(old), _deterministic(new)
+    both = {k.split("[")[0].split(".")[0] for k in a} & {k.split("[")[0].split(".")[0] for k in b}
+    out = [f"{k}: only in {'old' if k in a else 'new'}" for k in sorted(set(a) ^ set(b))
+           if k.split("[")[0].split(".")[0] in both]
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) & set(y)):
+                walk(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{path}[{i}]")
+        elif x != y:
+            out.append(f"{path}: {x!r} -> {y!r}")
+
+    for k in sorted(set(a) & set(b)):
+        walk(a[k], b[k], k)
+    return out
 
 
 def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: str,
@@ -227,16 +275,25 @@ def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: s
                 return statistics.median(r[key] for r in res[side])
             return statistics.median(r["ev"]["timing"].get(key, 0.0) for r in res[side])
 
+        diffs = sorted({d for o, n in zip(res["old"], res["new"])
+                        for d in _deterministic_diff(o["ev"], n["ev"])})
+        known = [d for d in diffs if d.split(":")[0] in KNOWN_CHANGES]
+        unexplained = [d for d in diffs if d not in known]
         row = {"run": run.name, "method": res["new"][0]["ev"]["method"],
                "overrides": overrides, "rounds": rounds,
-               "identical_deterministic": all(_same_deterministic(o["ev"], n["ev"])
-                                              for o, n in zip(res["old"], res["new"])),
+               "identical_deterministic": not unexplained,
+               "deterministic_differences": unexplained, "known_changes": known,
                "old": {p: med("old", p) for p in parts + ["cpu", "wall"]},
                "new": {p: med("new", p) for p in parts + ["cpu", "wall"]}}
         rows.append(row)
         print(f"\n  {run.name} ({row['method']}; {'demo settings' if overrides else 'quick suite'}),"
               f" medians of {rounds} interleaved rounds; deterministic results identical: "
-              f"{row['identical_deterministic']}")
+              f"{row['identical_deterministic']}"
+              + (f" (apart from {len(known)} known change(s): "
+                 + "; ".join(f"{d} [{KNOWN_CHANGES[d.split(':')[0]]}]" for d in known) + ")"
+                 if known else ""))
+        for d in unexplained[:20]:
+            print(f"    DIFFERS {d}")
         print(f"    {'part':12s} {'old s':>8s} {'new s':>8s} {'old/new':>8s}")
         for p in parts + ["cpu", "wall"]:
             o, n = row["old"][p], row["new"][p]
@@ -250,18 +307,28 @@ def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: s
               f"({cpu['old'] / cpu['new']:.2f}x)")
     demo = [(r, o) for r, o in runs if r.name.startswith("demo-")]
     if demo:
+        # One `dipnet demo` worker's share: the demo evaluates its runs (methods x seeds x
+        # training perturbations) in `jobs` worker processes; each method's seed-0 run stands
+        # for all of that method's runs (same model and settings, so the same cost).
+        from dipnet.experiments.sweep_cli import DEMO_SWEEP
+
+        n_runs = (len(DEMO_SWEEP["methods"]) * len(DEMO_SWEEP["seeds"])
+                  * len(DEMO_SWEEP["train_perturbations"]))
+        share = [str(r) for r, _ in demo] * max(1, round(n_runs / DEMO_SWEEP["jobs"] / len(demo)))
         sweep: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
         for _ in range(rounds):
             for side, src in (("old", old_src), ("new", new_src)):
-                sweep[side].append(_evaluate(src, [str(r) for r, _ in demo], demo[0][1], threads,
-                                             _SWEEP_CHILD))
+                sweep[side].append(_evaluate(src, share, demo[0][1], threads, _SWEEP_CHILD))
         med = {side: {k: statistics.median(r[k] for r in sweep[side]) for k in ("cpu", "wall")}
                for side in sweep}
-        rows.append({"run": "demo runs in one process", "old": med["old"], "new": med["new"]})
-        print(f"\n  the {len(demo)} demo runs in one process (as a sweep worker), medians of {rounds}:"
-              f" CPU {med['old']['cpu']:.1f} s -> {med['new']['cpu']:.1f} s "
-              f"({med['old']['cpu'] / med['new']['cpu']:.2f}x); wall {med['old']['wall']:.1f} s -> "
-              f"{med['new']['wall']:.1f} s ({med['old']['wall'] / med['new']['wall']:.2f}x)")
+        rows.append({"run": f"one demo worker: {len(share)} evaluations in one process",
+                     "evaluations": len(share), "workers": DEMO_SWEEP["jobs"],
+                     "old": med["old"], "new": med["new"]})
+        print(f"\n  one demo worker ({len(share)} of the demo's {n_runs} evaluations in one process, "
+              f"{DEMO_SWEEP['jobs']} workers), medians of {rounds}: CPU {med['old']['cpu']:.1f} s -> "
+              f"{med['new']['cpu']:.1f} s ({med['old']['cpu'] / med['new']['cpu']:.2f}x); wall "
+              f"{med['old']['wall']:.1f} s -> {med['new']['wall']:.1f} s "
+              f"({med['old']['wall'] / med['new']['wall']:.2f}x)")
     return rows
 
 
@@ -271,7 +338,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="device of the mc part (cpu, cuda)")
-    ap.add_argument("--demo", action="store_true", help="also the five demo runs, demo settings")
+    ap.add_argument("--demo", action="store_true", help="also the demo runs (one per method), demo settings, and one demo worker")
     ap.add_argument("--runs", nargs="*", default=None, metavar="DIR",
                     help="evaluate these run folders (quick suite) instead of training")
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="commit of the 'old' evaluation")
