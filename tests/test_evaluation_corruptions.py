@@ -139,9 +139,10 @@ def test_grey_brightness_shortcut_on_every_grey_value():
         assert np.array_equal(_corrupt_batch(grey, "brightness", sev)[0], ref), sev
 
 
-def test_corrupted_copies_are_cached_per_process(monkeypatch):
+def test_corrupted_copies_are_cached_per_process(monkeypatch, tmp_path):
     from dipnet.evaluation import corruptions as mod
 
+    monkeypatch.setenv("DIPNET_CACHE", str(tmp_path))  # an empty disk cache
     calls = []
     real = mod.corrupt_images
     monkeypatch.setattr(mod, "corrupt_images", lambda *a: calls.append(a[1]) or real(*a))

@@ -17,9 +17,13 @@ the package's severity constants, because the package only takes images.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -167,8 +171,6 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> 
         raise UserError(f"corrupt_images needs images (N, C, H, W) with C = 1 or 3, got shape "
                         f"{tuple(x.shape)}; use corrupt_signals for other inputs.")
     _check(name, severity, IMAGE_CORRUPTIONS)
-    from imagecorruptions import corrupt  # OpenCV / scikit-image: imported on demand
-
     n, c, h, w = x.shape
     ph, pw = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
     top, left = ph // 2, pw // 2
@@ -181,6 +183,10 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> 
     try:
         out = _corrupt_batch(imgs, name, severity)
         if out is None:
+            # OpenCV / scikit-image / numba: imported on demand (0.3-0.5 s), and only for the
+            # corruptions not computed above.
+            from imagecorruptions import corrupt
+
             out = np.empty(imgs.shape, dtype=np.float32)
             for i in range(n):
                 kwargs = {"seed": seed * 1_000_003 + i} if name == "impulse_noise" else {}
@@ -200,6 +206,15 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> 
 # (least recently used first out, at most CACHE_BYTES) instead of corrupting them again.
 CACHE_BYTES = 256 * 2**20
 _CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+# Corrupted images are also kept on disk, in $DIPNET_CACHE/corruptions (~/.cache/dipnet by
+# default; see dipnet.experiments.data.cache_dir), so that a fresh process (`dipnet evaluate`,
+# each worker of a sweep) neither imports the corruption package nor corrupts again. The file
+# name hashes the in-process key, this module's source and the versions of the packages the
+# corruptions come from, so a changed formula or package never reads a stale copy. Oldest
+# files go first beyond DISK_CACHE_BYTES; 0 turns the disk cache off.
+DISK_CACHE_BYTES = 512 * 2**20
+_DISK_PACKAGES = ("imagecorruptions-imaug", "numpy", "scikit-image", "scipy", "opencv-python",
+                  "opencv-python-headless", "Pillow", "numba", "torch")
 
 
 def _cache_key(x: torch.Tensor, name: str, severity: int, seed: int) -> tuple:
@@ -208,25 +223,90 @@ def _cache_key(x: torch.Tensor, name: str, severity: int, seed: int) -> tuple:
     return (name, int(severity), int(seed), tuple(x.shape), str(x.dtype), digest)
 
 
+@functools.lru_cache(maxsize=1)
+def _code_stamp() -> str:
+    """This module's source and the versions of the packages behind the corruptions."""
+    from importlib import metadata
+
+    versions = []
+    for dist in _DISK_PACKAGES:
+        try:
+            versions.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist}=-")
+    source = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
+    return source + ";" + ";".join(versions)
+
+
+def _disk_path(key: tuple) -> Path | None:
+    if DISK_CACHE_BYTES <= 0:
+        return None
+    from ..experiments.data import cache_dir
+
+    digest = hashlib.sha1(repr((key, _code_stamp())).encode()).hexdigest()
+    return cache_dir() / "corruptions" / f"{key[0]}-{key[1]}-{digest[:24]}.pt"
+
+
+def _disk_read(path: Path, like: torch.Tensor) -> torch.Tensor | None:
+    """The cached copy at ``path`` if it is there, readable and shaped like ``like``."""
+    try:
+        out = torch.load(path, weights_only=True)
+        os.utime(path)  # recently used: evicted last
+    except Exception:  # noqa: BLE001 (missing, damaged or unreadable: corrupt afresh)
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != like.shape or out.dtype != like.dtype:
+        return None
+    return out
+
+
+def _disk_write(path: Path, out: torch.Tensor) -> None:
+    """Write ``out`` to ``path`` atomically, then trim the folder to DISK_CACHE_BYTES."""
+    if out.numel() * out.element_size() > DISK_CACHE_BYTES:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(out.detach().cpu().clone(), tmp)
+        os.replace(tmp, path)
+        files = sorted(path.parent.glob("*.pt"), key=lambda f: f.stat().st_mtime)
+        total = sum(f.stat().st_size for f in files)
+        for f in files:
+            if total <= DISK_CACHE_BYTES:
+                break
+            total -= f.stat().st_size
+            f.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full cache folder (or a concurrent trim): work without it
+
+
 def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Corrupt a batch of images or signals (dispatches on the shape of one example).
 
-    Results are cached in-process (see ``CACHE_BYTES``); a cached result is returned as a
-    fresh tensor on ``x``'s device.
+    Results are cached in-process (see ``CACHE_BYTES``) and, for images, on disk (see
+    ``DISK_CACHE_BYTES``); a cached result is returned as a fresh tensor on ``x``'s device,
+    equal bit for bit to a freshly corrupted one.
     """
-    if is_image_shape(tuple(x.shape[1:])):
-        if min(x.shape[2:]) < SMALL_SIDE and name not in PIXELWISE_CORRUPTIONS:
-            raise UserError(f"corruption {name!r} is not meaningful for {x.shape[2]}x{x.shape[3]} "
-                            f"images; use one of {', '.join(PIXELWISE_CORRUPTIONS)}.")
-        fn = corrupt_images
-    else:
-        fn = corrupt_signals
+    image = is_image_shape(tuple(x.shape[1:]))
+    if image and min(x.shape[2:]) < SMALL_SIDE and name not in PIXELWISE_CORRUPTIONS:
+        raise UserError(f"corruption {name!r} is not meaningful for {x.shape[2]}x{x.shape[3]} "
+                        f"images; use one of {', '.join(PIXELWISE_CORRUPTIONS)}.")
     key = _cache_key(x, name, severity, seed)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit.to(x.device, copy=True)
-    out = fn(x, name, severity, seed)
+    out = None
+    path = _disk_path(key) if image else None
+    if path is not None:
+        _check(name, severity, IMAGE_CORRUPTIONS)  # a bad name fails as it would uncached
+        out = _disk_read(path, x)
+        if out is not None:
+            out = out.to(x.device)
+    if out is None:
+        out = (corrupt_images if image else corrupt_signals)(x, name, severity, seed)
+        if path is not None:
+            _disk_write(path, out)
     size = out.numel() * out.element_size()
     if size <= CACHE_BYTES:
         _CACHE[key] = out.detach().cpu().clone()

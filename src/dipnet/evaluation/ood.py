@@ -8,7 +8,7 @@ positive class):
   predictions only; it is 0 for a deterministic one, so it is not reported there).
 These are the quantities `dipnet.predict` returns, computed here from any predictor's sampled
 logits so that non-DIPNet stochastic baselines (MC dropout, randomized smoothing) get the same.
-AUROC is sklearn.metrics.roc_auc_score.
+AUROC is the exact rank (Mann-Whitney) statistic, see `auroc`.
 """
 
 from __future__ import annotations
@@ -52,11 +52,40 @@ def ood_scores(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) ->
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
-    """AUROC of separating in- (positive) from out-of-distribution examples by score."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of separating in- (positive) from out-of-distribution examples by score.
 
-    y = np.concatenate([np.ones(len(in_scores)), np.zeros(len(out_scores))])
-    return float(roc_auc_score(y, np.concatenate([in_scores, out_scores])))
+    The area under the ROC curve equals the Mann-Whitney statistic P(s_in > s_out) + 0.5
+    P(s_in = s_out) over all pairs; it is computed from the ranks (ties get their average
+    rank) in integer arithmetic and divided once, so it is the exact value correctly rounded.
+    sklearn's ``roc_auc_score`` sums trapezoids in floating point and agrees with it to about
+    1e-16 (a test checks 1e-12); it is not used here because importing sklearn.metrics costs
+    about 0.6 s in every process that evaluates.
+
+    Args:
+        in_scores, out_scores: 1-D scores, higher = more in-distribution.
+    Returns:
+        the AUROC in [0, 1].
+    Raises:
+        ValueError: an empty set or a NaN score (as sklearn).
+    """
+    s_in = np.asarray(in_scores, dtype=np.float64).ravel()
+    s_out = np.asarray(out_scores, dtype=np.float64).ravel()
+    n_in, n_out = len(s_in), len(s_out)
+    if n_in == 0 or n_out == 0:
+        raise ValueError("AUROC needs at least one in- and one out-of-distribution score")
+    scores = np.concatenate([s_in, s_out])
+    if np.isnan(scores).any():
+        raise ValueError("AUROC scores contain NaN")
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    # Tie groups [start, end) of the sorted scores; twice the average 1-based rank of a group
+    # is start + 1 + end, an integer.
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    twice_rank = np.repeat(starts + 1 + ends, ends - starts)
+    twice_rank_sum = int(twice_rank[order < n_in].sum(dtype=np.int64))
+    # 2 U = 2 R_in - n_in (n_in + 1); AUROC = U / (n_in n_out), one exact division.
+    return (twice_rank_sum - n_in * (n_in + 1)) / (2 * n_in * n_out)
 
 
 def ood_detection(predictors: Sequence[Predictor], in_name: str, x_in: torch.Tensor,

@@ -321,7 +321,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def _load_ood_inputs(name: str, data_dir: str | None) -> torch.Tensor:
     from ..experiments.data import load_dataset
 
-    return load_dataset(name, data_dir, val_fraction=0.0).test.x
+    # Only the test split is used: max_train=2 keeps load_dataset from converting the whole
+    # training split to float (0.2 s and 190 MB for MNIST); the test split does not depend on it.
+    return load_dataset(name, data_dir, val_fraction=0.0, max_train=2).test.x
 
 
 def ood_sets_for(in_name: str, input_shape: Sequence[int], data_dir: str | None,
