@@ -179,3 +179,43 @@ def test_the_training_loop_calls_the_compiled_module(tmp_path, monkeypatch) -> N
     train_mod.run_training(cfg, tmp_path / "run", progress=False)
     assert seen["compile"] is True
     assert seen["module"].calls > 0  # the training steps went through it
+
+
+def _saved_for_backward_dtypes(model: nn.Module, x: torch.Tensor) -> list[torch.dtype]:
+    """dtypes of the tensors kept for backward by inductor's partitioner, after inductor's
+    decompositions (inductor's code generation, slow here, is not run)."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._inductor.decomposition import select_decomp_table
+
+    seen: list[torch.dtype] = []
+
+    def backward_compiler(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        seen.extend(t.dtype for t in example_inputs if isinstance(t, torch.Tensor))
+        return make_boxed_func(gm.forward)
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        return aot_module_simplified(gm, example_inputs,
+                                     fw_compiler=lambda g, _: make_boxed_func(g.forward),
+                                     bw_compiler=backward_compiler,
+                                     partition_fn=min_cut_rematerialization_partition,
+                                     decompositions=select_decomp_table())
+
+    torch._dynamo.reset()
+    out = torch.compile(model, backend=backend, fullgraph=True)(x)
+    out.square().mean().backward()
+    return seen
+
+
+def test_the_compiled_step_keeps_no_bool_mask_for_backward() -> None:
+    """On a CPU inductor's kernels that store or load a bool mask are slow (the ReLU's mask,
+    kept when the noise sits between the ReLU and the next layer); dipnet keeps the ReLU's
+    float output instead, which eager keeps too. The plain model keeps no mask either."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 20)
+    plain = mlp().train()
+    assert torch.bool not in _saved_for_backward_dtypes(plain, x)
+    model = dipnet.project(mlp(), dipnet.DIPConfig(init_variance=0.1)).train()
+    with noise.options(regenerate=False):
+        saved = _saved_for_backward_dtypes(model, x)
+    assert saved and torch.bool not in saved, saved

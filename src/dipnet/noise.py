@@ -22,9 +22,10 @@ step and derives the seed of each projection call and each trajectory from it (`
 so that a trajectory gets the same noise whether the m trajectories run in one pass or in
 chunks (`DIPConfig.chunks`).
 
-Under ``torch.compile`` the projection uses ``torch.randn_like`` (the compiler owns the random
-state there; a per-call generator would break the graph), and the compiler decides what is
-saved. Set ``torch._inductor.config.fallback_random = True`` on a CPU (see `prepare_compile`).
+Under ``torch.compile`` (call `prepare_compile` first) there is no graph break. Where the noise
+is regenerated, each call draws its seed from the global generator inside the graph, so a
+compiled model draws the eager model's noise for the same ``torch.manual_seed``; where it is
+kept (the CPU default), the graph draws it with ``randn_like``.
 """
 
 from __future__ import annotations
@@ -453,12 +454,18 @@ def exit_scope(owner: Any) -> None:
 
 
 # ---------------------------------------------------------------------- torch.compile
-# Under torch.compile, where the noise is regenerated (accelerators), the projection is one
-# opaque custom op (and the gradient of std another): no graph break, the noise comes from a
-# seed the graph draws from the global generator, and only the seed is kept for backward.
-# Where the noise is kept (the CPU default) the compiler gets plain randn_like + addcmul: on a
-# CPU inductor's own kernels then match the compiled floor (measured: the opaque op was 10 %
-# slower there).
+# Under torch.compile (no graph break in either formulation):
+# - Where the noise is regenerated (accelerators): the projection is one opaque custom op (and
+#   the gradient of std another); the noise comes from a seed the graph draws from the global
+#   generator (the eager noise for the same seed), and only the seed is kept for backward.
+# - Where the noise is kept (the CPU default): randn_like + addcmul, traced, in an autograd
+#   function whose backward computes the gradient of std with an opaque op that also takes the
+#   clean input x. That keeps x, the output of the ReLU (or softmax, ...) before the
+#   projection, for backward, so inductor's partitioner recomputes the ReLU mask from it in
+#   backward instead of storing it as a bool tensor: on
+#   the CPU of this project inductor's vectorised kernels that store or load a bool mask run
+#   at ~10 ns per element, 20-100x ATen's, and made the compiled step 1.24x slower than eager.
+#   Eager keeps x too (ReLU saves its output), so this costs no memory over eager.
 @torch.library.custom_op("dipnet::perturb", mutates_args=())
 def _perturb_op(x: torch.Tensor, std: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     eps = draw(x.shape, NoisePlan((int(seed),)), x.dtype, x.device)
@@ -529,8 +536,42 @@ def compiled_std(raw: torch.Tensor, floor: float, parameterization: str) -> torc
     return _noise_std(raw, float(floor), parameterization == "softplus")
 
 
+@torch.library.custom_op("dipnet::perturb_kept_std_grad", mutates_args=())
+def _kept_std_grad_op(grad: torch.Tensor, eps: torch.Tensor, x: torch.Tensor,
+                      std_shape: list[int]) -> torch.Tensor:
+    # x is not read: taking it keeps it for backward (see the note above the ops).
+    return (grad * eps).sum_to_size(std_shape)
+
+
+@_kept_std_grad_op.register_fake
+def _kept_std_grad_fake(grad: torch.Tensor, eps: torch.Tensor, x: torch.Tensor,
+                        std_shape: list[int]) -> torch.Tensor:
+    return grad.new_empty(std_shape)
+
+
+class _KeptPerturb(torch.autograd.Function):
+    """``x + eps * std`` with eps given, for torch.compile where the noise is kept: dynamo
+    traces it (inductor fuses the addcmul with its neighbours) and its backward hands x to the
+    opaque gradient op, so x is kept for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, eps: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, eps)
+        ctx.std_shape = list(std.shape)
+        return torch.addcmul(x, eps, std)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, eps = ctx.saved_tensors
+        grad_std = (_kept_std_grad_op(grad, eps, x, ctx.std_shape) if ctx.needs_input_grad[2]
+                    else None)
+        return grad, None, grad_std
+
+
 def _compiled_perturb(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     if not regenerates(x.device):
-        return torch.addcmul(x, torch.randn_like(x), std)
+        # randn_like, not a seeded custom op: one opaque op less per call (each costs tens of
+        # microseconds on a CPU); with fallback_random it is ATen's generator.
+        return _KeptPerturb.apply(x, torch.randn_like(x), std)
     seed = torch.randint(0, _SEED_BOUND, (), dtype=torch.int64)  # from the global generator
     return _perturb_op(x, std, seed)
