@@ -558,7 +558,7 @@ class _KeptPerturb(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, eps: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, eps)
         ctx.std_shape = list(std.shape)
-        return torch.addcmul(x, eps, std)
+        return x.addcmul(eps, std)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
