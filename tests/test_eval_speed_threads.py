@@ -26,3 +26,19 @@ def test_too_late_once_torch_is_loaded():
     env: dict[str, str] = {}
     assert passive_openmp_threads(modules={"torch": object()}, environ=env) is False
     assert env == {}
+
+
+def test_the_evaluate_command_sets_it_first(monkeypatch):
+    import argparse
+
+    import pytest
+
+    from dipnet.errors import UserError
+    from dipnet.evaluation import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "passive_openmp_threads", lambda: calls.append(1))
+    args = argparse.Namespace(out="one.json", run_dirs=["a", "b"], threads=None)
+    with pytest.raises(UserError, match="--out names one file"):
+        cli.run_evaluate_command(args)
+    assert calls == [1]
