@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
+from ..threads import passive_openmp_threads
 from .settings import ATTACK_NAMES, PARTS, SUITES
 
 
@@ -195,25 +194,6 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
     from ..commands.overrides import parse_item, suite_settings
 
     return suite_settings([parse_item("--set", item) for item in items or []], "dipnet evaluate")
-
-
-def passive_openmp_threads(modules: Mapping[str, Any] | None = None,
-                           environ: MutableMapping[str, str] | None = None) -> bool:
-    """Make torch's OpenMP threads sleep, not spin, while they wait: ``OMP_WAIT_POLICY=PASSIVE``
-    unless the user set it. Only before torch is imported (the OpenMP runtime reads it when
-    torch loads); returns whether it was set here.
-
-    Why: with as many threads as cores (torch's default) on a machine whose cores are busy
-    with other work, a thread spins at every barrier while its partner waits for a core. The
-    demo's evaluation (Fashion-MNIST MLP, dipnet, demo settings) took 67 s with 2 threads
-    instead of 4.2 s with 1 on this 2-core machine under a load of 2; with PASSIVE, 4.1 s.
-    """
-    modules = sys.modules if modules is None else modules
-    environ = os.environ if environ is None else environ
-    if "torch" in modules or "OMP_WAIT_POLICY" in environ:
-        return False
-    environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
