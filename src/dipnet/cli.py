@@ -24,7 +24,7 @@ from . import trust
 from .commands import COMMAND_MODULES
 from .commands.grammar import NOTICES
 from .errors import UserError, describe_os_error
-from .threads import passive_openmp_threads
+from .threads import limit_openmp_spinning
 
 #: The modules each pip extra provides, checked with `importlib.util.find_spec` (no import)
 #: before a subcommand of that extra runs. Kept in step with pyproject.toml's extras.
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     extra = getattr(args, "extra", None)
-    passive_openmp_threads()  # before any command imports torch
+    limit_openmp_spinning()  # before any command imports torch
     try:
         with trust.scope():
             _grant_code(args)

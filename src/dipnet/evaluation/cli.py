@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..threads import passive_openmp_threads
+from ..threads import limit_openmp_spinning
 from .settings import ATTACK_NAMES, PARTS, SUITES
 
 
@@ -198,7 +198,7 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Evaluate each RUN_DIR; print a summary per run; returns 0."""
-    passive_openmp_threads()
+    limit_openmp_spinning()
     import torch
 
     from .suite import evaluate_run
