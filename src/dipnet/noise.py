@@ -462,10 +462,10 @@ def exit_scope(owner: Any) -> None:
 #   function whose backward computes the gradient of std with an opaque op that also takes the
 #   clean input x. That keeps x, the output of the ReLU (or softmax, ...) before the
 #   projection, for backward, so inductor's partitioner recomputes the ReLU mask from it in
-#   backward instead of storing it as a bool tensor: on
-#   the CPU of this project inductor's vectorised kernels that store or load a bool mask run
-#   at ~10 ns per element, 20-100x ATen's, and made the compiled step 1.24x slower than eager.
-#   Eager keeps x too (ReLU saves its output), so this costs no memory over eager.
+#   backward instead of storing it as a bool tensor: on the CPU of this project inductor's
+#   vectorised kernels that store or load a bool mask run at ~10 ns per element, 20-100x
+#   ATen's, and made the compiled step 1.24x slower than eager. Eager keeps x too (ReLU saves
+#   its output), so this costs no memory over eager.
 @torch.library.custom_op("dipnet::perturb", mutates_args=())
 def _perturb_op(x: torch.Tensor, std: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     eps = draw(x.shape, NoisePlan((int(seed),)), x.dtype, x.device)
@@ -573,7 +573,7 @@ def _compiled_perturb(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         # randn_like, not a seeded custom op: one opaque op less per call (each costs tens of
         # microseconds on a CPU); with fallback_random it is ATen's generator. Contiguous:
         # inductor lays conv activations out channels-last, and ATen's CPU normal_ is
-        # vectorised only for contiguous tensors (measured 3x slower otherwise).
+        # vectorised only for contiguous tensors (measured 8x slower otherwise).
         return _KeptPerturb.apply(x, torch.randn_like(x, memory_format=torch.contiguous_format),
                                   std)
     seed = torch.randint(0, _SEED_BOUND, (), dtype=torch.int64)  # from the global generator

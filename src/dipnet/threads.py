@@ -28,12 +28,12 @@ def limit_openmp_spinning(modules: Mapping[str, Any] | None = None,
     Measured on the 2-core machine of this project (a 2-epoch `dipnet train` of the demo's MLP
     / a quick `dipnet evaluate` of it), wall seconds:
 
-    ========================  ==============  ==========  ==========================
-    other core                libgomp default  this (3000)  OMP_WAIT_POLICY=PASSIVE
-    ========================  ==============  ==========  ==========================
-    idle                      3.43 / 7.6       3.56 / 7.9   4.05 / 9.1
-    busy (one spinning proc)  5.6-6.5 / 56.6   4.2-4.6 / 12.0  3.8-4.1 / 11.0
-    ========================  ==============  ==========  ==========================
+    =========================  ===============  ============  =======================
+    other core                 libgomp default  this (3000)   OMP_WAIT_POLICY=PASSIVE
+    =========================  ===============  ============  =======================
+    idle                       3.43 / 7.6       3.56 / 7.9    4.05 / 9.1
+    busy (one spinning proc)   5.6-21.8 / 56.6  4.2-5.0 / 12  3.8-4.1 / 11.0
+    =========================  ===============  ============  =======================
     """
     modules = sys.modules if modules is None else modules
     environ = os.environ if environ is None else environ

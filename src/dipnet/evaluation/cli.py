@@ -112,8 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
-                   help="torch CPU threads (default torch's choice; waiting threads sleep "
-                        "instead of spinning unless OMP_WAIT_POLICY is set)")
+                   help="torch CPU threads (default torch's choice; waiting threads spin "
+                        "briefly, then sleep: GOMP_SPINCOUNT=3000 unless GOMP_SPINCOUNT or "
+                        "OMP_WAIT_POLICY is set)")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="hide the progress bars (--quiet is the same)")
     p.set_defaults(func=run_evaluate_command)
