@@ -229,3 +229,23 @@ def test_test_time_gaussian_noise_sweep(runs, evaluated):
     assert all(row["n_points"] == 40 for row in rows)  # the corruption subset
     assert {row["prediction"] for row in evaluated["dipnet"][0]["gaussian_noise"]} == {
         "deterministic", "sampled"}
+
+
+def test_render_section_shows_every_attack_that_ran(evaluated, tmp_path):
+    """The full suite's AutoAttack-style attacks (APGD-CE, APGD-DLR, Square) get their own
+    panels and tables, not only FGSM and PGD. Their rows are added here by hand (running them
+    costs minutes); every other row is a real evaluation."""
+    evs = {}
+    for method, items in evaluated.items():
+        evs[method] = []
+        for i, ev in enumerate(items):
+            extra = [{"attack": attack, "norm": "linf", "eps": eps, "prediction": "deterministic",
+                      "accuracy": acc - 0.01 * i}
+                     for attack, acc in (("apgd-ce", 0.42), ("square", 0.55))
+                     for eps in (0.0, 0.1)]
+            evs[method].append({**ev, "attacks": list(ev["attacks"]) + extra})
+    md = render_section(evs, tmp_path / "fig")
+    assert "APGD-CE, L-inf:" in md and "Square, L-inf:" in md
+    assert "FGSM, L-inf:" in md and "PGD, L2:" in md  # the usual panels stay
+    assert "| standard (deterministic) | 41.5 ± 0.7 |" in md  # mean ± std of 42 and 41
+    assert "APGD and Square (the Adversarial Robustness Toolbox) on the first" in md

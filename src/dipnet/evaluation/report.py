@@ -27,8 +27,13 @@ SMOOTHNESS_MEASURES: tuple[tuple[str, str], ...] = (
     ("weight_hessian_top_eigenvalue", "weight-Hessian top eigenvalue"),
     ("output_variance", "output variance over trajectories"),
 )
-_ATTACK_PANELS = (("fgsm", "linf", "FGSM, L-inf"), ("fgsm", "l2", "FGSM, L2"),
-                  ("pgd", "linf", "PGD, L-inf"), ("pgd", "l2", "PGD, L2"))
+_ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR",
+                  "square": "Square"}
+_NORM_TITLES = {"linf": "L-inf", "l2": "L2"}
+# Every (attack, norm) panel the suite can produce, in the order the report shows them.
+_ATTACK_PANELS = tuple((a, n, f"{_ATTACK_TITLES[a]}, {_NORM_TITLES[n]}")
+                       for a in _ATTACK_TITLES for n in _NORM_TITLES)
+_PANELS_PER_ROW = 4
 
 
 def _order(methods: Iterable[str]) -> list[str]:
@@ -177,8 +182,13 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
     panels = [p for p in _ATTACK_PANELS if any(
         _attack_rows(e, s[1], p[0], p[1]) for s in idx.series for e in idx.evals[s[0]])]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-        for ax, (attack, norm, title) in zip(axes[0], panels):
+        cols = min(len(panels), _PANELS_PER_ROW)
+        nrows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+        flat = list(axes.flat)
+        for ax in flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, (attack, norm, title) in zip(flat, panels):
             for s in idx.series:
                 eps = sorted({k for e in idx.evals[s[0]] for k in _attack_rows(e, s[1], attack, norm)})
                 if not eps:
@@ -193,7 +203,7 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
             ax.set_ylabel("accuracy (%)")
             ax.set_ylim(-2, 102)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
+        flat[len(panels) - 1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / "attacks.png", dpi=110)
         plt.close(fig)
@@ -225,6 +235,11 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
                f"predictions attacked with EOT ({st.get('eot_samples') or 'k'} trajectories per "
                "gradient step) and scored with fresh noise. Deterministic curves are cumulative "
                "over epsilon (an example broken at a smaller epsilon stays broken)."]
+        if any(attack not in ("fgsm", "pgd") for attack, _, _ in panels):
+            md[-1] += (f" APGD and Square (the Adversarial Robustness Toolbox) on the first "
+                       f"{(ev0.get('n_points') or {}).get('strong_attacks', '?')} of those points,"
+                       f" {st.get('apgd_steps', '?')} APGD steps, {st.get('square_queries', '?')}"
+                       " Square queries.")
 
     # ---------------------------------------------------------------- corruptions
     def corr_rows(e: dict, pred: str) -> list[dict]:
