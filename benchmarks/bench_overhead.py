@@ -15,15 +15,15 @@ floor    Time of one training step (m = 1), medians of interleaved rounds, for a
 memory   Saved-for-backward bytes vs plain and time for the MLP and a 4-layer GPT-2
          (d 256, seq 128, batch 8, vocab 1024), placements layers and blocks.
 compile  torch.compile (inductor, fallback_random) of the loss function: plain, floor and
-         dipnet compiled, beside the eager steps (MLP).
+         dipnet compiled, beside the eager steps (the models of --models).
 chunks   DIPConfig.chunks: time and peak memory of m = 8 trajectories in 1, 2 and 4 passes.
 scale    The cost table: MLP widths 256-4096 and GPT-2 depths 2-12 (docs/cost.md).
 
 On a GPU (``--device cuda``) timings use CUDA events, memory ``torch.cuda.max_memory_allocated``
 and ``--bf16`` runs the forward under bf16 autocast. On a CPU timings are process CPU time (the
 other tenants of a shared machine then count less; ``--wall`` for wall time). Ratios come from
-interleaved rounds (A, B, A, B...) so drift hits every variant alike. A benchmark, not a test:
-nothing asserts.
+interleaved rounds, the order shuffled every round (seeded), so drift and the state one step
+leaves for the next hit every variant alike. A benchmark, not a test: nothing asserts.
 
 Run: .venv/bin/python benchmarks/bench_overhead.py [--sections floor,memory] [--json out.json]
 """
