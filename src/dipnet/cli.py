@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from typing import Any, Sequence
 
 from . import trust
-from .commands import COMMAND_MODULES
+from .commands import COMMAND_MODULES, module_installed
 from .commands.grammar import NOTICES
 from .errors import UserError, describe_os_error
 from .threads import limit_openmp_spinning
@@ -116,14 +115,7 @@ def _grant_code(args: argparse.Namespace) -> None:
 
 def missing_modules(extra: str) -> list[str]:
     """The modules of ``extra`` (`EXTRA_MODULES`) that are not installed; none is imported."""
-    missing = []
-    for module in EXTRA_MODULES.get(extra, ()):
-        try:
-            if importlib.util.find_spec(module) is None:
-                missing.append(module)
-        except (ImportError, ValueError):
-            missing.append(module)
-    return missing
+    return [module for module in EXTRA_MODULES.get(extra, ()) if not module_installed(module)]
 
 
 def _install_hint(command: str, extra: str, missing: Sequence[str]) -> str:

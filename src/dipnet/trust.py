@@ -18,9 +18,10 @@ allowed (so the user's own modules import, but cannot shadow installed packages)
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import UserError
 
@@ -102,6 +103,25 @@ def require_code_allowed(ref: str, source: str) -> None:
             f"that module, so dipnet does not do it for a value read from a file. If you trust "
             f"it, pass --allow-code (e.g. dipnet --allow-code evaluate ...), give it yourself "
             f"with --model {ref}, or call load_run(..., allow_code=True).")
+
+
+def load_factory(ref: str, what: str) -> Any:
+    """The object ``"package.module:name"`` names (importing the module; check
+    `require_code_allowed` first where ``ref`` was read from a file).
+
+    Args:
+        ref: ``"package.module:name"``.
+        what: what the factory makes, for the message (``"model"``, ``"data set"``).
+    Raises:
+        UserError: the module does not import or has no such name.
+    """
+    module_name, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"cannot load {what} factory {ref!r} ({err}); give it as "
+                        "'package.module:function' importable from the current "
+                        "environment.") from None
 
 
 def strip_working_folder() -> list[str]:

@@ -26,6 +26,17 @@ the names shown in ``--help`` (data sets, models, methods) in `dipnet.commands.n
 
 from __future__ import annotations
 
+import importlib.util
+
+
+def module_installed(name: str) -> bool:
+    """Whether the module ``name`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken __spec__
+        return False
+
+
 #: The modules that register subcommands, in the order ``dipnet --help`` lists them.
 COMMAND_MODULES = (
     "dipnet.commands.train",     # train

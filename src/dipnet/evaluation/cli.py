@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..commands.grammar import positive_int
 from ..errors import UserError
 from ..threads import limit_openmp_spinning
 from .settings import ATTACK_NAMES, PARTS, SUITES
@@ -40,16 +41,6 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand."""
     q, f = SUITES["quick"], SUITES["full"]
@@ -68,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"attack points, {q.pgd_steps} PGD steps) or full ({f.attack_points} points, "
                         f"{f.pgd_steps} steps, {f.restarts} restarts, CE+margin losses, more "
                         "epsilons, corruptions and severities) (default quick)")
-    p.add_argument("--k", type=_positive, default=None,
+    p.add_argument("--k", type=positive_int, default=None,
                    help="trajectories averaged by the sampled prediction (default: the run's "
                         "--mc-samples)")
     p.add_argument("--eps", type=_floats, default=None, metavar="E1,E2,...",
@@ -83,10 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "full)")
     p.add_argument("--parts", type=_names(PARTS), default=None, metavar="P,Q",
                    help=f"parts of the suite to run: {', '.join(PARTS)} (default all)")
-    p.add_argument("--attack-points", type=_positive, default=None, metavar="N",
+    p.add_argument("--attack-points", type=positive_int, default=None, metavar="N",
                    help="test points attacked (a fixed random subset)")
-    p.add_argument("--steps", type=_positive, default=None, metavar="N", help="PGD steps")
-    p.add_argument("--eot-samples", type=_positive, default=None, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N", help="PGD steps")
+    p.add_argument("--eot-samples", type=positive_int, default=None, metavar="N",
                    help="trajectories per EOT gradient step for sampled predictions "
                         "(default 8 for quick, k for full)")
     p.add_argument("--severities", type=_ints, default=None, metavar="S1,S2",
@@ -111,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder with the data sets' files (default: the run's own)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default torch's choice; waiting threads spin "
                         "briefly, then sleep: GOMP_SPINCOUNT=3000 unless GOMP_SPINCOUNT or "
                         "OMP_WAIT_POLICY is set)")

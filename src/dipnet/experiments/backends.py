@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import trust
+from ..commands import module_installed
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from .locks import die_with_parent
@@ -152,11 +152,7 @@ def require(settings: dict[str, Any] | None) -> None:
     if name == "local":
         return
     module = _PACKAGES[name]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
+    if not module_installed(module):
         raise UserError(f"--backend {name} needs the '{module}' package (not installed): pip "
                         f"install 'dipnet[cluster]'")
     if name == "submitit":

@@ -616,16 +616,9 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 
 
 def _from_factory(ref: str) -> dict[str, np.ndarray]:
-    import importlib
+    from ..trust import load_factory
 
-    module_name, _, attr = ref.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"cannot load data set factory {ref!r} ({err}); give it as "
-                        "'package.module:function' importable from the current "
-                        "environment.") from None
-    made = factory()
+    made = load_factory(ref, "data set")()
     if not isinstance(made, dict):
         raise UserError(f"data set factory {ref!r} returned {type(made).__name__}; it must "
                         f"return a dict of arrays with keys {', '.join(OWN_REQUIRED)} (optional "

@@ -8,7 +8,6 @@ and its own keyword parameters, and returns an ``nn.Module`` mapping (B, *input_
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import inspect
 import math
 from typing import Any, Callable, Sequence
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import trust
 from ..errors import UserError
 
 Factory = Callable[..., nn.Module]
@@ -62,13 +62,7 @@ def create_model(name: str, input_shape: Sequence[int], num_classes: int,
     """
     input_shape = tuple(int(s) for s in input_shape)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise UserError(f"cannot load model factory {name!r} ({err}); give it as "
-                            "'package.module:function' importable from the current "
-                            "environment.") from None
+        factory = trust.load_factory(name, "model")
     elif name in _MODELS:
         factory = _MODELS[name]
     else:

@@ -23,7 +23,6 @@ written (`check_trackers`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..commands import module_installed
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from .config import REPORT_TO, RunConfig
@@ -58,11 +58,7 @@ def check_trackers(names: Iterable[str]) -> None:
     """
     for name in names:
         package = _PACKAGES[name]
-        try:
-            found = importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+        if not module_installed(package):
             raise UserError(f"--report-to {name} needs the {package} package, which is not "
                             "installed: pip install 'dipnet[track]' (or drop --report-to)")
 
