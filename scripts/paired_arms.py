@@ -7,7 +7,8 @@ Usage:
 SWEEP_DIR is a `dipnet compare` output folder (its results.csv); each A:B pair (default
 dipnet:fixed_noise input_noise:dipnet input_noise:fixed_noise rs:dipnet) prints, per training
 condition, the mean test-accuracy difference A - B in points over the seeds both ran, its 95 %
-t interval, the paired t-test and Wilcoxon p-values and how many seeds A won.
+t interval, the paired t-test and Wilcoxon p-values (`dipnet.experiments.stats.paired_test`,
+as in the sweep report) and how many seeds A won.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+from dipnet.experiments.stats import format_p, paired_test
 
 DEFAULT_PAIRS = ("dipnet:fixed_noise", "input_noise:dipnet", "input_noise:fixed_noise",
                  "rs:dipnet")
@@ -55,15 +55,12 @@ def main() -> int:
             if len(seeds) < 3:
                 print(f"{cond}: {pair}: fewer than 3 common seeds")
                 continue
-            xa = np.array([acc[cond, a][s] for s in seeds])
-            xb = np.array([acc[cond, b][s] for s in seeds])
-            d = (xa - xb) * 100
-            t = stats.ttest_rel(xa, xb)
-            wil = stats.wilcoxon(d).pvalue if np.any(d != 0) else float("nan")
-            lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-            print(f"{cond}: {a} - {b}: {d.mean():+.2f} pp [95% CI {lo:+.2f}, {hi:+.2f}], "
-                  f"paired t p {t.pvalue:.3f}, Wilcoxon p {wil:.3f}, "
-                  f"{int((d > 0).sum())}/{len(d)} wins")
+            test = paired_test([acc[cond, a][s] for s in seeds], [acc[cond, b][s] for s in seeds])
+            wins = sum(acc[cond, a][s] > acc[cond, b][s] for s in seeds)
+            print(f"{cond}: {a} - {b}: {100 * test.mean_diff:+.2f} pp [95% CI "
+                  f"{100 * test.ci_low:+.2f}, {100 * test.ci_high:+.2f}], paired t p "
+                  f"{format_p(test.t_p)}, Wilcoxon p {format_p(test.wilcoxon_p)}, "
+                  f"{wins}/{len(seeds)} wins")
     return 0
 
 
