@@ -488,3 +488,45 @@ def test_init_scale_calibrates_on_the_first_training_batch(tmp_path):
         # 0.5 x the mean activation variance of that block's input (on the first batch, which
         # differs from the 4 examples above: same order of magnitude, not the same value)
         assert 0.1 < p.init_variance / (0.5 * float(acts[name].mean())) < 10
+
+
+@pytest.mark.parametrize("peft_model", [False, True])
+def test_frozen_variances_stay_bit_identical_under_dip_trainer(tmp_path, peft_model):
+    """learn_variance=False (the fixed_noise control) must not learn under Hugging Face.
+
+    project_model and DIPTrainer.__init__ once set requires_grad on every variance whatever the
+    config said, so an HF study of learned vs frozen compared learned with learned."""
+    model = tiny("llama")
+    if peft_model:
+        peft = pytest.importorskip("peft")
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    project_model(model, dipnet.DIPConfig(placement="blocks", learn_variance=False,
+                                          init_variance=0.01))
+    assert not any(p.requires_grad for p in dipnet.variance_parameters(model))
+    var0 = {k: v.clone() for k, v in dipnet.variances(model).items()}
+    tr = DIPTrainer(model=model, args=targs(tmp_path), train_dataset=data("llama"))
+    assert not any(p.requires_grad for p in dipnet.variance_parameters(model))
+    tr.train()
+    opt_params = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in opt_params for p in dipnet.variance_parameters(model))
+    after = dipnet.variances(model)
+    assert var0.keys() == after.keys()
+    assert all(torch.equal(after[k], v) for k, v in var0.items())
+    # A learned arm from the same start does move (the test can tell the two apart).
+    learned = tiny("llama")
+    project_model(learned, dipnet.DIPConfig(placement="blocks", init_variance=0.01))
+    v1 = {k: v.clone() for k, v in dipnet.variances(learned).items()}
+    DIPTrainer(model=learned, args=targs(tmp_path / "l"), train_dataset=data("llama")).train()
+    assert all(not torch.equal(dipnet.variances(learned)[k], v) for k, v in v1.items())
+
+
+def test_frozen_variances_stay_frozen_after_hf_reload(tmp_path):
+    model = tiny("gpt2")
+    project_model(model, dipnet.DIPConfig(placement="blocks", learn_variance=False,
+                                          init_variance=0.01))
+    dipnet.save_projections(model, tmp_path / "p.safetensors")
+    fresh = tiny("gpt2")
+    load_projections_from(fresh, tmp_path / "p.safetensors")
+    assert dipnet.variance_parameters(fresh)
+    assert not any(p.requires_grad for p in dipnet.variance_parameters(fresh))

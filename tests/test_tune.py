@@ -133,7 +133,75 @@ def test_the_default_pruner_is_the_median_pruner():
                                             "methods": ["standard"]}), budget=4)
     pruner = _make_pruner(cfg.pruner_settings())
     assert isinstance(pruner, optuna.pruners.MedianPruner)
-    assert cfg.pruner_settings()["n_warmup_steps"] == 1
+    # a warm-up of half the epochs (10 by default): pruning at epoch 1 spent most of the
+    # variance study's budget on one-epoch trials
+    assert cfg.pruner_settings()["n_warmup_steps"] == 5
+    short = TuneConfig(SweepConfig.from_dict({"dataset": "digits", "model": "mlp",
+                                              "methods": ["standard"], "run": {"epochs": 1}}),
+                       budget=4)
+    assert short.pruner_settings()["n_warmup_steps"] == 1
+
+
+def test_the_default_warm_up_keeps_every_trial_past_half_its_epochs(tmp_path):
+    """A threshold no accuracy reaches, with the default warm-up: every trial runs half (2) of
+    its 4 epochs before it can be pruned (Optuna prunes from step n_warmup_steps on; with the
+    old default of 1 it stopped after epoch 1)."""
+    out = tmp_path / "t"
+    assert _tune(out, "--set", "pruner.kind=threshold", "--set", "pruner.lower=1.1",
+                 methods="standard", budget=2, epochs=4) == 2
+    rows = _trials(out)
+    assert [r["state"] for r in rows] == ["pruned", "pruned"]
+    assert [r["epochs"] for r in rows] == ["2", "2"]
+
+
+def test_robust_and_mix_objectives_select_on_attacked_validation_points(tmp_path):
+    """--objective robust tells Optuna the PGD accuracy on validation points, recomputed here
+    from the trial's checkpoint by the same function; mix is the weighted sum of the two
+    columns; the choice follows the objective, not the clean accuracy."""
+    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.tune_objective import robust_validation_accuracy
+
+    out = tmp_path / "r"
+    extra = ("--objective", "robust", "--set", "objective.points=60", "--set",
+             "objective.steps=3", "--set", "objective.eps=0.1")
+    assert _tune(out, *extra, methods="standard", budget=2, epochs=1) == 0
+    rows = _trials(out)
+    assert all(r["robust_val_accuracy"] for r in rows)
+    for r in rows:
+        assert float(r["objective"]) == pytest.approx(float(r["robust_val_accuracy"]), abs=1e-6)
+        # attacking must cost accuracy on digits at eps 0.1 (measured: 0.2-0.6 vs 0.8-0.9)
+        assert float(r["robust_val_accuracy"]) < float(r["val_accuracy"])
+    best = load_sweep_config(out / "best.yaml")
+    top = max(rows, key=lambda r: float(r["robust_val_accuracy"]))
+    assert best.method_run["standard"]["lr"] == float(top["lr"])
+    assert "PGD linf eps 0.1" in best.tuning["objective"]
+    assert best.tuning["objective_settings"]["points"] == 60
+    # the recorded value is what the objective function gives for that trial's model
+    cfg = yaml.safe_load((Path(top["folder"]) / "config.yaml").read_text())
+    settings = best.tuning["objective_settings"]
+    assert robust_validation_accuracy(RunConfig.from_dict(cfg).to_dict(), top["folder"],
+                                      settings) == pytest.approx(float(top["objective"]), abs=1e-6)
+
+    mix = tmp_path / "m"
+    assert _tune(mix, "--objective", "mix", "--set", "objective.weight=0.25", *extra[2:],
+                 methods="standard", budget=2, epochs=1) == 0
+    for r in _trials(mix):
+        assert float(r["objective"]) == pytest.approx(
+            0.75 * float(r["val_accuracy"]) + 0.25 * float(r["robust_val_accuracy"]),
+            abs=2e-6)  # trials.csv rounds to 6 decimals
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--objective", "robust", "--set", "objective.eps=-1"), "objective.eps"),
+    (("--objective", "mix", "--set", "objective.weight=2"), "objective.weight"),
+    (("--set", "objective.colour=1"), "unknown objective setting"),
+])
+def test_bad_objective_settings_are_one_line(extra, message, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert _tune(out, *extra, methods="standard", budget=2) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def _chosen(out: Path) -> list[tuple[str, str, str, str]]:
@@ -218,12 +286,16 @@ def test_fixed_settings_are_not_searched_and_reach_every_trial():
                                       "--set", "search.lr=[0.001, 0.003]"])
     cfg = _tune_from_args(args)
     assert search_space(cfg, "sam") == {"lr": (0.001, 0.003, True)}
-    assert set(search_space(cfg, "dipnet")) == {"lr", "init_scale", "variance_lr"}
+    assert set(search_space(cfg, "dipnet")) == {"lr", "init_scale", "variance_lr",
+                                                "barrier_temperature"}
+    assert set(search_space(cfg, "fixed_noise")) == {"lr", "init_scale"}
     run = trial_config(cfg, "sam", {"lr": 0.002})
     assert run.lr == 0.002 and run.resolved_method_params()["rho"] == 0.1
-    dip = trial_config(cfg, "dipnet", {"lr": 0.002, "init_scale": 0.1, "variance_lr": 0.01})
+    dip = trial_config(cfg, "dipnet", {"lr": 0.002, "init_scale": 0.1, "variance_lr": 0.01,
+                                       "barrier_temperature": 3.0})
     params = dip.resolved_method_params()
-    assert (params["init_scale"], params["variance_lr"], params["m"]) == (0.1, 0.01, 2)
+    assert (params["init_scale"], params["variance_lr"], params["m"],
+            params["barrier_temperature"]) == (0.1, 0.01, 2, 3.0)
 
 
 def test_best_yaml_is_planned_by_compare_without_writing(tuned, tmp_path):

@@ -102,11 +102,14 @@ def test_variance_stats_and_histograms():
     assert sum(hist["counts"]) == 12 and hist["counts"][0] == 6 and hist["counts"][-1] == 6
 
 
-@pytest.mark.parametrize("scaling,reduction", [("elbo", "sum"), ("unscaled", "mean")])
-def test_gradient_meter_splits_data_and_barrier(scaling, reduction):
+@pytest.mark.parametrize("scaling,reduction,temperature", [("elbo", "sum", 1.0),
+                                                           ("unscaled", "mean", 1.0),
+                                                           ("elbo", "sum", 3.0)])
+def test_gradient_meter_splits_data_and_barrier(scaling, reduction, temperature):
     model = _mlp()
     cfg = dipnet.DIPConfig(parameterization="exp", barrier_scaling=scaling,
-                           barrier_reduction=reduction, m=2, gamma=0.1)
+                           barrier_reduction=reduction, m=2, gamma=0.1,
+                           barrier_temperature=temperature)
     dipnet.project(model, cfg)
     loss_fn = dipnet.DIPLoss(cfg, num_train=50)
     meter = dipnet.VarianceGradientMeter(cfg, 50)
@@ -205,3 +208,19 @@ def test_dip_loss_calibrates_on_first_batch_once_and_never_after_training():
     assert torch.equal(dipnet.projections(other)["0"].raw_variance.detach(), after_step)
     with pytest.raises(dipnet.DIPConfigError, match="variance_lr"):
         dipnet.DIPConfig(variance_lr=0)
+
+
+def test_barrier_temperature_multiplies_the_whole_barrier_in_the_loss():
+    """The learned arm's level knob: T scales alpha and beta together, nothing else."""
+    x, y = torch.randn(16, 12), torch.randint(4, (16,))
+    parts = {}
+    for t in (1.0, 0.25):
+        model = _mlp()
+        cfg = dipnet.DIPConfig(init_variance=0.05, barrier_temperature=t)
+        dipnet.project(model, cfg)
+        torch.manual_seed(3)
+        parts[t] = dipnet.DIPLoss(cfg, num_train=40)(model, x, y)
+    assert float(parts[0.25].barrier) == pytest.approx(0.25 * float(parts[1.0].barrier), rel=1e-6)
+    assert float(parts[0.25].nll) == float(parts[1.0].nll)
+    with pytest.raises(dipnet.DIPConfigError, match="barrier_temperature"):
+        dipnet.DIPConfig(barrier_temperature=0.0)

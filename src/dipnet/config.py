@@ -78,6 +78,12 @@ class DIPConfig:
         alpha: weight of sum(variance) in the barrier, > 0. Default 0.1 (paper).
         beta: weight of -sum(ln variance) in the barrier, > 0. Default 0.2 (paper). Alone, the
             barrier is minimised at variance = beta / alpha.
+        barrier_temperature: a multiplier on the whole barrier (alpha and beta together), > 0.
+            It keeps the barrier's own minimum (beta / alpha) and sets how hard it pulls against
+            the data term, so it is the learned variances' level knob: below 1 the NLL pulls the
+            variances lower, above 1 the barrier pulls them towards beta / alpha. `dipnet tune`
+            searches it for ``dipnet``, so that learned and frozen variances get one level knob
+            each (``init_scale`` for the frozen control). Default 1.0 (the paper's barrier).
         gamma: weight of the stability penalty (unbiased variance of the outputs over the m
             trajectories, summed over outputs, averaged over examples), >= 0. Default 0.0, the
             paper's choice for fine-tuning; the paper uses about 0.05 from scratch.
@@ -112,6 +118,7 @@ class DIPConfig:
     variance_floor: float = 1e-6
     alpha: float = 0.1
     beta: float = 0.2
+    barrier_temperature: float = 1.0
     gamma: float = 0.0
     barrier_scaling: BarrierScaling = "elbo"
     barrier_reduction: BarrierReduction = "sum"
@@ -191,6 +198,9 @@ class DIPConfig:
                                              or not self.variance_lr > 0
                                              or not math.isfinite(self.variance_lr)):
             raise bad("variance_lr", "None or a finite number > 0")
+        if (not _is_number(self.barrier_temperature) or not self.barrier_temperature > 0
+                or not math.isfinite(self.barrier_temperature)):
+            raise bad("barrier_temperature", "a finite number > 0")
         if self.init_scale is not None and (not _is_number(self.init_scale)
                                             or not self.init_scale > 0
                                             or not math.isfinite(self.init_scale)):
@@ -209,6 +219,11 @@ class DIPConfig:
                 f"DIPConfig.gamma={self.gamma} needs m >= 2 trajectories (got m={self.m}): the "
                 "stability penalty is a variance across trajectories. Set m >= 2 or gamma = 0."
             )
+
+    def barrier_weights(self) -> tuple[float, float]:
+        """The barrier's (alpha, beta) as they enter the loss: both times
+        ``barrier_temperature``. Every caller of `dipnet.barrier` takes them from here."""
+        return self.alpha * self.barrier_temperature, self.beta * self.barrier_temperature
 
     @property
     def relative_init(self) -> bool:

@@ -52,6 +52,7 @@ from .inject import (
     projections,
     sampling,
     save_projections,
+    train_variances_as_configured,
     variance_parameters,
 )
 from .objective import (
@@ -117,8 +118,8 @@ def project_model(model: nn.Module, config: DIPConfig | None = None) -> nn.Modul
         object.__setattr__(model, _CONFIG_ATTR, config)  # save_projections records the user's config
     else:
         project(model, config)
-    for p in variance_parameters(model):
-        p.requires_grad_(True)
+    # PEFT froze every non-adapter parameter; the variances follow the config.
+    train_variances_as_configured(model, config)
     return model
 
 
@@ -194,9 +195,9 @@ class DIPTrainer(Trainer):
         self.num_train = num_train
         self.variance_lr = variance_lr if variance_lr is not None else \
             self.dip_config.variance_lr
-        # PEFT froze every non-adapter parameter; the variances are trained.
-        for p in variance_parameters(model):
-            p.requires_grad_(True)
+        # PEFT froze every non-adapter parameter; the variances learn when the config says so
+        # (never a frozen arm's: that would make the fixed-noise control learn).
+        train_variances_as_configured(model, self.dip_config)
         self._causal = shifts_labels(model)
         # The Trainer counts num_items_in_batch over labels[..., 1:] only for models whose
         # loss_type it maps to the causal-LM loss (GPT-2 has none); count the way the model's
@@ -217,8 +218,9 @@ class DIPTrainer(Trainer):
         """The Trainer's optimizer; the variances get their own group if ``variance_lr`` is set."""
         optimizer = super().create_optimizer(model) if model is not None else \
             super().create_optimizer()
-        if self.variance_lr is not None:
-            var_ids = {id(p) for p in variance_parameters(self.model)}
+        learned = [p for p in variance_parameters(self.model) if p.requires_grad]
+        if self.variance_lr is not None and learned:
+            var_ids = {id(p) for p in learned}
             moved: list[torch.nn.Parameter] = []
             for group in optimizer.param_groups:
                 keep = [p for p in group["params"] if id(p) not in var_ids]
@@ -226,11 +228,12 @@ class DIPTrainer(Trainer):
                 group["params"] = keep
             optimizer.add_param_group({"params": moved, "lr": self.variance_lr,
                                        "weight_decay": 0.0})
-        missing = [p for p in variance_parameters(self.model)
+        missing = [p for p in learned
                    if not any(p is q for g in optimizer.param_groups for q in g["params"])]
         if missing:
-            raise UserError(f"{len(missing)} DIPNet variance parameters are not in the optimizer; "
-                            "leave them requires_grad=True (project_model does this).")
+            raise UserError(f"{len(missing)} learned DIPNet variance parameters are not in the "
+                            "optimizer; leave them requires_grad=True (project_model does this "
+                            "when DIPConfig.learn_variance is True).")
         return optimizer
 
     # ------------------------------------------------------------------ loss
@@ -290,7 +293,7 @@ class DIPTrainer(Trainer):
             nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
                                                 num_items_in_batch=None)
             scaled = False
-        bar = barrier(model, config.alpha, config.beta, config.barrier_reduction)
+        bar = barrier(model, *config.barrier_weights(), config.barrier_reduction)
         if config.barrier_scaling == "elbo":
             bar = bar / float(self.num_train)  # type: ignore[arg-type]
         bar_step = bar
@@ -444,8 +447,7 @@ def load_projections_from(model: nn.Module, path: str | os.PathLike) -> nn.Modul
         if isinstance(saved, dict):
             project_model(model, DIPConfig.from_dict(saved))
     load_projections(model, path)
-    for p in variance_parameters(model):
-        p.requires_grad_(True)
+    train_variances_as_configured(model)
     return model
 
 

@@ -94,8 +94,7 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
             # Only the device: variances stay float32 even in a half-precision model (they
             # are tiny numbers whose logarithm enters the loss).
             proj.to(device=device)
-        if not config.learn_variance:
-            proj.raw_variance.requires_grad_(False)
+        proj.raw_variance.requires_grad_(config.learn_variance)
         proj.attach(host)
     object.__setattr__(model, _CONFIG_ATTR, config)
     return model
@@ -125,6 +124,24 @@ def remove(model: nn.Module) -> nn.Module:
 def variance_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The raw variance parameters of all projections (for a separate optimizer group)."""
     return [p.raw_variance for p in projections(model).values()]
+
+
+def train_variances_as_configured(model: nn.Module, config: DIPConfig | None = None) -> None:
+    """Set every variance's ``requires_grad`` to ``config.learn_variance``, in place.
+
+    For wrappers that change ``requires_grad`` wholesale (PEFT freezes every non-adapter
+    parameter): afterwards the variances learn exactly when the config says so, and a frozen
+    arm (``learn_variance=False``, the fixed-noise control) stays frozen.
+
+    Args:
+        model: a projected model.
+        config: the config to follow; default the one the model was projected with (and
+            learned variances if the model records none).
+    """
+    config = config if config is not None else get_config(model)
+    learn = True if config is None else config.learn_variance
+    for p in variance_parameters(model):
+        p.requires_grad_(learn)
 
 
 def parameter_groups(model: nn.Module, variance_lr: float | None = None) -> list[dict]:

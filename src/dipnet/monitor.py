@@ -244,7 +244,8 @@ class VarianceGradientMeter:
                 continue
             lam = p.variance.detach()
             total = grad / p.variance_derivative()  # d loss / d lambda
-            bar = self._scale(p) * (self.config.alpha - self.config.beta / lam)
+            alpha, beta = self.config.barrier_weights()
+            bar = self._scale(p) * (alpha - beta / lam)
             data = total - bar
             # Kept as tensors: no device synchronisation per step on a GPU.
             step = torch.stack([data.mean(), bar.mean(), data.abs().mean()]).double()

@@ -373,7 +373,7 @@ class DIPLoss(nn.Module):
     def scaled_barrier(self, model: nn.Module) -> torch.Tensor:
         """The barrier as it enters the loss (divided by N under the ELBO scaling)."""
         config = self.resolve_config(model)
-        b = barrier(model, config.alpha, config.beta, config.barrier_reduction)
+        b = barrier(model, *config.barrier_weights(), config.barrier_reduction)
         if config.barrier_scaling == "elbo":
             b = b / float(self.num_train)  # type: ignore[arg-type]
         return b

@@ -19,9 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "same number of trials for every method (Optuna)",
         description="Search the learning rate and each method's own hyperparameters (sigma "
                     "for input_noise / rs, rho for sam, alpha for mixup / cutmix, p for "
-                    "dropout, init_scale and variance_lr for dipnet, init_scale for "
+                    "dropout, init_scale, variance_lr and barrier_temperature for dipnet, "
+                    "init_scale for "
                     "fixed_noise) with Optuna's TPE sampler (seeded) and a median pruner on "
-                    "the validation accuracy of every epoch; --budget trials per method. "
+                    "the validation accuracy of every epoch, after a warm-up of half the epochs; "
+                    "--budget trials per method; --objective accuracy|robust|mix. "
                     "Trials never touch the test split. Writes OUT/best.yaml (a sweep config "
                     "for dipnet compare --config), OUT/trials.csv and OUT/tune.md. A rerun "
                     "with the same settings resumes. See docs/tune.md.")
@@ -42,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the training-input condition to tune for (default none)")
     p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
                    help="fresh (default) or fixed, as in dipnet compare")
+    p.add_argument("--objective", choices=("accuracy", "robust", "mix"),
+                   help="what each trial is selected on, after its last epoch: validation "
+                        "accuracy (default), robust validation accuracy under PGD (EOT for "
+                        "sampled predictions; --set objective.eps=0.05, objective.norm=linf, "
+                        "objective.points=500, objective.steps=10, objective.eot_samples=8), "
+                        "or mix: (1 - w) clean + w robust (--set objective.weight=0.5). "
+                        "Pruning watches clean validation accuracy either way")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the sampler and every trial's training (default 0)")
     grammar.add_set(p, "--set sam.rho=0.1 (fixed: not searched), --set dip.m=2, --set "

@@ -448,7 +448,17 @@ def prepare_run(plan: RunPlan) -> Prepared:
     Raises:
         UserError: missing or corrupt data, a model that cannot be built.
     """
-    cfg, device = plan.cfg, plan.device
+    return prepare_model_and_data(plan.cfg, plan.device)
+
+
+def prepare_model_and_data(cfg: RunConfig, device: torch.device) -> Prepared:
+    """The run's data, method and model (calibrated, before any checkpoint is loaded), on
+    ``device``: what training starts from, and what a tuning objective rebuilds a trial's
+    model with before loading its weights.
+
+    Raises:
+        UserError: missing or corrupt data, a model that cannot be built.
+    """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     method = get_method(cfg.method, **cfg.resolved_method_params())

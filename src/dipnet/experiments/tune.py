@@ -10,10 +10,13 @@ A trial is one run (`run_training`) into ``OUT/trials/<method>/trial-NNN/``, exe
 the sweep backends (local processes, Ray, submitit), so it trains exactly as a ``compare`` run
 would. After every epoch it reports the validation accuracy to Optuna (a journal file,
 ``OUT/study.journal``, that the driver and every worker share); the median pruner stops a
-trial whose accuracy falls below the median of the finished trials at that epoch. A trial
+trial whose accuracy falls below the median of the finished trials at that epoch, once half the
+epochs are done (a warm-up: an early epoch's accuracy says little about a learning rate or a
+noise level, and pruning at epoch 1 left most of a budget to one-epoch trials). A trial
 stops after its last epoch's validation, before the test evaluation: the test split is never
-evaluated while tuning. The objective is the validation accuracy after the last epoch (what
-``compare`` keeps: no early stopping).
+evaluated while tuning. The objective (`tune_objective`) is the validation accuracy after the
+last epoch (what ``compare`` keeps: no early stopping), the robust validation accuracy under
+PGD (with EOT for sampled predictions), or a weighted mix of the two.
 
 Reproducible: the TPE sampler of trial n is seeded by (seed, n), and trials run in batches of
 ``jobs``, asked once every earlier batch finished and told once their own batch finished, so
@@ -53,6 +56,8 @@ from .config import takes_dip_settings
 from .locks import FolderLock
 from .rundir import check_out_path
 from .sweep import SweepConfig, expand_grid
+from .tune_objective import describe as describe_objective
+from .tune_objective import final_value, objective_settings
 
 __all__ = ["TuneConfig", "TuneResult", "METHOD_SPACES", "LR_SPACE", "search_space", "tune",
            "tune_command"]
@@ -68,7 +73,10 @@ METHOD_SPACES: dict[str, dict[str, tuple[float, float, bool]]] = {
     "mixup": {"alpha": (0.1, 2.0, True)},
     "cutmix": {"alpha": (0.1, 2.0, True)},
     "dropout": {"p": (0.0, 0.7, False)},
-    "dipnet": {"init_scale": (0.01, 1.0, True), "variance_lr": (1e-4, 1e-1, True)},
+    # barrier_temperature: where learning ends (the learned arm's level knob; init_scale is
+    # only where it starts), so learned and frozen variances get one level knob each.
+    "dipnet": {"init_scale": (0.01, 1.0, True), "variance_lr": (1e-4, 1e-1, True),
+               "barrier_temperature": (0.1, 10.0, True)},
     "fixed_noise": {"init_scale": (0.01, 1.0, True)},
 }
 PRUNERS = ("median", "threshold", "none")
@@ -92,6 +100,8 @@ class TuneConfig:
         search: range overrides, ``{key: [low, high]}`` (``lr``, ``sigma``...), for every
             method that searches the key.
         pruner: ``{kind: median|threshold|none, n_startup_trials, n_warmup_steps, lower}``.
+        objective: ``{kind: accuracy|robust|mix, norm, eps, steps, eot_samples, points,
+            weight}`` (`tune_objective.objective_settings`); default validation accuracy.
     """
 
     sweep: SweepConfig
@@ -99,8 +109,10 @@ class TuneConfig:
     seed: int = 0
     search: dict[str, list[float]] = field(default_factory=dict)
     pruner: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.objective = objective_settings(self.objective)
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise UserError(f"--budget must be a positive number of trials, got {self.budget!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -142,9 +154,11 @@ class TuneConfig:
                             "validation accuracy is below it), e.g. --set pruner.lower=0.5")
 
     def pruner_settings(self) -> dict[str, Any]:
-        """The pruner with its defaults filled in: median, 5 startup trials, no pruning at the
-        first epoch (its accuracy says little about the learning rate yet)."""
-        return {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 1, **self.pruner}
+        """The pruner with its defaults filled in: median, 5 startup trials, and no pruning
+        before half the epochs are done (``n_warmup_steps`` = epochs // 2, at least 1)."""
+        epochs = int(self.sweep.run.get("epochs", 10))
+        return {"kind": "median", "n_startup_trials": 5,
+                "n_warmup_steps": max(1, epochs // 2), **self.pruner}
 
     def identity(self) -> dict[str, Any]:
         """What decides the trials (compared when a tune folder is reused): everything except
@@ -154,8 +168,11 @@ class TuneConfig:
                     "tuning", "method_run"):
             sweep.pop(key, None)
         sweep["run"] = {k: v for k, v in sweep["run"].items() if k not in _RUNTIME}
-        return {"sweep": sweep, "seed": self.seed, "search": self.search,
-                "pruner": self.pruner_settings()}
+        identity = {"sweep": sweep, "seed": self.seed, "search": self.search,
+                    "pruner": self.pruner_settings()}
+        if self.objective["kind"] != "accuracy":  # a clean-accuracy tune keeps its old identity
+            identity["objective"] = self.objective
+        return identity
 
 
 def _is_number(value: Any) -> bool:
@@ -266,14 +283,17 @@ class _TrialEnd(Exception):
 
 
 def _run_trial(cfg_dict: dict[str, Any], run_dir: str, journal: str, study_name: str,
-               trial_id: int, pruner: dict[str, Any]) -> dict[str, Any]:
+               trial_id: int, pruner: dict[str, Any],
+               objective: dict[str, Any] | None = None) -> dict[str, Any]:
     """Backend task: train one trial, reporting each epoch's validation accuracy to Optuna.
 
     Takes the trial's RunConfig (as a dict), its folder, the shared journal, the study, the
-    trial's id and the pruner settings. Returns ``{"state": "complete"|"pruned", "values":
-    {epoch: validation accuracy}}``. Raises UserError when the data set has no validation
-    split.
+    trial's id, the pruner settings and the objective settings. Returns ``{"state":
+    "complete"|"pruned", "values": {epoch: validation accuracy}}``, and for a completed trial
+    ``"objective"`` (the value to maximise) and ``"robust"`` (robust validation accuracy, None
+    for the accuracy objective). Raises UserError when the data set has no validation split.
     """
+    objective = objective or {"kind": "accuracy"}
     from .config import RunConfig
     from .rundir import CHECKPOINT_DIR
     from .train import load_checkpoint, run_training
@@ -311,7 +331,16 @@ def _run_trial(cfg_dict: dict[str, Any], run_dir: str, journal: str, study_name:
             run_training(run_cfg, out, progress=False, command="dipnet tune",
                          on_epoch=on_epoch)
     except _TrialEnd as end:
-        return {"state": end.state, "values": values}
+        if end.state != "complete":
+            return {"state": end.state, "values": values}
+        robust = None
+        if objective["kind"] != "accuracy":
+            from .tune_objective import robust_validation_accuracy
+
+            robust = robust_validation_accuracy(cfg_dict, out, objective)
+        clean = values[max(values)]
+        return {"state": "complete", "values": values, "robust": robust,
+                "objective": final_value(objective, clean, robust)}
     raise RuntimeError(f"trial run {out} finished without reporting its last epoch")
 
 
@@ -463,7 +492,7 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
             tasks.append(backends.Task(
                 key=number, fn=_run_trial,
                 args=(run_cfg.to_dict(), str(run_dir), journal, method, frozen._trial_id,
-                      pruner),
+                      pruner, cfg.objective),
                 cpus=int(run_cfg.num_threads or 1),
                 gpus=backends.task_gpus(cfg.sweep.backend, run_cfg.device)))
 
@@ -479,14 +508,19 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
                 study.tell(number, state=TrialState.FAIL)
             elif value["state"] == "pruned":
                 study.tell(number, state=TrialState.PRUNED)
-            else:  # the objective: validation accuracy after the last epoch
+            else:  # the objective (validation accuracy after the last epoch by default)
                 accs = {int(k): float(v) for k, v in value["values"].items()}
-                study.tell(number, accs[max(accs)])
+                if value.get("robust") is not None:
+                    storage.set_trial_user_attr(by_number[number]._trial_id,
+                                                "robust_val_accuracy", float(value["robust"]))
+                study.tell(number, float(value.get("objective", accs[max(accs)])))
             if progress:
                 frozen = optuna.load_study(study_name=method, storage=storage).trials[number]
                 what = (f"failed: {err}" if err is not None else
                         f"{value['state']}, validation accuracy "
-                        f"{_last_value(frozen):.4f} after epoch {_epochs(frozen)}")
+                        f"{_last_clean(frozen):.4f} after epoch {_epochs(frozen)}"
+                        + ("" if value.get("robust") is None else
+                           f", robust {value['robust']:.4f}, objective {frozen.value:.4f}"))
                 print(f"dipnet tune: {method} trial-{number:03d} ({number + 1}/{cfg.budget}) "
                       f"{what} ({_params_text(frozen.params)})", file=sys.stderr)
     study = optuna.load_study(study_name=method, storage=storage)
@@ -496,6 +530,13 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
 def _last_value(frozen: Any) -> float:
     if frozen.value is not None:
         return float(frozen.value)
+    if frozen.intermediate_values:
+        return float(frozen.intermediate_values[max(frozen.intermediate_values)])
+    return float("nan")
+
+
+def _last_clean(frozen: Any) -> float:
+    """The validation accuracy of the trial's last reported epoch."""
     if frozen.intermediate_values:
         return float(frozen.intermediate_values[max(frozen.intermediate_values)])
     return float("nan")
@@ -513,6 +554,8 @@ def _row(method: str, frozen: Any, out: Path, error: str | None) -> dict[str, An
     state = frozen.state.name.lower()
     return {"method": method, "trial": frozen.number, "state": state,
             "value": _last_value(frozen) if state in ("complete", "pruned") else None,
+            "val_accuracy": _last_clean(frozen) if state in ("complete", "pruned") else None,
+            "robust_val_accuracy": frozen.user_attrs.get("robust_val_accuracy"),
             "epochs": _epochs(frozen),
             "intermediate": {int(k): float(v) for k, v in frozen.intermediate_values.items()},
             "params": dict(frozen.params),
@@ -526,11 +569,16 @@ def _write_tables(cfg: TuneConfig, out: Path, rows: list[dict[str, Any]],
     keys = sorted({k for s in spaces.values() for k in s}, key=lambda k: (k != "lr", k))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "trial", "state", "val_accuracy", "epochs", *keys,
-                     "duration_s", "folder", "error"])
+    writer.writerow(["method", "trial", "state", "objective", "val_accuracy",
+                     "robust_val_accuracy", "epochs", *keys, "duration_s", "folder", "error"])
+
+    def num(v: float | None) -> str:
+        return "" if v is None else f"{v:.6f}"
+
     for r in rows:
-        writer.writerow([r["method"], r["trial"], r["state"],
-                         "" if r["value"] is None else f"{r['value']:.6f}", r["epochs"],
+        writer.writerow([r["method"], r["trial"], r["state"], num(r["value"]),
+                         num(r.get("val_accuracy")), num(r.get("robust_val_accuracy")),
+                         r["epochs"],
                          *[("" if k not in r["params"] else repr(r["params"][k])) for k in keys],
                          "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
                          r["folder"], r["error"]])
@@ -553,7 +601,8 @@ def _tuning_block(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, d
             "pruned": sum(r["state"] == "pruned" for r in mine),
             "failed": sum(r["state"] == "fail" for r in mine),
             "best_trial": best[method]["trial"],
-            "best_val_accuracy": round(float(best[method]["value"]), 6),
+            "best_objective": round(float(best[method]["value"]), 6),
+            "best_val_accuracy": round(float(best[method]["val_accuracy"]), 6),
             "search_space": {k: [lo, hi, "log" if log else "linear"]
                              for k, (lo, hi, log) in spaces[method].items()},
         }
@@ -562,8 +611,9 @@ def _tuning_block(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, d
         "budget": cfg.budget,
         "budget_unit": "trials per method, the same for every method",
         "epochs_per_trial": int(cfg.sweep.run.get("epochs", 10)),
-        "objective": "validation accuracy after the last epoch (the test split was never "
+        "objective": describe_objective(cfg.objective) + " (the test split was never "
                      "evaluated while tuning)",
+        "objective_settings": dict(cfg.objective),
         "sampler": f"TPE, seed {cfg.seed} (trial n seeded by (seed, n)), "
                    f"{startup_trials(cfg.budget)} random startup trials",
         "pruner": ("none" if pruner["kind"] == "none" else
@@ -620,11 +670,13 @@ def _summary(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, dict[s
         f"# Tuning: {cfg.sweep.dataset} / {cfg.sweep.model}", "",
         f"Budget: **{cfg.budget} trials per method**, the same for every method; each trial "
         f"{cfg.sweep.run.get('epochs', 10)} epoch(s), seed {cfg.seed}, training condition "
-        f"{cfg.sweep.train_perturbations[0]}. Selected on validation accuracy after the last "
-        f"epoch; the test split was never evaluated. Sampler TPE (seeded); pruner "
-        f"{pruner['kind']}.", "",
-        "| method | trials | complete | pruned | failed | best val. accuracy | best setting |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        f"{cfg.sweep.train_perturbations[0]}. Selected on {describe_objective(cfg.objective)}; "
+        f"the test split was never evaluated. Sampler TPE (seeded); pruner {pruner['kind']}"
+        + ("" if pruner["kind"] == "none" else
+           f" after a warm-up of {pruner['n_warmup_steps']} epoch(s)") + ".", "",
+        "| method | trials | complete | pruned | failed | best objective | best val. accuracy "
+        "| best setting |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for method in cfg.sweep.methods:
         mine = [r for r in rows if r["method"] == method]
         b = best[method]
@@ -632,7 +684,7 @@ def _summary(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, dict[s
                      f"{sum(r['state'] == 'complete' for r in mine)} | "
                      f"{sum(r['state'] == 'pruned' for r in mine)} | "
                      f"{sum(r['state'] == 'fail' for r in mine)} | {b['value']:.4f} | "
-                     f"{_params_text(b['params'])} |")
+                     f"{b['val_accuracy']:.4f} | {_params_text(b['params'])} |")
     lines += ["", f"Every trial: `trials.csv`. The tuned sweep: `dipnet compare --config "
               f"{best_yaml}` (seeds 0, 1, 2; change them with --seeds).", ""]
     return "\n".join(lines)
@@ -683,10 +735,14 @@ def _tune_from_args(args: argparse.Namespace) -> TuneConfig:
             run[opt] = getattr(args, opt)
     search: dict[str, Any] = {}
     pruner: dict[str, Any] = {}
+    objective: dict[str, Any] = {}
+    if getattr(args, "objective", None):
+        objective["kind"] = args.objective
     rest = []
     for ov in parse_overrides(args):
-        if ov.head in ("search", "pruner") and len(ov.rest) == 1:
-            (search if ov.head == "search" else pruner)[ov.rest[0]] = ov.value
+        if ov.head in ("search", "pruner", "objective") and len(ov.rest) == 1:
+            {"search": search, "pruner": pruner, "objective": objective}[ov.head][
+                ov.rest[0]] = ov.value
         elif ov.head in ("seeds", "evaluate") and not ov.rest:
             raise UserError(f"{ov.describe()}: tune trains every trial with --seed and never "
                             f"evaluates; set {ov.head} on the compare of best.yaml")
@@ -703,7 +759,7 @@ def _tune_from_args(args: argparse.Namespace) -> TuneConfig:
 
             require_dataset_code_allowed(sweep.dataset, f"sweep config {args.config}")
     return TuneConfig(sweep=sweep, budget=args.budget, seed=args.seed or 0, search=search,
-                      pruner=pruner)
+                      pruner=pruner, objective=objective)
 
 
 def default_out(cfg: TuneConfig) -> Path:
@@ -719,7 +775,7 @@ def tune_command(args: argparse.Namespace) -> int:
     cfg = _tune_from_args(args)
     out = Path(args.out) if args.out else default_out(cfg)
     result = tune(cfg, out, progress=not args.no_progress)
-    print(f"\nTuned with {cfg.budget} trials per method (validation accuracy, last epoch):\n")
+    print(f"\nTuned with {cfg.budget} trials per method ({describe_objective(cfg.objective)}):\n")
     for method, row in result.best.items():
         print(f"  {method:<12} {row['value']:.4f}  {_params_text(row['params'])}")
     print(f"\nSweep config: {result.best_yaml}  (dipnet compare --config {result.best_yaml})")
