@@ -129,3 +129,14 @@ def test_paired_test_confidence_interval_of_mean_difference():
     assert {"ci_low", "ci_high", "degenerate", "significant"} <= set(d)
     one = paired_test([1.0], [0.0])
     assert math.isnan(one.ci_low) and math.isnan(one.ci_high) and not one.significant
+
+
+def test_holm_matches_hand_computed_step_down_values():
+    from dipnet.experiments.stats import holm
+
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = holm([0.5, None, float("nan"), 0.2])  # untestable entries stay NaN, family of 2
+    assert out[0] == pytest.approx(0.5) and out[3] == pytest.approx(0.4)
+    assert math.isnan(out[1]) and math.isnan(out[2])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1

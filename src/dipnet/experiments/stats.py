@@ -251,3 +251,22 @@ def format_p(p: float | None) -> str:
     if p < 0.001:
         return "<0.001"
     return f"{p:.3f}"
+
+
+def holm(p_values: Sequence[float | None]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of a family of tests, in the input order.
+
+    Takes raw p-values (None or NaN for a test that could not be made: they stay NaN and do not
+    count in the family size). Returns the step-down adjusted p-values: the i-th smallest of m
+    is multiplied by (m - i), made monotone, and capped at 1. Controls the family-wise error
+    rate without assuming independence between the tests.
+    """
+    finite = [(i, float(p)) for i, p in enumerate(p_values)
+              if p is not None and math.isfinite(float(p))]
+    out = [math.nan] * len(p_values)
+    m = len(finite)
+    running = 0.0
+    for rank, (i, p) in enumerate(sorted(finite, key=lambda t: t[1])):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
