@@ -66,13 +66,14 @@ EVAL = dict(parts=("clean", "calibration", "attacks", "corruptions"), attack_poi
             eot_samples=8)
 
 
-def arms() -> list[tuple[str, str, dict[str, Any]]]:
-    """(arm label, method, method params), in the order they run (most important first)."""
+def arms(temperature: bool = True) -> list[tuple[str, str, dict[str, Any]]]:
+    """(arm label, method, method params), in the order they run (most important first);
+    ``temperature=False`` leaves out the barrier-temperature arms."""
     out: list[tuple[str, str, dict[str, Any]]] = [("standard", "standard", {})]
     for level in LEVELS:
         out.append((f"dipnet@{level:g}", "dipnet", {**RECIPE, "init_scale": level}))
         out.append((f"fixed_noise@{level:g}", "fixed_noise", {"init_scale": level}))
-    for t in TEMPERATURES:
+    for t in TEMPERATURES if temperature else ():
         out.append((f"dipnet@{TEMPERATURE_LEVEL:g},T={t:g}", "dipnet",
                     {**RECIPE, "init_scale": TEMPERATURE_LEVEL, "barrier_temperature": t}))
     return out
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     # Seed-major: if the budget runs out, every arm has the same seeds done.
     for seed in range(args.seeds):
         for condition in args.conditions.split(","):
-            for arm, method, params in arms():
+            for arm, method, params in arms(not args.no_temperature):
                 cfg = make_config(args.arch, condition, method, params, seed, out)
                 path = run_dir(out, args.arch, condition, arm, seed)
                 if (path / "evaluation.json").is_file() and (path / "metrics.json").is_file():
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conditions", default=",".join(CONDITIONS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--no-temperature", action="store_true",
+                   help="leave out the barrier-temperature arms (run: a smaller budget)")
     p.add_argument("--out", default="runs/dose_response")
     p.add_argument("--docs", default="docs/results/dose_response")
     args = p.parse_args(argv)
