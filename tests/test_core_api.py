@@ -253,3 +253,44 @@ def test_variance_floor_is_added_to_every_variance(param: str) -> None:
         with torch.no_grad():
             proj.raw_variance.fill_(-50.0)  # the learned part vanishes: only the floor is left
         torch.testing.assert_close(proj.variance, torch.full((proj.num_features,), 0.5))
+
+
+def test_recipes_build_their_fields_and_name_their_evidence():
+    from pathlib import Path
+
+    from dipnet.recipes import RECIPES
+
+    root = Path(__file__).resolve().parents[1]
+    assert set(RECIPES) == {"scratch", "finetune", "robust"}
+    for name, r in RECIPES.items():
+        cfg = dipnet.DIPConfig.recipe(name)
+        assert all(getattr(cfg, k) == v for k, v in r.fields.items())
+        # every recipe points at a committed study
+        cited = [w.strip("(),") for w in r.evidence.split() if w.startswith("docs/results/")]
+        assert cited and all((root / c).exists() for c in cited), (name, cited)
+    assert dipnet.DIPConfig.recipe("scratch").learn_variance is False
+    assert dipnet.DIPConfig.recipe("finetune").learn_variance is True
+    assert dipnet.DIPConfig.recipe("scratch", init_scale=0.3).init_scale == 0.3
+    with pytest.raises(dipnet.DIPConfigError, match="unknown DIPConfig recipe"):
+        dipnet.DIPConfig.recipe("fast")
+    with pytest.raises(dipnet.DIPConfigError, match="unknown DIPConfig field"):
+        dipnet.DIPConfig.recipe("scratch", colour=1)
+
+
+def test_project_freezes_the_variances_of_a_frozen_config_and_training_leaves_them():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    cfg = dipnet.DIPConfig(learn_variance=False, init_variance=0.05)
+    dipnet.project(model, cfg)
+    var = dipnet.variance_parameters(model)
+    assert var and not any(p.requires_grad for p in var)
+    before = [p.detach().clone() for p in var]
+    # even an optimizer over ALL parameters (a plain loop) cannot move a frozen variance
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    loss_fn = dipnet.DIPLoss(cfg, num_train=32)
+    x, y = torch.randn(32, 6), torch.randint(3, (32,))
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model, x, y).total.backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, dipnet.variance_parameters(model)))

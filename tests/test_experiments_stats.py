@@ -140,3 +140,14 @@ def test_holm_matches_hand_computed_step_down_values():
     assert out[0] == pytest.approx(0.5) and out[3] == pytest.approx(0.4)
     assert math.isnan(out[1]) and math.isnan(out[2])
     assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+
+
+def test_power_helpers_invert_each_other_and_match_the_textbook_case():
+    from dipnet.experiments.stats import detectable_difference, required_items
+
+    # textbook: p 0.5, 3 points, alpha 0.05, power 0.8 -> 2 * 0.25 * (2.8016 / 0.03)^2 = 4361
+    assert required_items(0.5, 0.03) == 4361
+    assert detectable_difference(0.5, 4361) == pytest.approx(0.03, rel=1e-3)
+    assert detectable_difference(0.14, 50) == pytest.approx(0.1944, abs=5e-4)
+    with pytest.raises(ValueError):
+        detectable_difference(1.2, 10)

@@ -250,6 +250,27 @@ class DIPConfig:
         return out
 
     @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> "DIPConfig":
+        """A config from a named recipe (`dipnet.recipes.RECIPES`): ``"scratch"``,
+        ``"finetune"`` or ``"robust"``, each resting on a committed measurement (its
+        ``evidence``; docs/recipe.md says which to use per kind of model).
+
+        Args:
+            name: the recipe.
+            overrides: DIPConfig fields to set on top (e.g. ``init_scale=0.2``).
+        Returns:
+            The DIPConfig.
+        Raises:
+            DIPConfigError: an unknown recipe or field, or an invalid value.
+        """
+        from .recipes import RECIPES, recipe_fields
+
+        if name not in RECIPES:
+            raise DIPConfigError(f"unknown DIPConfig recipe {name!r}: choose from "
+                                 f"{', '.join(RECIPES)} (docs/recipe.md)")
+        return cls.from_dict(recipe_fields(name, overrides))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DIPConfig":
         """Build a config from `to_dict` output.
 

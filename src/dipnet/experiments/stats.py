@@ -270,3 +270,31 @@ def holm(p_values: Sequence[float | None]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+def detectable_difference(p: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest difference of two accuracies near ``p`` that a two-sided two-proportion
+    test on ``n`` independent items per arm detects with probability ``power`` at ``alpha``
+    (normal approximation). Pairing the arms on the same items can only lower it.
+
+    Raises:
+        ValueError: p outside (0, 1), n < 1, alpha or power outside (0, 1).
+    """
+    if not 0 < p < 1 or n < 1 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need 0 < p < 1, n >= 1, 0 < alpha, power < 1; got {p}, {n}, "
+                         f"{alpha}, {power}")
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    return float(z * math.sqrt(2 * p * (1 - p) / n))
+
+
+def required_items(p: float, difference: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Items per arm for `detectable_difference` to reach ``difference`` (the inverse).
+
+    Raises:
+        ValueError: as `detectable_difference`, or a difference that is not > 0.
+    """
+    if not difference > 0:
+        raise ValueError(f"difference must be > 0, got {difference}")
+    detectable_difference(p, 1, alpha, power)  # validates the rest
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    return int(math.ceil(2 * p * (1 - p) * (z / difference) ** 2))
