@@ -298,6 +298,8 @@ def figure(analysis: dict[str, Any], arch: str, path: Path) -> None:
                 if not math.isnan(s["ci_low"]):
                     ax.axhspan(100 * s["ci_low"], 100 * s["ci_high"], color="grey", alpha=0.15)
             ax.set_xscale("log")
+            ax.set_xticks(list(LEVELS), [f"{lv:g}" for lv in LEVELS])
+            ax.minorticks_off()
             ax.set_xlabel("starting level init_scale (x each layer's input variance)")
             ax.set_ylabel(("%" if metric != "ece" else "ECE %"))
             ax.set_title(f"{cond}: {LABELS[metric]}", fontsize=9)
