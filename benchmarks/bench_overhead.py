@@ -18,6 +18,11 @@ compile  torch.compile (inductor, fallback_random) of the loss function: plain, 
          dipnet compiled, beside the eager steps (the models of --models).
 chunks   DIPConfig.chunks: time and peak memory of m = 8 trajectories in 1, 2 and 4 passes.
 scale    The cost table: MLP widths 256-4096 and GPT-2 depths 2-12 (docs/cost.md).
+hf       A GPT-2 and a ViT (transformers, built from configs, ``--hf-size``) at ``layers``
+         placement: step time of plain, floor, dip store, dip regen (m = 1) and dip m = 4 (the
+         device's default noise), x plain and x floor, and each step's peak memory x plain.
+hf_compile  The same two models compiled (``--compile-backend``): plain and dipnet (m = 1, the
+         device's default noise) compiled beside eager; compiled dip x compiled plain.
 
 On a GPU (``--device cuda``) timings use CUDA events, memory ``torch.cuda.max_memory_allocated``
 and ``--bf16`` runs the forward under bf16 autocast. On a CPU timings are process CPU time (the
@@ -26,6 +31,7 @@ interleaved rounds, the order shuffled every round (seeded), so drift and the st
 leaves for the next hit every variant alike. A benchmark, not a test: nothing asserts.
 
 Run: .venv/bin/python benchmarks/bench_overhead.py [--sections floor,memory] [--json out.json]
+On a GPU: scripts/gpu_check.sh runs it (``--device cuda``, and ``--bf16``); docs/cost.md.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -101,6 +108,50 @@ def gpt2(layers: int = 4, d: int = 256, seq: int = 128) -> nn.Module:
     return GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=seq, n_embd=d, n_layer=layers,
                                       n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       bos_token_id=0, eos_token_id=0))
+
+
+# Sizes of the hf sections' models: (GPT-2 layers, width, sequence, batch, vocabulary) and (ViT
+# image side, patch, width, layers, heads, batch). "base" is GPT-2 small (124M) and ViT-B/16 at
+# 224 px, what users fine-tune; "small" fits a CPU; "tiny" is for tests.
+HF_SIZES: dict[str, dict[str, tuple[int, ...]]] = {
+    "tiny": {"gpt2": (2, 32, 16, 2, 256), "vit": (16, 4, 32, 2, 2, 2)},
+    "small": {"gpt2": (4, 256, 128, 8, 1024), "vit": (32, 4, 192, 6, 3, 64)},
+    "base": {"gpt2": (12, 768, 512, 8, 50257), "vit": (224, 16, 768, 12, 12, 32)},
+}
+
+
+def vit(side: int, patch: int, d: int, layers: int, heads: int) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification(ViTConfig(
+        image_size=side, patch_size=patch, num_channels=3, hidden_size=d, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=4 * d, num_labels=10, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0))
+
+
+def hf_benches(args: argparse.Namespace, device: torch.device) -> dict[str, "Bench"]:
+    """The hf sections' GPT-2 and ViT, each in a `Bench` at ``layers`` placement."""
+    size = HF_SIZES[args.hf_size]
+    layers, d, seq, batch, vocab = size["gpt2"]
+    side, patch, vd, vlayers, heads, vbatch = size["vit"]
+
+    def lm() -> nn.Module:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=d,
+                                          n_layer=layers, n_head=max(1, d // 64), resid_pdrop=0.0,
+                                          embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                          eos_token_id=0))
+
+    ids = torch.randint(0, vocab, (batch, seq), device=device)
+    images = {"pixel_values": torch.rand(vbatch, 3, side, side, device=device),
+              "labels": torch.randint(0, 10, (vbatch,), device=device)}
+    return {
+        f"gpt2 {layers}x{d} seq {seq} batch {batch}": Bench(
+            lm, {"input_ids": ids, "labels": ids}, None, device, args.bf16),
+        f"vit {vlayers}x{vd} {side}px/{patch} batch {vbatch}": Bench(
+            lambda: vit(side, patch, vd, vlayers, heads), images, None, device, args.bf16),
+    }
 
 
 # ---------------------------------------------------------------------- measuring
@@ -522,8 +573,71 @@ def section_scale(args: argparse.Namespace, clock: Clock, device: torch.device) 
     return out
 
 
+def _ratios(values: dict[str, float | None], base: str) -> dict[str, float | None]:
+    ref = values.get(base)
+    return {k: (None if v is None or not ref else v / ref) for k, v in values.items()}
+
+
+def section_hf(args: argparse.Namespace, clock: Clock, device: torch.device) -> dict:
+    out: dict[str, Any] = {}
+    for name, b in hf_benches(args, device).items():
+        loss4 = dipnet.DIPLoss(dataclasses.replace(b.cfg, m=4), num_train=60_000)
+        fns = {"plain": b.step("plain"), "floor": b.step("floor"),
+               "dip store": b.step("dip", STORE), "dip regen": b.step("dip", REGEN),
+               "dip m=4": b.step("dip", loss=lambda batch: loss4(b.dip, batch).total)}
+        times = interleaved(clock, fns, args.repeats, max(1, args.number // 2))
+        peaks = {k: peak_memory(device, fn) for k, fn in fns.items()}
+        out[name] = {"ms": {k: 1e3 * v for k, v in times.items()},
+                     "x_plain": _ratios(times, "plain"), "x_floor": _ratios(times, "floor"),
+                     "peak_mb": peaks, "peak_x_plain": _ratios(peaks, "plain"),
+                     "noise_default": "regen" if noise.regenerates(device) else "store"}
+        r = out[name]
+        print(f"\n[hf] {name}, layers placement: ms (x plain, x floor), peak memory (x plain)")
+        for k in fns:
+            peak = r["peak_mb"][k]
+            print(f"  {k:<10} {r['ms'][k]:8.2f} ms  x plain {r['x_plain'][k]:6.3f}  x floor "
+                  f"{r['x_floor'][k]:6.3f}   peak "
+                  + ("n/a" if peak is None else f"{peak:8.1f} MB  x plain "
+                     f"{r['peak_x_plain'][k]:5.3f}"))
+    return out
+
+
+def section_hf_compile(args: argparse.Namespace, clock: Clock, device: torch.device) -> dict:
+    noise.prepare_compile()
+    out: dict[str, Any] = {}
+    for name, b in hf_benches(args, device).items():
+        torch._dynamo.reset()
+        compiled = {k: torch.compile(b.loss_fn(k), backend=args.compile_backend)
+                    for k in ("plain", "dip")}
+        t0 = time.perf_counter()
+        times = interleaved(clock, {
+            "plain": b.step("plain"), "dip": b.step("dip"),
+            "plain compiled": b.step("plain", loss=compiled["plain"]),
+            "dip compiled": b.step("dip", loss=compiled["dip"])},
+            args.repeats, max(1, args.number // 2))
+        out[name] = {"ms": {k: 1e3 * v for k, v in times.items()},
+                     "dip_compiled_x_plain_compiled": times["dip compiled"]
+                     / times["plain compiled"],
+                     "dip_x_plain_eager": times["dip"] / times["plain"],
+                     "dip_compiled_x_dip_eager": times["dip compiled"] / times["dip"],
+                     "plain_compiled_x_plain_eager": times["plain compiled"] / times["plain"],
+                     "seconds_incl_compilation": time.perf_counter() - t0,
+                     "backend": args.compile_backend,
+                     "formulation": "regen" if noise.regenerates(device) else "store"}
+        r = out[name]
+        print(f"\n[hf_compile] {name}, {args.compile_backend}, formulation {r['formulation']}")
+        for k, v in r["ms"].items():
+            print(f"  {k:<16} {v:8.2f} ms")
+        print(f"  dip compiled / plain compiled {r['dip_compiled_x_plain_compiled']:.3f}   "
+              f"eager dip / plain {r['dip_x_plain_eager']:.3f}   dip compiled / eager "
+              f"{r['dip_compiled_x_dip_eager']:.3f}   plain compiled / eager "
+              f"{r['plain_compiled_x_plain_eager']:.3f}")
+    return out
+
+
 SECTIONS = {"floor": section_floor, "memory": section_memory, "compile": section_compile,
-            "chunks": section_chunks, "scale": section_scale}
+            "chunks": section_chunks, "scale": section_scale, "hf": section_hf,
+            "hf_compile": section_hf_compile}
 
 
 def main() -> None:
@@ -541,6 +655,10 @@ def main() -> None:
                         help="calls per round, averaged (default 5)")
     parser.add_argument("--models", default=",".join(IMAGE_MODELS),
                         help=f"floor section: comma-separated subset of {list(IMAGE_MODELS)}")
+    parser.add_argument("--hf-size", default="small", choices=list(HF_SIZES),
+                        help="hf sections: model sizes (base: GPT-2 124M and ViT-B/16 at 224 px)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="hf_compile section: torch.compile backend (default inductor)")
     parser.add_argument("--wall", action="store_true", help="CPU: wall time, not CPU time")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -565,6 +683,9 @@ def main() -> None:
     print("\ngoals (issue 10): saved bytes dip regen <= 1.10x plain (MLP), <= 1.03x (GPT-2 "
           "layers); m=1 step <= 1.03x floor; compiled dip <= eager dip and <= 1.10x compiled "
           "floor")
+    print("goals on a GPU with --bf16 (issue 18, hf sections): m=1 step <= 1.05x plain (ViT, "
+          "GPT-2, layers); peak memory dip regen <= 1.05x plain; compiled dip <= 1.02x "
+          "compiled plain")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"settings": vars(args), "torch": torch.__version__, "device": hardware,
