@@ -21,6 +21,8 @@ scale    The cost table: MLP widths 256-4096 and GPT-2 depths 2-12 (docs/cost.md
 hf       A GPT-2 and a ViT (transformers, built from configs, ``--hf-size``) at ``layers``
          placement: step time of plain, floor, dip store, dip regen (m = 1) and dip m = 4 (the
          device's default noise), x plain and x floor, and each step's peak memory x plain.
+offload  Bytes a user's own saved-tensor hooks (activation offloading) are handed, x plain, for
+         the image models and the GPT-2 (``layers``): dipnet packs nothing beneath such hooks.
 hf_compile  The same two models compiled (``--compile-backend``): plain and dipnet (m = 1, the
          device's default noise) compiled beside eager; compiled dip x compiled plain.
 
@@ -202,9 +204,10 @@ def interleaved(clock: Clock, fns: dict[str, Callable[[], Any]], repeats: int, n
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def saved_bytes(fn: Callable[[], Any], params: list[torch.Tensor]) -> int:
-    """Bytes saved for backward by the forward pass in ``fn`` (unique storages, no parameters)."""
-    n, out = noise.saved_tensor_bytes(fn, params)
+def saved_bytes(fn: Callable[[], Any], params: list[torch.Tensor], observer: bool = True) -> int:
+    """Bytes saved for backward by the forward pass in ``fn`` (unique storages, no parameters);
+    ``observer=False``: as a user's own saved-tensor hooks (offloading) are handed them."""
+    n, out = noise.saved_tensor_bytes(fn, params, observer)
     del out
     return n
 
@@ -378,10 +381,10 @@ class Bench:
         return [p for m in (self.plain, self.dip, self.floor, self.floor_noise)
                 for p in m.parameters()]
 
-    def saved(self, which: str, options: dict | None = None) -> int:
+    def saved(self, which: str, options: dict | None = None, observer: bool = True) -> int:
         settings = noise.options(**options) if options else contextlib.nullcontext()
         with settings:
-            return saved_bytes(lambda: self.loss_fn(which)(self.batch), self.params())
+            return saved_bytes(lambda: self.loss_fn(which)(self.batch), self.params(), observer)
 
 
 # ---------------------------------------------------------------------- sections
@@ -573,6 +576,28 @@ def section_scale(args: argparse.Namespace, clock: Clock, device: torch.device) 
     return out
 
 
+def section_offload(args: argparse.Namespace, clock: Clock, device: torch.device) -> dict:
+    out: dict[str, Any] = {}
+    x = torch.rand(args.batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    benches = {f"{name}, batch {args.batch}": Bench(IMAGE_MODELS[name], x, y, device, args.bf16)
+               for name in args.models.split(",")}
+    benches["gpt2 4x256 seq 128 batch 8, layers"] = Bench(gpt2, _lm_batch(device, 8, 128), None,
+                                                          device, args.bf16)
+    print("\n[offload] bytes handed to a user's saved-tensor hooks (what activation offloading "
+          "moves), x plain; 'alone': dipnet's own saved bytes with no other hooks")
+    for name, b in benches.items():
+        handed = {"plain": b.saved("plain", observer=False),
+                  "dip store": b.saved("dip", STORE, observer=False),
+                  "dip regen": b.saved("dip", REGEN, observer=False),
+                  "dip regen alone": b.saved("dip", REGEN)}
+        out[name] = {"mb": {k: v / 1e6 for k, v in handed.items()},
+                     "x_plain": {k: v / handed["plain"] for k, v in handed.items()}}
+        print(f"  {name:<36} plain {handed['plain'] / 1e6:8.2f} MB   " + "   ".join(
+            f"{k} {v:.3f}x" for k, v in out[name]["x_plain"].items() if k != "plain"))
+    return out
+
+
 def _ratios(values: dict[str, float | None], base: str) -> dict[str, float | None]:
     ref = values.get(base)
     return {k: (None if v is None or not ref else v / ref) for k, v in values.items()}
@@ -636,8 +661,8 @@ def section_hf_compile(args: argparse.Namespace, clock: Clock, device: torch.dev
 
 
 SECTIONS = {"floor": section_floor, "memory": section_memory, "compile": section_compile,
-            "chunks": section_chunks, "scale": section_scale, "hf": section_hf,
-            "hf_compile": section_hf_compile}
+            "chunks": section_chunks, "scale": section_scale, "offload": section_offload,
+            "hf": section_hf, "hf_compile": section_hf_compile}
 
 
 def main() -> None:
@@ -679,18 +704,20 @@ def main() -> None:
           f"rounds of {args.number} steps, {'wall' if args.wall or device.type == 'cuda' else 'CPU'}"
           f" time; noise default on {device.type}: "
           f"{'regenerate' if noise.regenerates(device) else 'store'}")
-    results = {name: SECTIONS[name](args, clock, device) for name in names}
+    results: dict[str, Any] = {}
+    for name in names:
+        results[name] = SECTIONS[name](args, clock, device)
+        if args.json:  # after every section: a run stopped by a time limit keeps what it had
+            with open(args.json, "w") as f:
+                json.dump({"settings": vars(args), "torch": torch.__version__, "device": hardware,
+                           "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                           "results": results}, f, indent=2, default=str)
     print("\ngoals (issue 10): saved bytes dip regen <= 1.10x plain (MLP), <= 1.03x (GPT-2 "
           "layers); m=1 step <= 1.03x floor; compiled dip <= eager dip and <= 1.10x compiled "
           "floor")
     print("goals on a GPU with --bf16 (issue 18, hf sections): m=1 step <= 1.05x plain (ViT, "
           "GPT-2, layers); peak memory dip regen <= 1.05x plain; compiled dip <= 1.02x "
           "compiled plain")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "torch": torch.__version__, "device": hardware,
-                       "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                       "results": results}, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +109,27 @@ def test_a_smoke_run_on_the_cpu_writes_every_file(tmp_path) -> None:
     assert summary["versions"]["torch"] and summary["pytest"]["failures"] == 0
     assert all(g["value"] is not None for g in summary["goals"])
     assert set(summary["finetune"]) == {"standard", "dipnet", "fixed_noise"}
+
+
+def test_the_fine_tune_data_file_is_own_data_with_uint8_pixels(tmp_path) -> None:
+    """`bench_finetune_vit.py --prepare` writes what `load_dataset(FILE)` reads back: the same
+    images to within the uint8 rounding (1/510), compact."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_finetune_vit
+    finally:
+        sys.path.pop(0)
+    from dipnet.experiments.data import load_dataset
+
+    path = tmp_path / "digits.npz"
+    bench_finetune_vit.main(["--prepare", str(path), "--source", "digits", "--train", "100",
+                             "--test", "50"])
+    back = load_dataset(str(path), val_fraction=0.0)  # the own-data loader validates it
+    assert len(back.train) == 100 and len(back.test) == 50
+    ref = load_dataset("digits", val_fraction=0.0, max_train=100)
+    assert back.class_names == ref.class_names
+    arrays = np.load(path)
+    assert arrays["x_train"].dtype == np.uint8
+    assert np.abs(arrays["x_train"] / 255.0 - ref.train.x.numpy()).max() <= 1 / 510 + 1e-7
+    assert (arrays["y_train"] == ref.train.y.numpy()).all()
+    assert (arrays["y_test"] == ref.test.y[:50].numpy()).all()

@@ -363,12 +363,14 @@ def _outer_hooks() -> tuple[bool, Any]:
     return bool(getattr(outer[0], "_dipnet_observer", False)), outer
 
 
-def saved_tensor_bytes(fn: Any, exclude: Any = ()) -> tuple[int, Any]:
+def saved_tensor_bytes(fn: Any, exclude: Any = (), observer: bool = True) -> tuple[int, Any]:
     """Bytes autograd saves for backward while ``fn()`` runs: unique storages, counted once.
 
     Args:
         fn: a callable that runs a forward pass (and returns, e.g., its loss).
         exclude: tensors whose storages do not count (the parameters).
+        observer: True counts beneath dipnet's packing; False counts as a user's own hooks
+            would see it (activation offloading): dipnet then packs nothing.
     Returns:
         ``(bytes, fn())``.
     """
@@ -381,7 +383,7 @@ def saved_tensor_bytes(fn: Any, exclude: Any = ()) -> tuple[int, Any]:
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    pack._dipnet_observer = True  # type: ignore[attr-defined]
+    pack._dipnet_observer = observer  # type: ignore[attr-defined]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return sum(seen.values()), out
