@@ -6,7 +6,7 @@
 # limit so that one failure does not eat the budget (8 minutes in all on one H200), and writes
 # into DIR: gpu_check.log (everything printed), pytest.xml, bench_cuda.json, bench_cuda_bf16.json,
 # bench_compile_bf16.json, finetune_vit.json and summary.json (versions, each stage's status,
-# the goals met or not). Seven files: the device tool brings back at most eight.
+# the goals met or not). Seven files, no folders: remote runners often bring back only a few.
 #
 #   --dry-run     print the plan, check that every file it needs is here and that what travels
 #                 (the working tree plus the data file) stays under 64 MiB; runs nothing
