@@ -224,7 +224,7 @@ def _locate(model: nn.Module, x: torch.Tensor, from_first_projection: bool) -> _
         raise CertifyError(
             "dipnet.certify: the model has no DIPNet projection, so nothing smooths its input; "
             "project it (dipnet.project) or add fixed Gaussian input noise with "
-            "dipnet.certify.with_input_noise(model, sigma, input_shape).")
+            "with_input_noise(model, sigma, input_shape) from the module dipnet.certify.")
     # Read once, here: the certificate is computed for these values and records them.
     lam = variances(model)
     bad = {name: int((~torch.isfinite(v) | (v <= 0)).sum()) for name, v in lam.items()}

@@ -1,10 +1,10 @@
 """`dipnet certify RUN_DIR`: randomized-smoothing certificates of a trained run, as certify.json.
 
 `certify_run` loads the run, picks the noise that smooths it (the run's input projection for
-dipnet and fixed_noise; the run's own sigma through a frozen input projection,
-`dipnet.certify.with_input_noise`, for rs and input_noise) and certifies the evaluation suite's
-fixed random subset of the test set with `dipnet.certify`. Every arm is certified by the same
-code. The run folder is locked while it works and the JSON is written atomically.
+dipnet and fixed_noise; for rs and input_noise, the run's own sigma through a frozen input
+projection, `dipnet.certify.with_input_noise` in the module) and certifies the evaluation
+suite's fixed random subset of the test set with `dipnet.certify`. Every arm is certified by
+the same code. The run folder is locked while it works and the JSON is written atomically.
 """
 
 from __future__ import annotations
