@@ -12,13 +12,14 @@ vote count; no sampling).
 Run:  .venv/bin/python benchmarks/bench_certify.py [--only shrink|speed] [--device cpu|cuda] [--threads N]
       [--points-mlp 4] [--points-resnet 1] [--json out.json]
 This is a benchmark, not a test: nothing asserts. On a shared machine the wall-clock includes
-waiting for a core; the CPU seconds are printed beside it.
+waiting for a core; the CPU seconds and the load average are recorded beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -55,7 +56,8 @@ def measure(name: str, n: int, points: int, device: str) -> dict:
     samples = points * (n + 100)
     return {"model": name, "n": n, "n0": 100, "points": points, "wall_s": round(wall, 3),
             "cpu_s": round(cpu, 3), "seconds_per_example": round(wall / points, 4),
-            "samples_per_second": round(samples / wall, 1)}
+            "samples_per_second": round(samples / wall, 1),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def radius_at_n(p_true: float, n: int, alpha: float = 0.001) -> float:
@@ -83,6 +85,8 @@ def main() -> None:
                     help="only the radius table (instant) or only the timings")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--settings", default="mlp:10000,mlp:100000,resnet:10000,resnet:100000",
+                    help="comma-separated MODEL:N pairs to time (default all four)")
     ap.add_argument("--points-mlp", type=int, default=4)
     ap.add_argument("--points-resnet", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -93,15 +97,20 @@ def main() -> None:
     for row in shrink:
         print(f"pA {row['p_true']:<6g} Phi^-1(pA_lower): n=10,000 {row['z_n10000']:.4f}  "
               f"n=100,000 {row['z_n100000']:.4f}  ratio {row['ratio']:.3f}")
-    rows = []
-    settings = (("mlp", args.points_mlp), ("resnet", args.points_resnet))
-    for name, points in settings if args.only != "shrink" else ():
-        for n in (10_000, 100_000):
-            row = measure(name, n, points, args.device)
-            rows.append(row)
-            print(f"{name:7s} n={n:>7,d}  {row['points']} point(s)  {row['wall_s']:8.2f} s wall "
-                  f"({row['cpu_s']:.1f} s CPU)  {row['seconds_per_example']:8.3f} s/example  "
-                  f"{row['samples_per_second']:>10,.0f} samples/s", flush=True)
+    rows: list[dict] = []
+    settings = [(m, int(n)) for m, n in (item.split(":") for item in args.settings.split(","))]
+    points = {"mlp": args.points_mlp, "resnet": args.points_resnet}
+    for name, n in settings if args.only != "shrink" else ():
+        row = measure(name, n, points[name], args.device)
+        rows.append(row)
+        print(f"{name:7s} n={n:>7,d}  {row['points']} point(s)  {row['wall_s']:8.2f} s wall "
+              f"({row['cpu_s']:.1f} s CPU)  {row['seconds_per_example']:8.3f} s/example  "
+              f"{row['samples_per_second']:>10,.0f} samples/s", flush=True)
+        _write(args, rows, shrink)  # after every row: a long run killed half-way keeps them
+    _write(args, rows, shrink)
+
+
+def _write(args: argparse.Namespace, rows: list[dict], shrink: list[dict]) -> None:
     out = {"what": "benchmarks/bench_certify.py: dipnet.certify on untrained DIPNet MLP "
                    "784-256-256-10 and ResNet-8 (1x28x28), n0 = 100, internal='sample'",
            "command": "benchmarks/bench_certify.py " + " ".join(

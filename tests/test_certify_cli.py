@@ -90,3 +90,51 @@ def test_refusals_are_one_line(runs, capsys, tmp_path):
         lock.release()
     # a smoothed standard run with --sigma works through the same code
     assert main(["certify", str(runs["standard"]), *FAST, "--sigma", "0.25"]) == 0
+
+
+# ---------------------------------------------------------------------- the compare report
+def _certified_sweep(root: Path) -> Path:
+    """A synthetic sweep (report_synthetic) whose dipnet and rs runs were certified: PGD L2
+    accuracy 0.6 at eps 0.5 and 0.3 at eps 1; certified 0.5 at radius 0.5 and, at radius 1,
+    0.2 for dipnet and 0.45 for rs (above its empirical accuracy: the check must say so)."""
+    from report_synthetic import write_sweep
+
+    write_sweep(root, lambda m, s, p: 0.8, methods=("standard", "dipnet", "rs"), seeds=(0, 1),
+                evaluation=True)
+    for d in (root / "runs").iterdir():
+        ev = json.loads((d / "evaluation.json").read_text())
+        for p in ev["predictions"]:
+            ev["attacks"] += [{"attack": "pgd", "norm": "l2", "eps": e, "prediction": p,
+                               "accuracy": a, "n_points": 300} for e, a in
+                              ((0.0, 0.8), (0.5, 0.6), (1.0, 0.3))]
+        (d / "evaluation.json").write_text(json.dumps(ev))
+        if "standard" not in d.name:
+            at_1 = 0.45 if "-rs-" in d.name else 0.2
+            (d / "certify.json").write_text(json.dumps({
+                "points": 500, "abstention_rate": 0.1, "mean_radius": 0.4, "examples": [{}] * 500,
+                "certified_accuracy": [{"radius": r, "accuracy": a} for r, a in
+                                       ((0.0, 0.75), (0.25, 0.6), (0.5, 0.5), (1.0, at_1))]}))
+    return root
+
+
+def test_the_report_shows_certified_beside_empirical_and_checks_it(tmp_path):
+    from dipnet.experiments.report import build_report
+
+    paths = build_report(_certified_sweep(tmp_path))
+    md = paths.markdown.read_text()
+    assert "certified accuracy beside PGD L2" in md
+    assert any(f.name.startswith("eval_certified_") for f in paths.figures)
+    # two certified methods x two seeds x the shared radii 0, 0.5, 1; rs fails at radius 1
+    assert "(2 of 12 checks" in md and "one of the two is wrong" in md
+    assert "rs (seed 0), radius 1: certified 45.0 % > empirical 30.0 %" in md
+    assert "dipnet (seed 0), radius 1" not in md
+    keys = {k for row in paths.results["runs"] for k in row}
+    assert any("certified/certified_accuracy/radius=1.0/accuracy" in k for k in keys), keys
+    assert not any("examples" in k for k in keys)  # only the curve reaches results.json
+
+
+def test_the_default_radii_hold_every_pgd_l2_epsilon_of_the_suites():
+    from dipnet.commands.certify import DEFAULT_RADII
+    from dipnet.evaluation.settings import SUITES
+
+    assert {e for s in SUITES.values() for e in s.l2_eps} <= set(DEFAULT_RADII)
