@@ -9,8 +9,9 @@ the n0 selection and the n estimation samples). First it prints how much smaller
 n = 10,000 than at n = 100,000 for a given true pA (the Clopper-Pearson bound at the expected
 vote count; no sampling).
 
-Run:  .venv/bin/python benchmarks/bench_certify.py [--only shrink|speed] [--device cpu|cuda] [--threads N]
-      [--points-mlp 4] [--points-resnet 1] [--json out.json]
+Run:  .venv/bin/python benchmarks/bench_certify.py [--only shrink|speed] [--device cpu|cuda]
+      [--threads N] [--settings mlp:10000,...,resnet:100000] [--points-mlp 4]
+      [--points-resnet 1] [--json out.json]
 This is a benchmark, not a test: nothing asserts. On a shared machine the wall-clock includes
 waiting for a core; the CPU seconds and the load average are recorded beside it.
 """

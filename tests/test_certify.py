@@ -315,6 +315,10 @@ def test_refuses_bad_inputs_and_outputs():
         dipnet.certify(model, x, n=10)
     flat = dipnet.project(nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)),
                           dipnet.DIPConfig(placement="input"))
+    with pytest.raises(CertifyError, match="x must be a floating-point batch"):
+        dipnet.certify(model, torch.zeros(0, 4), n=10)
+    with pytest.raises(CertifyError, match="x must be a floating-point batch"):
+        dipnet.certify(model, torch.zeros(3, 4, dtype=torch.long), n=10)
     with pytest.raises(CertifyError, match="returns logits"):
         dipnet.certify(flat, torch.randn(3, 4), n=10)
     with pytest.raises(CertifyError, match="sigma must be a finite number > 0"):

@@ -168,7 +168,8 @@ def _check_arguments(model: nn.Module, x: torch.Tensor, n: int, n0: int, alpha: 
     if internal not in ("sample", "off"):
         raise CertifyError(f"dipnet.certify: internal must be 'sample' or 'off', got "
                            f"{internal!r}.")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+    if (not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2
+            or not len(x)):
         what = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
                 else type(x).__name__)
         raise CertifyError(f"dipnet.certify: x must be a floating-point batch (N, ...) of model "
