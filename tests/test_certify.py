@@ -334,8 +334,13 @@ def test_the_functions_stay_exported_after_their_submodules_are_imported():
     code = ("import dipnet.certify, dipnet.predict, dipnet; "
             "print(dipnet.certify.__module__, dipnet.predict.__module__, "
             "dipnet.Certificate.__name__, dipnet.smoothed_predict.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    import os
+    from pathlib import Path
+
+    # the dipnet this test imported (the shared venv may hold another checkout's)
+    env = {**os.environ, "PYTHONPATH": str(Path(dipnet.__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["dipnet.certify", "dipnet.predict", "Certificate",
                                   "smoothed_predict"]
     assert importlib.import_module("dipnet.certify").CertifyError is CertifyError
