@@ -230,7 +230,7 @@ def intercepted(model: nn.Module,
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for name, p in projs.items():
             p.__dict__.pop("project", None)
-            p.set_mode(before[name])  # type: ignore[arg-type]
+            p.set_mode(before[name])
 
 
 def sampling(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
