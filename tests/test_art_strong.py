@@ -105,16 +105,20 @@ def test_suite_runs_strong_attacks_only_when_asked():
     settings = get_settings("quick", parts=("clean", "attacks"), attacks=("pgd", "apgd-dlr", "square"),
                             attack_points=60, strong_points=30, strong_linf_eps=(0.0, 0.1),
                             strong_l2_eps=(0.0,), pgd_steps=3, apgd_steps=5, square_queries=20,
-                            linf_eps=(0.0, 0.1), l2_eps=(0.0,), eot_samples=2)
+                            linf_eps=(0.0, 0.1), l2_eps=(0.0,), eot_samples=2,
+                            strong_eot_samples=3)
     ev = evaluate_predictions(preds, EvalData("digits-images", x, y), settings, progress=False)
     rows = {(a["attack"], a["prediction"], a["eps"]): a for a in ev["attacks"]}
     for pred in ("deterministic", "sampled"):
         for attack in ("apgd-dlr", "square"):
             row = rows[(attack, pred, 0.1)]
             assert set(row) == KEYS and row["n_points"] == 30
-            assert row["eot_samples"] == (2 if pred == "sampled" else None)
+            assert row["eot_samples"] == (3 if pred == "sampled" else None)  # its own EOT
         assert rows[("pgd", pred, 0.1)]["n_points"] == 60
     assert ev["n_points"]["strong_attacks"] == 30
+    assert rows[("pgd", "sampled", 0.1)]["eot_samples"] == 2
+    # AutoAttack's version for randomised defences: EOT over 20 draws unless told otherwise
+    assert SUITES["full"].strong_eot_samples == SUITES["quick"].strong_eot_samples == 20
     # Flat inputs: Square needs images, so it is skipped with a note; APGD still runs.
     flat = EvalData("digits", x.flatten(1), y)
     ev = evaluate_predictions([model_predictors(model, k=4)[0]], flat, settings, progress=False)

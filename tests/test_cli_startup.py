@@ -25,7 +25,8 @@ from dipnet.commands import names
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "scipy", "sklearn", "matplotlib", "yaml", "tqdm", "numpy",
          "peft", "safetensors", "pandas")
-COMMANDS = ("train", "compare", "report", "demo", "evaluate", "tune", "text-classify", "math")
+COMMANDS = ("train", "compare", "report", "demo", "evaluate", "certify", "tune", "text-classify",
+            "math")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
@@ -78,6 +79,7 @@ def test_version_prints_the_package_version(capsys):
     (["report", "somewhere"], "experiments"),
     (["demo"], "experiments"),
     (["evaluate", "somewhere"], "eval"),
+    (["certify", "somewhere"], "eval"),
     (["text-classify"], "text"),
     (["math"], "math"),
 ])

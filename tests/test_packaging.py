@@ -34,6 +34,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # core, which may use torch and safetensors only. Keep in step with pyproject's comment.
 FEATURE_EXTRAS = {
     "evaluation/": ["eval"],
+    "certify.py": ["eval"],
     "experiments/": ["experiments"],
     "hf.py": ["hf"],
     "hf_experiments/": ["text", "math"],

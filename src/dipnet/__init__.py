@@ -11,12 +11,15 @@ The Hugging Face integration lives in `dipnet.hf` and is imported on demand.
 """
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 # `import dipnet` runs only this file: every name below is imported from its submodule on first
 # use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet.trust` do not
 # pay for torch (2-4 s), and `dipnet.DIPConfig` still works as before.
 _LAZY: dict[str, str] = {name: module for module, names in {
+    "certify": ("Certificate", "certify", "smoothed_predict"),
     "config": ("DIPConfig", "DIPConfigError"),
     "inject": ("AlreadyProjectedError", "NotProjectedError", "ProjectionFileError",
                "deterministic", "get_config", "load_projections", "parameter_groups", "project",
@@ -36,6 +39,7 @@ _LAZY: dict[str, str] = {name: module for module, names in {
 }.items() for name in names}
 
 if TYPE_CHECKING:  # what type checkers and IDEs read
+    from .certify import Certificate, certify, smoothed_predict
     from .config import DIPConfig, DIPConfigError
     from .inject import (
         AlreadyProjectedError,
@@ -104,11 +108,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class _Package(types.ModuleType):
+    """The type of this package's module object: it keeps a function named like its own
+    submodule (`dipnet.predict`, `dipnet.certify`) from being replaced by that submodule.
+
+    NB: importing a submodule binds it as an attribute of its package (``setattr(dipnet,
+    "predict", <module>)``), whoever imports it (``from .predict import check_inputs`` inside
+    dipnet does). Without this, ``dipnet.predict(model, x)`` would then be a call of a module.
+    The submodule stays reachable as ``sys.modules["dipnet.predict"]`` and through
+    ``from dipnet.predict import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
+    "Certificate",
+    "certify",
+    "smoothed_predict",
     "BatchTooLargeError",
     "DIPLossWarning",
     "NonFiniteInputError",

@@ -30,7 +30,7 @@ from .threads import limit_openmp_spinning
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "experiments": ("yaml", "tqdm", "numpy", "scipy", "matplotlib", "sklearn",
                     "pytorch_optimizer", "markdown_it"),
-    "eval": ("yaml", "tqdm", "numpy", "sklearn"),
+    "eval": ("yaml", "tqdm", "numpy", "sklearn", "scipy"),
     "tune": ("optuna", "yaml", "tqdm", "numpy", "scipy", "matplotlib", "sklearn",
              "pytorch_optimizer", "markdown_it"),
     "text": ("transformers", "accelerate", "peft", "numpy", "scipy", "matplotlib", "tqdm"),

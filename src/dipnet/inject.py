@@ -7,7 +7,7 @@ import itertools
 import json
 import os
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +202,35 @@ def _mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for name, p in projs.items():
             p.set_mode(before[name])  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def intercepted(model: nn.Module,
+                fn: Callable[[str, GaussianProjection, torch.Tensor], torch.Tensor]
+                ) -> Iterator[dict[str, GaussianProjection]]:
+    """Context manager: every projection's hook calls ``fn(host name, projection, tensor)``
+    instead of projecting, and passes on what ``fn`` returns.
+
+    The hook's own choice of which argument to project is kept (an instance attribute shadows
+    `GaussianProjection.project`, which the hook calls); ``fn`` may call
+    ``GaussianProjection.project(projection, tensor)`` to project as usual. Modes are restored
+    afterwards. Yields the model's projections (empty for a model without any).
+    """
+    projs = projections(model)
+    before = {name: p.mode for name, p in projs.items()}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # As in `sampling`: the fast path of nn.TransformerEncoderLayer skips its submodules' hooks.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        for name, p in projs.items():
+            object.__setattr__(p, "project", lambda t, name=name, p=p: fn(name, p, t))
+            p.set_mode("sample")
+        yield projs
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for name, p in projs.items():
+            p.__dict__.pop("project", None)
+            p.set_mode(before[name])
 
 
 def sampling(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import DIPConfig
-from .inject import NotProjectedError, get_config, projections
+from .inject import NotProjectedError, get_config, intercepted, projections
 from .objective import Batch
 from .projection import GaussianProjection
 
@@ -57,28 +57,18 @@ def activation_variances(model: nn.Module, inputs: Batch, **forward_kwargs: Any
     projs = _require(model)
     seen: dict[str, torch.Tensor] = {}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    before = {name: p.mode for name, p in projs.items()}
 
-    def capture(name: str, proj: GaussianProjection):
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            seen[name] = _feature_variance(x, proj.feature_dim)
-            return x
-        return fn
+    def capture(name: str, proj: GaussianProjection, x: torch.Tensor) -> torch.Tensor:
+        seen[name] = _feature_variance(x, proj.feature_dim)
+        return x
 
     try:
-        for name, p in projs.items():
-            # The hook calls self.project(x); an instance attribute shadows the method, so the
-            # hook's own choice of which argument to project is reused exactly.
-            object.__setattr__(p, "project", capture(name, p))
-            p.set_mode("sample")
-        if isinstance(inputs, torch.Tensor):
-            model(inputs, **forward_kwargs)
-        else:
-            model(**inputs, **forward_kwargs)
+        with intercepted(model, capture):
+            if isinstance(inputs, torch.Tensor):
+                model(inputs, **forward_kwargs)
+            else:
+                model(**inputs, **forward_kwargs)
     finally:
-        for name, p in projs.items():
-            p.__dict__.pop("project", None)
-            p.set_mode(before[name])
         named = dict(model.named_buffers())
         for name, value in buffers.items():
             named[name].copy_(value)

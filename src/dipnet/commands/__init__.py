@@ -15,6 +15,7 @@ report          dipnet.experiments.sweep_cli:report_command           experiment
 demo            dipnet.experiments.sweep_cli:demo_command             experiments
 tune            dipnet.experiments.tune:tune_command                  tune
 evaluate        dipnet.evaluation.cli:run_evaluate_command            eval
+certify         dipnet.evaluation.certified:run_certify_command       eval
 text-classify   dipnet.hf_experiments.cli:text_command                text
 math            dipnet.hf_experiments.cli:math_command                math
 ==============  ====================================================  ===========
@@ -43,5 +44,6 @@ COMMAND_MODULES = (
     "dipnet.commands.sweep",     # compare, report, demo
     "dipnet.commands.tune",      # tune
     "dipnet.commands.evaluate",  # evaluate
+    "dipnet.commands.certify",   # certify
     "dipnet.commands.hf",        # text-classify, math
 )

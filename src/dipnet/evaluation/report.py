@@ -239,7 +239,9 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
             md[-1] += (f" APGD and Square (the Adversarial Robustness Toolbox) on the first "
                        f"{(ev0.get('n_points') or {}).get('strong_attacks', '?')} of those points,"
                        f" {st.get('apgd_steps', '?')} APGD steps, {st.get('square_queries', '?')}"
-                       " Square queries.")
+                       " Square queries; sampled predictions with EOT over "
+                       f"{st.get('strong_eot_samples') or st.get('eot_samples') or 'k'} "
+                       "trajectories per call (AutoAttack's version for randomised defences).")
 
     # ---------------------------------------------------------------- corruptions
     def corr_rows(e: dict, pred: str) -> list[dict]:

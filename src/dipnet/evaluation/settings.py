@@ -42,6 +42,10 @@ class SuiteSettings:
     strong_points: int = 500
     apgd_steps: int = 100
     square_queries: int = 1000
+    # Trajectories per APGD / Square call on a sampled prediction: 20 is AutoAttack's version
+    # for randomised defences ("rand": APGD-CE and APGD-DLR with EOT over 20 draws, Croce &
+    # Hein 2020). None: the PGD's ``eot_samples`` (or k).
+    strong_eot_samples: int | None = 20
     # Monte Carlo predictions stack k copies of a batch on the batch axis; at most this many
     # rows go through the model in one pass (the memory budget; lower it for large models).
     # None: 512 on a CPU (where bigger passes are slower, see predictors.DEFAULT_ROWS),
@@ -113,7 +117,8 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
             ok = isinstance(value, (tuple, list))
         else:
             ok = isinstance(value, type(ref))
-        if not ok and not (key in ("clean_points", "ood_points", "eot_samples", "mc_max_rows")
+        if not ok and not (key in ("clean_points", "ood_points", "eot_samples", "mc_max_rows",
+                                   "strong_eot_samples")
                            and isinstance(value, int)):
             raise UserError(f"suite setting {key}={value!r} is invalid: expected a value like {ref!r}.")
     for key, allowed in (("parts", PARTS), ("attacks", ATTACK_NAMES), ("pgd_losses", ("ce", "margin"))):
@@ -126,7 +131,7 @@ def get_settings(suite: str, **overrides: Any) -> SuiteSettings:
             raise UserError(f"{key}={list(value)} is invalid: epsilons must be numbers >= 0.")
     for key in ("clean_points", "ood_points", "attack_points", "corruption_points", "smoothness_points", "weight_points",
                 "pgd_steps", "restarts", "eot_samples", "batch_size", "strong_points", "apgd_steps",
-                "square_queries", "mc_max_rows"):
+                "square_queries", "mc_max_rows", "strong_eot_samples"):
         value = overrides.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"{key}={value!r} is invalid: expected an integer >= 1.")

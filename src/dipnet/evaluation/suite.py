@@ -219,7 +219,8 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
                 out["attacks"].extend(strong_accuracy_curve(
                     p, xs_, ys_, attack, norm, eps, num_classes=num_classes, bounds=bounds,
                     steps=settings.apgd_steps, queries=settings.square_queries,
-                    eot_samples=(settings.eot_samples or p.k) if p.stochastic else None,
+                    eot_samples=(settings.strong_eot_samples or settings.eot_samples or p.k)
+                    if p.stochastic else None,
                     batch_size=settings.batch_size, seed=settings.subset_seed,
                     clean_log_probs=clean_lp[:n_strong], progress=progress))
 

@@ -122,7 +122,12 @@ def load_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
                 config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
             except yaml.YAMLError:
                 config = {}
-        records.append(RunRecord(d.name, d, config, metrics, _read_json(d / "evaluation.json")))
+        evaluation = _read_json(d / "evaluation.json")
+        certified = _read_json(d / "certify.json")  # `dipnet certify`: the report's panel
+        if evaluation is not None and certified is not None:
+            evaluation["certified"] = {k: certified.get(k) for k in (
+                "certified_accuracy", "abstention_rate", "mean_radius", "points")}
+        records.append(RunRecord(d.name, d, config, metrics, evaluation))
     if not records and not unfinished:
         raise UserError(f"no runs found under {runs_dir}: run dipnet compare --out {root} "
                         f"first")
@@ -147,7 +152,7 @@ def _num(x: Any) -> float | None:
 
 
 # --- evaluation.json -> flat scalars ---------------------------------------------------------
-_ID_NUMERIC = {"eps", "epsilon", "severity", "steps", "samples", "m"}
+_ID_NUMERIC = {"eps", "epsilon", "severity", "steps", "samples", "m", "radius"}
 # Bookkeeping, not outcomes: sizes, settings, timings, versions.
 _SKIP_KEY = re.compile(r"(time|seconds|wall|_s$|^n_|_points$|^k$|restarts|eot_samples|"
                        r"ece_bins|settings|stderr|schema_version|^seed$|environment|notes|"
@@ -744,6 +749,7 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
             (report_eval.plot_ood, "ood", "OOD detection AUROC"),
             (report_eval.plot_smoothness, "smoothness", "smoothness measures"),
             (report_eval.plot_corruptions, "corruptions", "accuracy under corruption"),
+            (report_eval.plot_certified, "certified", "certified accuracy beside PGD L2"),
         ]
         for fn, name, alt in plots:
             try:
@@ -759,6 +765,8 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
                           "corruption (imagecorruptions adds N(0, σ²) per colour channel with "
                           "σ = 0.08, 0.12, 0.18 at severities 1-3; grey images are stacked to "
                           "three channels and averaged back, so their effective σ is σ/√3)."]
+            if name == "certified" and fp is not None:
+                lines += ["", *report_eval.certified_check(dict(evs))]
             if name == "reliability" and fp is None:
                 lines += ["", "_No reliability diagram: these evaluation.json files record "
                           "the ECE but not its per-bin confidence and accuracy "

@@ -19,7 +19,8 @@ from .report_style import (legend_below, mark_truncated_axis, method_colour, pan
 
 __all__ = ["readable_metric", "series_of", "plot_attacks", "plot_reliability",
            "plot_noise_accuracy", "plot_ood", "plot_calibration_error", "plot_smoothness",
-           "plot_corruptions", "noise_source", "has_reliability"]
+           "plot_corruptions", "noise_source", "has_reliability", "plot_certified",
+           "certified_check"]
 
 Evaluations = dict[str, list[dict[str, Any]]]
 Series = tuple[str, str]  # (method, prediction)
@@ -154,6 +155,97 @@ def plot_attacks(evaluations: Evaluations, title: str, path: Path,
     fig.tight_layout()
     legend_below(fig, axes)
     return save_figure(fig, path)
+
+
+# --- certified accuracy (certify.json, attached as evaluation["certified"]) ------------------
+def _certified_rows(e: dict[str, Any]) -> dict[float, float]:
+    c = e.get("certified")
+    rows = c.get("certified_accuracy") if isinstance(c, dict) else None
+    return {float(r["radius"]): r["accuracy"] for r in rows or []
+            if isinstance(r, dict) and r.get("radius") is not None}
+
+
+def _empirical_prediction(evs: Sequence[dict[str, Any]]) -> str:
+    """The prediction the certified curve is set beside: the sampled one where the method has
+    it (the nearest of the suite's predictions to the smoothed classifier), else deterministic."""
+    preds = {p for e in evs for p in e.get("predictions") or list((e.get("clean") or {}))}
+    return "sampled" if "sampled" in preds else "deterministic"
+
+
+def plot_certified(evaluations: Evaluations, title: str, path: Path,
+                   order: Sequence[str] = ()) -> Path | None:
+    """Certified accuracy (%) against the L2 radius for every certified method (solid), beside
+    its empirical accuracy under PGD L2 at the suite's epsilons (dotted), mean ± std over seeds;
+    None when no run was certified (``dipnet certify``)."""
+    methods = [m for m, _ in series_of(evaluations, order) if any(
+        _certified_rows(e) for e in evaluations[m])]
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        return None
+    fig, axes = panel_grid(1, panel_w=5.0, panel_h=3.4)
+    ax = axes[0]
+    for m in methods:
+        evs = [e for e in evaluations[m] if _certified_rows(e)]
+        radii = sorted({r for e in evs for r in _certified_rows(e)})
+        stats = [_ms(_vals(evs, "", lambda e, p, r=r: _certified_rows(e)[r])) for r in radii]
+        ax.errorbar(radii, [100 * a for a, _ in stats], yerr=[100 * sd for _, sd in stats],
+                    color=method_colour(m), capsize=2, ms=3, marker="o", linestyle="-",
+                    label=f"{m}: certified")
+        pred = _empirical_prediction(evs)
+        eps = sorted({x for e in evs for x in _attack_rows(e, pred, "pgd", "l2")})
+        if eps:
+            emp = [_ms(_vals(evs, pred, lambda e, p, x=x: _attack_rows(e, p, "pgd", "l2")[x]))
+                   for x in eps]
+            ax.errorbar(eps, [100 * a for a, _ in emp], yerr=[100 * sd for _, sd in emp],
+                        color=method_colour(m), capsize=2, ms=3, marker="s", linestyle=":",
+                        label=f"{m}: PGD L2 ({pred})")
+    ax.set_xlabel("L2 radius / ε (model-input units)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: certified accuracy (randomized smoothing) beside PGD L2, mean ± "
+                 "std over seeds", fontsize=9)
+    fig.tight_layout()
+    legend_below(fig, axes)
+    return save_figure(fig, path)
+
+
+def certified_check(evaluations: Evaluations) -> list[str]:
+    """Check certified <= empirical accuracy at every radius that is also a PGD L2 epsilon, run
+    by run; returns Markdown lines (empty when no run was certified).
+
+    A run is flagged when its certified accuracy exceeds the empirical one by more than two
+    binomial standard errors of the difference (the two are measured on different numbers of
+    points): then the certificate or the attack is wrong, or the attacked prediction (the
+    suite's sampled or deterministic one) is not the smoothed classifier the certificate is
+    about.
+    """
+    checked, flagged = 0, []
+    for m, evs in evaluations.items():
+        pred = _empirical_prediction(evs)
+        for e in evs:
+            cert = _certified_rows(e)
+            emp = _attack_rows(e, pred, "pgd", "l2")
+            n_c = (e.get("certified") or {}).get("points") or 1
+            n_a = (e.get("n_points") or {}).get("attacks") or 1
+            for r in sorted(set(cert) & set(emp)):
+                c, a = float(cert[r]), float(emp[r])
+                se = math.sqrt(c * (1 - c) / n_c + a * (1 - a) / n_a)
+                checked += 1
+                if c > a + 2 * se:
+                    flagged.append(f"- **{m} (seed {e.get('seed', '?')}), radius {r:g}: certified "
+                                   f"{100 * c:.1f} % > empirical {100 * a:.1f} % (PGD L2, {pred})**"
+                                   ": one of the two is wrong.")
+    if not any(_certified_rows(e) for evs in evaluations.values() for e in evs):
+        return []
+    if not checked:
+        return ["Certified radii and PGD L2 epsilons share no value: nothing to check "
+                "(`dipnet certify --radii` takes the epsilons)."]
+    if flagged:
+        return [f"Certified accuracy above empirical accuracy ({len(flagged)} of {checked} "
+                "checks; more than two standard errors):", *flagged]
+    return [f"Check: certified accuracy is at most the empirical PGD L2 accuracy (within two "
+            f"standard errors) at all {checked} shared radii."]
 
 
 # --- reliability -----------------------------------------------------------------------------
