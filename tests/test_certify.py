@@ -217,6 +217,22 @@ def test_sigma_is_in_model_input_units_behind_a_normalisation():
     assert cert.axis_radii.shape == (2, 3, 5, 5)
 
 
+def test_sigma_does_not_depend_on_which_points_are_certified():
+    """The CLI certifies in groups and requires one sigma for all of them: the probe that
+    reads the input scale must not depend on the group's points (it once started from the
+    group's first image, and float32 round-off made the groups' sigmas differ)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(Normalize(0.2860, torch.tensor(0.3530)), nn.Flatten(),
+                        nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = dipnet.project(net, dipnet.DIPConfig(init_variance=0.01))
+    sigmas = []
+    for seed in range(4):
+        x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(0)
+        sigmas.append(dipnet.certify(model, x, n0=5, n=20).sigma)
+    assert all(torch.equal(s, sigmas[0]) for s in sigmas)
+
+
 def test_internal_noise_sampled_or_off():
     # A huge internal variance makes the sampled base classifier a coin flip (every example
     # abstains); internal="off" certifies the deterministic network smoothed at its input.

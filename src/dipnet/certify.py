@@ -181,12 +181,14 @@ def _check_arguments(model: nn.Module, x: torch.Tensor, n: int, n0: int, alpha: 
 
 
 def _probe_inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three inputs x0, x0 + 1, x0 + r (r standard normal, fixed) and r, (3, ...) and (...).
+    """Three inputs 0, 1, r (r standard normal, fixed) shaped like one example of x, and r.
 
     An elementwise affine map u = a * x + b shows as u(x0 + r) - u(x0) = (u(x0 + 1) - u(x0)) * r;
     r takes both signs, so a ReLU or a clamp before the projection does not pass for affine.
     """
-    x0 = x[:1].detach()
+    # From the origin, not from a certified point: the scale read here must be the same
+    # whichever points a call certifies (float32 round-off of u(x0 + 1) - u(x0) depends on x0).
+    x0 = torch.zeros_like(x[:1].detach())
     gen = torch.Generator().manual_seed(0)
     r = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0)
     return torch.cat([x0, x0 + 1, x0 + r]), r[0]
