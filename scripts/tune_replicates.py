@@ -45,6 +45,8 @@ def folders(out: Path, objective: str, r: int) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for r in range(args.replicates):
+        if args.only is not None and r != args.only:
+            continue
         tune_dir, compare_dir = folders(out, args.objective, r)
         tune = [*_dipnet(), "tune", *BASE, "--method", METHODS, "--budget", str(args.budget),
                 "--seed", str(r), "--set", f"split_seed={r}", "--jobs", str(args.jobs),
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--objective", choices=("accuracy", "robust", "mix"), default="accuracy")
+    p.add_argument("--only", type=int, metavar="R",
+                   help="run only replicate R (to run replicates side by side)")
     p.add_argument("--out", default="runs/tune_replicates")
     p.add_argument("--docs", default="docs/results/tune_replicates")
     args = p.parse_args(argv)
