@@ -312,6 +312,17 @@ def test_the_wheel_installs_with_the_core_only_and_runs_the_quickstart(core_env:
     assert (core_env / "bin" / "dipnet").exists()  # the console script was installed
 
 
+def test_the_readme_library_example_runs_after_a_core_only_install(core_env: Path,
+                                                                    tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    code = "import torch; torch.set_num_threads(1)\n" + blocks[0].replace(
+        "/tmp/dipnet_quickstart", str(tmp_path / "saved"))
+    run = subprocess.run([str(core_env / "bin" / "python"), "-c", code], capture_output=True,
+                         text=True, cwd=core_env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
 def PYPROJECT_VERSION() -> str:  # noqa: N802 (reads like the constant it stands for)
     from dipnet._version import VERSION
 

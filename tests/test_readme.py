@@ -20,10 +20,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     acc = float((namespace["det"].labels == namespace["y_test"]).float().mean())
-    # Measured 0.91 on these 397 held-out digits; 0.8 leaves room for other CPUs' float order.
-    assert acc > 0.8
+    # Measured 0.79 on these 400 held-out points; 0.7 leaves room for other CPUs' float order.
+    assert acc > 0.7
     assert (tmp_path / "saved" / "dipnet_config.json").exists()
     assert (tmp_path / "saved" / "dip_projections.safetensors").exists()
+    assert (tmp_path / "saved" / "model.safetensors").exists()  # it saves what it trained
 
 
 def test_readme_commands_name_real_files() -> None:

@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {name: module for module, names in {
                "deterministic", "get_config", "load_projections", "parameter_groups", "project",
                "projections", "remove", "sampling", "save_projections", "variance_parameters",
                "variances"),
+    "misuse": ("DIPMisuseWarning",),
     "monitor": ("VarianceGradientMeter", "activation_variances", "calibrate",
                 "variance_histograms", "variance_stats"),
     "objective": ("BatchTooLargeError", "DIPLoss", "DIPLossWarning", "LossParts", "barrier",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         variance_parameters,
         variances,
     )
+    from .misuse import DIPMisuseWarning
     from .monitor import (
         VarianceGradientMeter,
         activation_variances,
@@ -128,8 +130,14 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
+# Submodules a user calls into directly (the rest are reached through the names above).
+_PUBLIC_MODULES = ("hf", "noise")
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public API only (tab completion, ``dir(dipnet)``): the exported names and the
+    public submodules, not this file's helpers or the submodules imported so far."""
+    return sorted(set(__all__) | set(_PUBLIC_MODULES))
 
 
 __all__ = [
@@ -138,6 +146,7 @@ __all__ = [
     "smoothed_predict",
     "BatchTooLargeError",
     "DIPLossWarning",
+    "DIPMisuseWarning",
     "NonFiniteInputError",
     "PredictInputError",
     "token_mask",

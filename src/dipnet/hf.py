@@ -38,7 +38,13 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
-from transformers import Trainer
+try:
+    from transformers import Trainer
+except ModuleNotFoundError as err:  # one line naming the extra, not a traceback into transformers
+    if err.name != "transformers":
+        raise
+    raise ModuleNotFoundError("dipnet.hf needs transformers, which is not installed: "
+                              "pip install 'dipnet[hf]'", name=err.name) from None
 
 from . import noise
 from .config import DIPConfig
@@ -65,6 +71,7 @@ from .objective import (
     stability_sum,
     token_mask,
 )
+from .peft_merge import merge_and_unload  # noqa: F401  (dipnet.hf.merge_and_unload)
 
 PROJECTIONS_FILE = "dip_projections.safetensors"
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DIPConfig
+from .misuse import Guard
 from .projection import ATTR, GaussianProjection
 from .targeting import resolve_targets
 
@@ -78,6 +79,7 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
         )
     targets = resolve_targets(model, config)
     modules = dict(model.named_modules())
+    guard = Guard.for_config(config, len(targets))
     for t in targets:
         host = modules[t.name]
         proj = GaussianProjection(
@@ -95,6 +97,7 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
             # are tiny numbers whose logarithm enters the loss).
             proj.to(device=device)
         proj.raw_variance.requires_grad_(config.learn_variance)
+        object.__setattr__(proj, "_guard", guard)
         proj.attach(host)
     object.__setattr__(model, _CONFIG_ATTR, config)
     return model
@@ -272,7 +275,10 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
         for name, p in projs.items()
     }
     layout = {
-        name: {"num_features": p.num_features, "feature_dim": p.feature_dim, "on": p.on}
+        # init_variance: where training started, so that a loaded model's summary can still
+        # say how far its variances moved.
+        name: {"num_features": p.num_features, "feature_dim": p.feature_dim, "on": p.on,
+               "init_variance": p.init_variance}
         for name, p in projs.items()
     }
     metadata = {
@@ -367,7 +373,20 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if not was_projected:
             remove(model)
         raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
+    starts = _saved_starts(metadata)
     with torch.no_grad():
-        for key, p in expected.items():
+        for (key, p), name in zip(expected.items(), projs):
             p.raw_variance.copy_(tensors[key])
+            p.init_variance = starts.get(name, p.init_variance)
+            p.calibrated = True  # trained values: never replaced by a first-batch calibration
     return model
+
+
+def _saved_starts(metadata: dict[str, str]) -> dict[str, float]:
+    """The initial variance of each saved projection (files saved before 0.x carry none)."""
+    try:
+        layout = json.loads(metadata.get("layout", "{}"))
+        return {name: float(row["init_variance"]) for name, row in layout.items()
+                if isinstance(row, dict) and "init_variance" in row}
+    except (TypeError, ValueError, AttributeError):
+        return {}

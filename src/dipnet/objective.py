@@ -123,6 +123,12 @@ class LossParts:
         return {k: float(getattr(self, k).detach()) for k in ("total", "nll", "barrier",
                                                               "stability")}
 
+    def __repr__(self) -> str:
+        # The parts as numbers and the outputs by shape: the default repr printed every logit.
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in self.as_floats().items())
+        shape = tuple(self.outputs.shape) if isinstance(self.outputs, torch.Tensor) else None
+        return f"LossParts({parts}, outputs=<shape {shape}>)"
+
 
 def batch_size_of(inputs: Batch) -> int:
     """The batch size of a tensor or of the first tensor in a mapping.

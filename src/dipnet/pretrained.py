@@ -38,6 +38,8 @@ from .inject import (
     remove,
     save_projections,
 )
+from .misuse import missing_projections
+from .monitor import variance_stats
 from .projection import ATTR, ProjectionShapeError
 from .targeting import TargetError
 
@@ -434,6 +436,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                 raise ProjectionFileError("the state_dict's projection sizes do not fit this "
                                           "model: " + "; ".join(wrong[:3]))
             result = model.load_state_dict(dict(state_dict), strict=strict)
+            for proj in now.values():
+                proj.calibrated = True  # trained values: no first-batch calibration
             return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
         result = model.load_state_dict(dict(state_dict), strict=False)
         missing = [k for k in result.missing_keys if not _is_projection_key(k)]
@@ -457,7 +461,11 @@ def summary_dict(model: nn.Module) -> dict[str, Any]:
         ``{"num_projections", "num_features", "parameters_added", "model_parameters",
         "percent_added", "trainable_parameters", "total_parameters", "placement", "config",
         "variance": {"mean", "min", "max"}, "layers": [{"name", "module", "on", "feature_dim",
-        "num_features", "mode", "sampling", "variance_mean", "variance_min", "variance_max"}]}``.
+        "num_features", "mode", "sampling", "variance_mean", "variance_min", "variance_max",
+        "variance_start", "start_calibrated", "moved", "learned"}], "missing"}``; ``missing``
+        counts projections the model was given that are no longer in it. ``variance_start`` is
+        the (mean) variance training started from, ``moved`` the mean over features of
+        ``|lambda / start - 1|``, ``learned`` whether the variances are trained.
         ``percent_added`` is relative to the model's own parameters; ``variance`` is over
         every feature of every projection. A plain model gives zeros and an empty ``layers``.
     """
@@ -469,6 +477,11 @@ def summary_dict(model: nn.Module) -> dict[str, Any]:
     modules = dict(model.named_modules())
     layers = []
     all_var = []
+    moved = {name: row["rel_change"] for name, row in variance_stats(model).items()} \
+        if projs else {}
+    config = get_config(model)
+    relative = config is not None and config.relative_init
+    missing = missing_projections(projs)
     for name, p in projs.items():
         with torch.no_grad():
             v = p.variance.detach().float()
@@ -484,9 +497,13 @@ def summary_dict(model: nn.Module) -> dict[str, Any]:
             "variance_mean": float(v.mean()),
             "variance_min": float(v.min()),
             "variance_max": float(v.max()),
+            "variance_start": p.init_variance,
+            # A relative start that nothing calibrated: the layer began at the placeholder.
+            "start_calibrated": p.calibrated or not relative,
+            "moved": moved[name or "<input>"],
+            "learned": bool(p.raw_variance.requires_grad),
         })
     every = torch.cat(all_var) if all_var else None
-    config = get_config(model)
     return {
         "num_projections": len(projs),
         "num_features": sum(p.num_features for p in projs.values()),
@@ -500,6 +517,7 @@ def summary_dict(model: nn.Module) -> dict[str, Any]:
         "variance": ({"mean": float(every.mean()), "min": float(every.min()),
                       "max": float(every.max())} if every is not None else None),
         "layers": layers,
+        "missing": missing,
     }
 
 
@@ -508,8 +526,10 @@ def summary(model: nn.Module) -> str:
 
     One line each for the projections and parameters added, the variances over all features,
     then a table with one row per projection: where it sits (the input of a layer, or the
-    output of a token embedding), its feature axis and size, its mode and current variance
-    mean / min / max. ``print(dipnet.summary(model))``.
+    output of a token embedding), its feature axis and size, its mode, the variance it started
+    from ("uncalibrated" when a relative start was never calibrated), how far the variances
+    moved from it (mean ``|lambda / start - 1|``; "frozen" when they are not trained) and the
+    current variance mean / min / max. ``print(dipnet.summary(model))``.
 
     Returns:
         The report as a string (a one-line note for a model without projections).
@@ -520,6 +540,9 @@ def summary(model: nn.Module) -> str:
                 f"({s['model_parameters']:,} parameters); add them with "
                 "dipnet.project(model, dipnet.DIPConfig(...)).")
     placement = f"placement '{s['placement']}'" if s["placement"] else "placement unknown"
+    if s["missing"]:
+        placement += (f"; {s['missing']} more were lost, e.g. by PEFT's merge_and_unload: "
+                      "use dipnet.hf.merge_and_unload")
     var = s["variance"]
     lines = [
         f"DIPNet: {s['num_projections']} projections ({placement}), {s['num_features']:,} "
@@ -529,11 +552,13 @@ def summary(model: nn.Module) -> str:
         f"variance over all features: mean {var['mean']:.4g}, min {var['min']:.4g}, "
         f"max {var['max']:.4g}",
     ]
-    header = ("layer", "module", "projects", "features", "mode", "var mean", "var min",
-              "var max")
+    header = ("layer", "module", "projects", "features", "mode", "var start", "moved",
+              "var mean", "var min", "var max")
     rows = [(
         r["name"], r["module"], f"{r['on']} (dim {r['feature_dim']})", f"{r['num_features']:,}",
         f"{r['mode']}{' (sampling)' if r['sampling'] else ''}",
+        f"{r['variance_start']:.4g}{'' if r['start_calibrated'] else ' (uncalibrated)'}",
+        f"{100 * r['moved']:.1f}%" if r["learned"] else "frozen",
         f"{r['variance_mean']:.4g}", f"{r['variance_min']:.4g}", f"{r['variance_max']:.4g}",
     ) for r in s["layers"]]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import noise
+from . import misuse, noise
 
 # The name under which a projection is attached to its host module. Original parameters and
 # their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".
@@ -96,6 +96,8 @@ class GaussianProjection(nn.Module):
         # Set by `attach`; kept in __dict__ (not _modules) so the host is not a child of its
         # own projection. deepcopy/pickle follow it through the memo, so copies stay consistent.
         object.__setattr__(self, "_host", None)
+        # Shared by the projections of one model (`dipnet.misuse`); set by `dipnet.project`.
+        object.__setattr__(self, "_guard", None)
 
     # ------------------------------------------------------------------ variances
     @property
@@ -247,6 +249,8 @@ class GaussianProjection(nn.Module):
         return u
 
     def _hooked(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.mode == "auto" and not torch.compiler.is_compiling():
+            misuse.training_pass(self)  # a plain loop's silent mistakes, warned once
         if self.sampling:
             return self.project(x)
         self.feature_axis(x)  # "check" mode: the same validation, no noise

@@ -32,7 +32,7 @@ import yaml
 
 from ..errors import UserError
 from ..fileio import atomic_write_text
-from . import report_eval, report_plots, report_variance
+from . import report_eval, report_plots, report_variance, scorecard
 from .report_eval import readable_metric
 from .stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
 from .sweep import METHODS, PERTURBATIONS
@@ -851,6 +851,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             sweep_cfg = None
     results = build_results(records, prov, sweep_cfg)
     results["unfinished_runs"] = unfinished
+    results["scorecards"] = [scorecard.build(results, ds, m, _cost_key(results, ds, m)) for ds, m
+                             in sorted({(a["dataset"], a["model"]) for a in results["aggregates"]})]
     jpath, cpath = write_results(results, out)
 
     fig_dir = out / "figures"
@@ -859,6 +861,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     title = title or (f"DIPNet comparison: " + ", ".join(f"{d} / {m}" for d, m in pairs)
                       if pairs else "DIPNet comparison")
     md: list[str] = [f"# {title}", ""]
+    for card in results["scorecards"]:  # the verdict first
+        md += [f"## Scorecard ({card['dataset']} / {card['model']})", "",
+               scorecard.markdown(card), ""]
     n_runs = len(records)
     methods = sorted({r.method for r in records}, key=_method_order)
     seeds = sorted({r.seed for r in records})

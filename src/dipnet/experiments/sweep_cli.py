@@ -275,17 +275,25 @@ def default_out(sweep: SweepConfig) -> Path:
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
+def _print_tables(res: dict[str, Any]) -> None:
+    """The clean-accuracy table, then the scorecard (robustness included), per data set."""
+    from . import scorecard
     from .report import summary_table
 
+    for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
+        print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
+        print(summary_table(res, ds, model))
+    for card in res.get("scorecards") or []:
+        print(f"\nScorecard, {card['dataset']} / {card['model']}: each method against "
+              "standard training\n")
+        print(scorecard.markdown(card))
+
+
+def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
     if paths is None:
         print("dipnet: no finished run to report on", file=sys.stderr)
         return
-    res = paths.results
-    pairs = sorted({(a["dataset"], a["model"]) for a in res["aggregates"]})
-    for ds, model in pairs:
-        print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
-        print(summary_table(res, ds, model))
+    _print_tables(paths.results)
     print(f"\n{len(result.trained)} run(s) trained, {len(result.reused)} reused, "
           f"{len(result.failed)} failed; {result.wall_clock_s:.0f} s.")
     if result.evaluation_skipped:
@@ -307,13 +315,10 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """``dipnet report DIR``: rebuild a sweep's report; prints its summary tables."""
-    from .report import build_report, summary_table
+    from .report import build_report
 
     paths = build_report(args.sweep_dir, out_dir=args.out, title=args.title)
-    res = paths.results
-    for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
-        print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
-        print(summary_table(res, ds, model))
+    _print_tables(paths.results)
     print(f"\nReport: {paths.markdown} and {paths.html}; results: {paths.results_json}, "
           f"{paths.results_csv}")
     return 0
