@@ -56,4 +56,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
       || log "WARNING: could not install dataset-fashion-mnist; Fashion-MNIST runs will ask for --data-dir"
   fi
 fi
+# Chromium (headless): tests/test_report_html.py renders report.html with it (skipped without).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+   && ! command -v google-chrome >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null; then
+    log "installing Debian chromium (the report's browser test)"
+    ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || log "WARNING: could not install chromium; the report's browser test will be skipped"
+  fi
+fi
 log "done: activate with 'source .venv/bin/activate' or call .venv/bin/dipnet"

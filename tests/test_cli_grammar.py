@@ -226,13 +226,78 @@ def test_hf_set_keys_and_flags():
                     "--char-rates", "0.1,0.3")
     assert (s.dip_m, s.lr, s.seeds, s.rs_sigma, s.threads) == (2, 1.0, [4, 5], 0.25, 2)
     assert s.char_rates == [0.1, 0.3] and isinstance(s.lr, float)
-    assert hf_settings("math", "--set", "seeds=3").seeds == [3]
+    # A count means that many seeds, as in dipnet compare (--seeds 3 / --set seeds=3).
+    assert hf_settings("math", "--set", "seeds=3").seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize("command", ["text-classify", "math"])
+def test_hf_seeds_take_a_count_or_a_list_like_compare(command):
+    assert hf_settings(command, "--seeds", "3").seeds == [0, 1, 2]
+    assert hf_settings(command, "--seeds", "0,5,7").seeds == [0, 5, 7]
+    with pytest.raises(UserError, match="--seeds 3 or --seeds 0,1,2"):
+        hf_settings(command, "--seeds", "three")
+
+
+def test_math_methods_are_named_as_in_train_and_compare(tmp_path, capsys):
+    from dipnet.commands.names import MATH_METHODS, METHODS
+
+    assert "standard" in MATH_METHODS and "sft" not in MATH_METHODS
+    assert set(MATH_METHODS) <= set(METHODS)
+    # The old name is one line that names the new one, before anything is loaded or written.
+    assert main(["math", "--methods", "sft,dipnet", "--out", str(tmp_path / "m")]) != 0
+    err = one_line(capsys.readouterr().err)
+    assert "'sft' is now called 'standard'" in err and "--methods standard,dipnet" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_no_progress_silences_bars_and_trainer_log_lines(capfd):
+    from tqdm.auto import tqdm
+
+    from dipnet.hf_experiments.cli import _quiet
+
+    with _quiet(True):
+        for _ in tqdm(range(3), desc="math runs"):
+            pass
+        print({"loss": 1.0, "epoch": 1.0})  # what the Trainer's PrinterCallback prints
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    with _quiet(False):
+        print("shown")
+    assert capfd.readouterr().out == "shown\n"
+
+
+def test_demo_help_names_exactly_the_methods_the_demo_runs(capsys):
+    import re
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+                          .read_text())
+    with pytest.raises(SystemExit):
+        parse("demo", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    listed = re.search(r"methods: ([a-z_, ]+)\.", text).group(1).split(", ")
+    assert listed == demo["methods"]
+    from dipnet.commands.names import METHODS
+
+    for other in set(METHODS) - set(demo["methods"]):
+        assert not re.search(rf"\b{other}\b", text), other
+
+
+def test_the_demo_time_in_help_is_the_readme_measurement(capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    measured = re.search(r"the demo (\d+-\d+ s)", readme).group(1)
+    with pytest.raises(SystemExit):
+        parse("--help")
+    top = " ".join(capsys.readouterr().out.split())
+    assert f"({measured} on 2 idle cores)" in top
+    assert "5 minutes" not in top
 
 
 @pytest.mark.parametrize("command, argv, fragments", [
     ("text-classify", ["--methods", "standard,rs", "--set", "dip.m=2"],
      ["--dip-m", "dipnet", "standard,rs"]),
-    ("math", ["--methods", "sft", "--sam-rho", "0.1"], ["--sam-rho", "sam"]),
+    ("math", ["--methods", "standard", "--sam-rho", "0.1"], ["--sam-rho", "sam"]),
     ("math", ["--set", "nosuch=1"], ["'nosuch'"]),
     ("math", ["--set", "lora_r=big"], ["lora_r", "int"]),
 ])

@@ -121,6 +121,9 @@ def test_the_names_in_help_equal_the_registries():
     assert names.EVALUATE_SUITES == sweep.EVALUATE_SUITES
     assert names.EVAL_PARTS == PARTS and names.EVAL_SUITES == tuple(sorted(SUITES))
     assert names.REPORT_TO == config.REPORT_TO
+    from dipnet.experiments.sweep_cli import DEMO_SWEEP
+
+    assert names.DEMO_METHODS == tuple(DEMO_SWEEP["methods"])
 
 
 def _settings_fields(module: str, cls: str) -> tuple[list[tuple[str, str, object]], tuple]:

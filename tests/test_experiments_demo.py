@@ -58,6 +58,9 @@ def test_demo_command_runs_compares_evaluates_and_reports(tmp_path, monkeypatch,
     for m in TINY_DEMO["methods"]:
         assert f"| {m} | 2 |" in printed
     assert str(out / "report.md") in printed and str(out / "report.html") in printed
+    # ... and the scorecard, so the printed verdict includes robustness, not clean accuracy only
+    assert "Scorecard, digits / mlp" in printed
+    assert "PGD L∞ acc (EOT if sampled)" in printed and "| **dipnet** | defaults | " in printed
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 4
     for d in runs:

@@ -35,7 +35,33 @@ def test_verdict_numbers_by_hand():
     assert v["learned"] is True
     line = rv.verdict_line(rv.read_variance_run("dipnet", 0, metrics_for("dipnet", 0, "none",
                                                                          0.8)), "run")
-    assert "moved by 65.0% on average from init" in line and "factor 2.04" in line
+    # The profile across layers and features, not a percentage moved.
+    assert "across layers from 0.0115 (`0`) to 0.0235 (`4`), a factor 2.04 (at the start " \
+        "1.00)" in line
+    assert "features within a layer spread by up to 2.67x" in line
+    assert "layer means ended at 1.15x to 2.35x their start" in line
+    assert "learned a profile" in line and "moved by" not in line
+
+
+def test_frozen_variances_at_a_relative_start_never_learned_a_profile():
+    # fixed_noise with the relative start: each layer calibrated to its own value (a factor 9
+    # between layers), then frozen: 0.0 % moved, features equal.
+    m = metrics_for("dipnet", 0, "none", 0.8)
+    starts = {"0": 0.09, "2": 0.03, "4": 0.01}
+    m["variance_init"] = starts
+    for h in m["history"]:
+        for la, st in h["variance"].items():
+            for k in ("mean", "min", "max", "q05", "q25", "q50", "q75", "q95"):
+                st[k] = starts[la]
+            st["init"], st["rel_change"] = starts[la], 0.0
+    run = rv.read_variance_run("fixed_noise", 0, m)
+    v = rv.verdict(run)
+    assert v["moved"] == 0.0 and v["layer_factor"] == pytest.approx(9.0)
+    assert v["learned"] is False
+    line = rv.verdict_line(run, "run")
+    assert "learned a profile" not in line
+    assert "stayed at their start (moved 0.0% on average)" in line
+    assert "layers differ by a factor 9.00 because the start did" in line
 
 
 def test_a_run_that_barely_moved_says_so():
@@ -70,7 +96,7 @@ def test_report_variance_section_figures_and_verdicts(tmp_path):
     for kind in ("trajectory", "histogram", "gradient"):
         assert f"variance_{kind}_mnist_mlp_none.png" in names
     md = paths.markdown.read_text()
-    assert md.count("variances moved by 65.0% on average from init") == 3  # one per seed
+    assert md.count("a factor 2.04 (at the start 1.00)") == 3  # one per seed
     res = json.loads(paths.results_json.read_text())
     v = res["variance_verdicts"]
     assert len(v) == 3 and all(x["method"] == "dipnet" and x["learned"] for x in v)

@@ -52,7 +52,7 @@ def test_a_clear_gain_is_marked_better_and_lower_ece_counts_as_better():
     assert cells["pgd"]["mean_diff"] == pytest.approx(0.02, abs=1e-9)
     assert card["tests"] == 3  # clean, PGD, ECE (no perturbed condition, no corruptions)
     text = scorecard.markdown(card)
-    assert "| dipnet | defaults | +2.00 [" in text and "1.50x" in text
+    assert "| **dipnet** | defaults | +2.00 [" in text and "1.50x" in text
     assert "corruptions acc" in text and "not measured" in text
     assert "Every method ran at its defaults" in text
 
@@ -96,3 +96,17 @@ def test_the_report_opens_with_the_scorecard(tmp_path):
     assert first_section.startswith("Scorecard (mnist / mlp)")
     assert "PGD L∞ acc" in first_section and "ECE" in first_section
     assert paths.results["scorecards"][0]["rows"][1]["method"] == "dipnet"
+
+
+def test_a_compare_without_evaluation_says_robustness_was_not_measured(tmp_path, capsys):
+    from dipnet.experiments.sweep import SweepResult
+    from dipnet.experiments.sweep_cli import _print_summary
+
+    write_sweep(tmp_path / "plain", lambda m, s, p: 0.8 + 0.01 * s)
+    _print_summary(build_report(tmp_path / "plain"), SweepResult(tmp_path / "plain"))
+    printed = capsys.readouterr().out
+    assert "Robustness was not measured" in printed and "--evaluate quick" in printed
+    assert "| **dipnet** | defaults |" in printed  # the scorecard, robustness cells empty
+    write_sweep(tmp_path / "evaluated", lambda m, s, p: 0.8 + 0.01 * s, evaluation=True)
+    _print_summary(build_report(tmp_path / "evaluated"), SweepResult(tmp_path / "evaluated"))
+    assert "Robustness was not measured" not in capsys.readouterr().out

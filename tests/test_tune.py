@@ -53,6 +53,7 @@ def test_tune_writes_a_sweep_config_that_compare_runs(tuned, tmp_path):
     assert {m: v["trials"] for m, v in best.tuning["methods"].items()} == {"standard": 3,
                                                                             "sam": 3}
     assert "never evaluated" in best.tuning["objective"]
+    assert best.evaluate == "quick"  # the tuned comparison measures robustness too
     rows = _trials(tuned)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"complete"}
     # the best trial of each method is what best.yaml holds: its lr and its own parameters
@@ -72,7 +73,7 @@ def test_tune_writes_a_sweep_config_that_compare_runs(tuned, tmp_path):
 
     out = tmp_path / "compare"
     assert main(["compare", "--config", str(tuned / "best.yaml"), "--seeds", "1", "--out",
-                 str(out), "--quiet", "--no-report"]) == 0
+                 str(out), "--quiet", "--no-report", "--evaluate", "none"]) == 0
     ran = load_sweep_config(out / "sweep.yaml")
     assert ran.tuning == best.tuning  # the report can state each method's budget
     lrs = {yaml.safe_load((d / "config.yaml").read_text())["method"]:

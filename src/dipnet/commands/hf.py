@@ -130,6 +130,11 @@ def _add_fields(p: argparse.ArgumentParser, fields: list[tuple[str, str, Any, st
                            help="deprecated spelling of --out")
             continue
         flag = "--" + name.replace("_", "-")
+        if name == "seeds":  # as in dipnet compare: a count or a list
+            p.add_argument(flag, default=None, metavar="N|LIST",
+                           help=f"{text}: a number of seeds (3 -> 0,1,2) or a comma list "
+                                f"(0,5,7); default {len(default)}")
+            continue
         if kind.startswith("list["):
             shown = ",".join(str(v) for v in default)
             p.add_argument(flag, type=_csv(scalar_type(kind)), default=None,
@@ -148,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          "and embedding-space PGD, several seeds. Finished runs are skipped, so an interrupted "
          "sweep resumes.", "text_command", "text"),
         ("math", MATH_FIELDS,
-         "LoRA fine-tuning on generated math problems: sft / dipnet / rs / sam",
+         "LoRA fine-tuning on generated math problems: standard / dipnet / rs / sam",
          "The paper's GSM8K protocol at small scale: reasoning-gym problems, 'The answer is N' "
          "targets, LoRA, zero-shot greedy evaluation with exact numeric match. Finished runs "
          "are skipped.", "math_command", "math"),
@@ -157,8 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _add_fields(p, fields)
         grammar.add_set(p, "--set dip.m=2 (= --dip-m 2), --set rs.sigma=0.25, --set "
                            "lr=1e-4 (a bare KEY is any option's name with underscores)")
-        grammar.add_progress(p, "progress bars (these experiments print none; accepted so "
-                                "that one command line style works everywhere)")
+        grammar.add_progress(p, "every progress bar and Trainer log line; the results table "
+                                "is still printed")
         p.add_argument("--report-only", action="store_true",
                        help="only rebuild results.md/.json/.png from finished runs")
         p.set_defaults(run=f"{IMPL}:{run}", extra=extra)

@@ -794,10 +794,12 @@ def _variance_section(records: Sequence[RunRecord], results: dict[str, Any], ds:
               "λ is the per-feature variance of each projection (named by the layer it feeds). "
               "Whether it learned anything is the first question about a DIPNet run: if it "
               "stays at its initial value, the run is fixed Gaussian noise. Each line below "
-              "compares the end of training with the initial value (relative change averaged "
-              f"over features, then layers); 'barely moved' means under "
-              f"{100 * report_variance.MOVED_THRESHOLD:.0f}% with layers and features within "
-              f"a factor {report_variance.SPREAD_THRESHOLD:g} of each other."]
+              "describes the profile the variances ended with across layers and features "
+              "against the one they started from; 'barely moved' means they moved under "
+              f"{100 * report_variance.MOVED_THRESHOLD:.0f}% (averaged over features, then "
+              "layers) and neither the features nor the layer profile spread by a factor "
+              f"{report_variance.SPREAD_THRESHOLD:g} beyond the start's (a relative start "
+              "already differs between layers)."]
     order = list(METHODS)
     for pert in sorted({r.perturbation for r, _ in vruns}, key=_pert_order):
         group = [(r, v) for r, v in vruns if r.perturbation == pert]

@@ -145,10 +145,16 @@ def verdict(run: VarianceRun) -> dict[str, Any]:
     """Numbers behind the one-line verdict of a run.
 
     Returns ``moved`` (mean over layers of the final relative change from init), ``moved_max``
-    and ``moved_max_layer``, ``layer_factor`` (largest / smallest final layer mean),
-    ``feature_factor`` (largest q95 / q05 of the final per-feature lambda over layers; NaN in
-    the legacy layout) and ``learned`` (False when all three stay under the thresholds; None
-    when nothing is known).
+    and ``moved_max_layer``, ``layer_factor`` (largest / smallest final layer mean, with
+    ``largest_layer`` / ``smallest_layer``), ``start_layer_factor`` (the same at the start: a
+    relative start already differs between layers), ``feature_factor`` (largest q95 / q05 of the
+    final per-feature lambda over layers; NaN in the legacy layout), ``growth_min`` /
+    ``growth_max`` (smallest and largest final / initial layer mean) and ``learned``: None when
+    nothing is known; else, where the start is known, True only if the variances moved from it
+    (``moved`` >= MOVED_THRESHOLD, or features or the layer profile spread by SPREAD_THRESHOLD
+    beyond the start's), so frozen variances that differ between layers only because their
+    start did are never called learned; without a known start, True when layers or features
+    differ by SPREAD_THRESHOLD.
     """
     rel = {la: r for la, r in run.rel_change.items() if not math.isnan(r)}
     finals = {la: next((v for v in reversed(vals) if not math.isnan(v)), math.nan)
@@ -157,6 +163,9 @@ def verdict(run: VarianceRun) -> dict[str, Any]:
     moved = sum(rel.values()) / len(rel) if rel else math.nan
     top = max(rel, key=rel.get) if rel else None
     layer_factor = max(finals.values()) / min(finals.values()) if finals else math.nan
+    starts = {la: v for la, v in run.init.items() if v > 0 and la in finals}
+    start_factor = max(starts.values()) / min(starts.values()) if starts else math.nan
+    growth = [finals[la] / starts[la] for la in starts]
     feature_factor = math.nan
     if run.q05 is not None and run.q95 is not None:
         ratios = []
@@ -166,38 +175,66 @@ def verdict(run: VarianceRun) -> dict[str, Any]:
             if lo > 0 and hi > 0:
                 ratios.append(hi / lo)
         feature_factor = max(ratios) if ratios else math.nan
+    features_spread = not math.isnan(feature_factor) and feature_factor >= SPREAD_THRESHOLD
     if math.isnan(moved) and math.isnan(layer_factor):
         learned = None
+    elif not math.isnan(moved):
+        reshaped = (not math.isnan(start_factor) and not math.isnan(layer_factor) and max(
+            layer_factor / start_factor, start_factor / layer_factor) >= SPREAD_THRESHOLD)
+        learned = moved >= MOVED_THRESHOLD or features_spread or reshaped
     else:
-        learned = not ((math.isnan(moved) or moved < MOVED_THRESHOLD)
-                       and (math.isnan(layer_factor) or layer_factor < SPREAD_THRESHOLD)
-                       and (math.isnan(feature_factor) or feature_factor < SPREAD_THRESHOLD))
+        learned = features_spread or layer_factor >= SPREAD_THRESHOLD
     return {"moved": moved, "moved_max": rel.get(top, math.nan) if top else math.nan,
             "moved_max_layer": top, "layer_factor": layer_factor,
-            "feature_factor": feature_factor, "learned": learned}
+            "largest_layer": max(finals, key=finals.get) if finals else None,
+            "smallest_layer": min(finals, key=finals.get) if finals else None,
+            "start_layer_factor": start_factor, "feature_factor": feature_factor,
+            "growth_min": min(growth) if growth else math.nan,
+            "growth_max": max(growth) if growth else math.nan, "learned": learned}
 
 
 def verdict_line(run: VarianceRun, label: str) -> str:
-    """One Markdown line for a run: how far the variances moved from init and how different
-    layers (and features) ended up, then the plain reading."""
+    """One Markdown line for a run: for learned variances, the profile they reached across
+    layers and features and how it differs from the start; for variances that stayed at their
+    start (frozen, or too slow to move), that they did and what the start was."""
     v = verdict(run)
+    finals = {la: next((x for x in reversed(vals) if not math.isnan(x)), math.nan)
+              for la, vals in run.mean.items()}
+    if v["learned"] is None:
+        return f"- {label}: no variance recorded → **no reading**."
+    if v["learned"] is False:
+        parts = []
+        if not math.isnan(v["moved"]):
+            parts.append(f"the variances stayed at their start (moved {100 * v['moved']:.1f}% "
+                         "on average)")
+        if not math.isnan(v["layer_factor"]) and v["layer_factor"] >= SPREAD_THRESHOLD:
+            parts.append(f"the layers differ by a factor {v['layer_factor']:.2f} because the "
+                         "start did (relative to each layer's activations)")
+        parts = parts or ["layers and features within a factor "
+                          f"{SPREAD_THRESHOLD:g} of each other, start unknown"]
+        return (f"- {label}: " + "; ".join(parts)
+                + " → **barely moved: in effect fixed noise at the initial value**.")
     parts = []
-    if not math.isnan(v["moved"]):
-        parts.append(f"variances moved by {100 * v['moved']:.1f}% on average from init "
-                     f"(most: `{v['moved_max_layer']}`, {100 * v['moved_max']:.1f}%)")
-    else:
-        parts.append("initial variance not recorded, so the change from init is unknown")
-    if not math.isnan(v["layer_factor"]):
-        parts.append(f"layers differ by a factor {v['layer_factor']:.2f}")
+    if v["largest_layer"] is not None and v["largest_layer"] != v["smallest_layer"]:
+        lo, hi = v["smallest_layer"], v["largest_layer"]
+        text = (f"across layers from {finals[lo]:.3g} (`{lo}`) to {finals[hi]:.3g} (`{hi}`), "
+                f"a factor {v['layer_factor']:.2f}")
+        if not math.isnan(v["start_layer_factor"]):
+            text += f" (at the start {v['start_layer_factor']:.2f})"
+        parts.append(text)
     if not math.isnan(v["feature_factor"]):
-        parts.append(f"features within a layer by up to {v['feature_factor']:.2f} (q95/q05)")
-    reading = {True: "the variances learned a profile",
-               False: "barely moved: in effect fixed noise at the initial value",
-               None: "no reading"}[v["learned"]]
-    return f"- {label}: " + "; ".join(parts) + f" → **{reading}**."
+        parts.append(f"features within a layer spread by up to {v['feature_factor']:.2f}x "
+                     "(q95/q05)")
+    if not math.isnan(v["growth_min"]):
+        same = abs(v["growth_max"] / v["growth_min"] - 1) < 0.005
+        parts.append(f"each layer's mean ended at {v['growth_min']:.3g}x its start" if same
+                     else f"layer means ended at {v['growth_min']:.3g}x to "
+                          f"{v['growth_max']:.3g}x their start")
+    else:
+        parts.append("initial variance not recorded, so the change from it is unknown")
+    return f"- {label}: " + "; ".join(parts) + " → **the variances learned a profile**."
 
 
-# --- figures ---------------------------------------------------------------------------------
 def _nanmean_rows(rows: Sequence[Sequence[float]]) -> list[float]:
     """Column means over equally truncated rows, ignoring NaN (an all-NaN column stays NaN)."""
     import warnings

@@ -177,6 +177,8 @@ def _cell_text(cell: dict[str, Any] | None, scale: float, column: str) -> str:
         return f"{cell['mean'] * scale:.2f}"
     d, lo, hi = cell.get("mean_diff"), cell.get("ci_low"), cell.get("ci_high")
     text = f"{d * scale:+.2f}"
+    if cell.get("degenerate"):
+        return text + " (the same in every pair: no test)"
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) \
             and math.isfinite(hi):
         text += f" [{lo * scale:+.2f}, {hi * scale:+.2f}]"
@@ -191,8 +193,9 @@ def markdown(card: dict[str, Any]) -> str:
                                                      "perturbed" else "") for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in card["rows"]:
-        name = row["method"] + (" (reference: its own values)" if row["method"] == BASELINE
-                                else "")
+        # Bold: the report's other tables are looked up by "| method |" rows.
+        name = f"**{row['method']}**" + (" (reference: its own values)"
+                                         if row["method"] == BASELINE else "")
         cells = [_cell_text(row["cells"].get(c["id"]), c["scale"], c["id"]) for c in cols]
         lines.append("| " + " | ".join([name, row["settings"], *cells]) + " |")
     settings = {r["settings"] for r in card["rows"]}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import trust
+from ..commands.grammar import parse_seeds
 from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
 from ..commands.sweep import DEFAULT_DEMO_OUT
 from ..errors import UserError
@@ -35,8 +36,8 @@ __all__ = ["register", "compare", "run_demo", "compare_command", "report_command
 #: smoothing, with clean training inputs and with the training set perturbed once by Gaussian
 #: noise (sigma 0.2; the paper's Table 1 reading, where the variance study found DIPNet's gain),
 #: two seeds, on a fixed 8,000-image training subset, then a trimmed quick evaluation (fewer
-#: attack / corruption / smoothness points than the quick suite). Sized to finish in about five
-#: minutes on 2 CPU cores (timings in docs/sweeps.md); configs/demo.yaml is the same sweep as a
+#: attack / corruption / smoothness points than the quick suite). 56-62 s on 2 idle CPU
+#: cores (the README's measurement; docs/sweeps.md); configs/demo.yaml is the same sweep as a
 #: file (a test keeps them equal). Every method runs at its defaults: nothing is tuned here
 #: (the tuned comparison is docs/results/variance_study/).
 DEMO_SWEEP: dict[str, Any] = {
@@ -103,22 +104,6 @@ def run_demo(out_dir: str | Path = DEFAULT_DEMO_OUT, sweep: dict[str, Any] | Non
 # --- option parsing --------------------------------------------------------------------------
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2]; '0,5,7' -> [0, 5, 7]."""
-    try:
-        parts = [int(t) for t in _csv_list(text)]
-    except ValueError:
-        raise UserError(f"--seeds {text!r} is not a count or a comma list of integers: write "
-                        f"e.g. --seeds 3 or --seeds 0,1,2") from None
-    if len(parts) == 1 and "," not in str(text):
-        if parts[0] < 1:
-            raise UserError(f"--seeds must be at least 1, got {parts[0]}")
-        return list(range(parts[0]))
-    if any(p < 0 for p in parts):
-        raise UserError(f"--seeds {text!r} has a negative seed: seeds are integers >= 0")
-    return parts
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -231,7 +216,7 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     if args.methods:
         base["methods"] = _csv_list(args.methods)
     if args.seeds is not None:
-        base["seeds"] = _parse_seeds(args.seeds)
+        base["seeds"] = parse_seeds(args.seeds)
     if args.train_perturbations:
         base["train_perturbations"] = _csv_list(args.train_perturbations)
     if args.perturbation_mode:
@@ -298,6 +283,10 @@ def _print_summary(paths: "ReportPaths | None", result: SweepResult) -> None:
           f"{len(result.failed)} failed; {result.wall_clock_s:.0f} s.")
     if result.evaluation_skipped:
         print(f"Evaluation: {result.evaluation_skipped}.")
+    if not any(r.get("evaluated") for r in paths.results["runs"]):
+        print("Robustness was not measured: these runs were not evaluated (compare's default "
+              "is --evaluate none). Add --evaluate quick to the same command to measure it; the "
+              "trained runs are reused.")
     print(f"Report: {paths.markdown} and {paths.html} (one self-contained page); "
           f"results: {paths.results_json}, {paths.results_csv}")
 

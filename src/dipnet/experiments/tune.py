@@ -646,7 +646,10 @@ def _finish(cfg: TuneConfig, out: Path, rows: list[dict[str, Any]],
         "name": name, "dataset": base["dataset"], "model": base["model"],
         "methods": list(cfg.sweep.methods), "seeds": [0, 1, 2],
         "train_perturbations": base["train_perturbations"],
-        "perturbation_mode": base["perturbation_mode"], "evaluate": "none", "jobs": 1,
+        # The comparison of tuned methods measures robustness too (tuning itself never
+        # evaluated): the tuned sweep's own suite, else the quick one.
+        "perturbation_mode": base["perturbation_mode"],
+        "evaluate": base["evaluate"] if base["evaluate"] != "none" else "quick", "jobs": 1,
         "run": base["run"], "method_params": method_params, "method_run": method_run,
         "evaluation_params": base["evaluation_params"],
         "tuning": _tuning_block(cfg, rows, best, spaces),

@@ -10,11 +10,14 @@ while that method is not among ``--methods`` is an error, never silently unused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
+import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from ..commands.grammar import parse_seeds
 from ..commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
 from ..commands.overrides import parse_overrides
 from ..errors import UserError
@@ -62,12 +65,17 @@ def settings_from_args(cls: Any, fields: list[tuple[str, str, Any, str]],
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
             given.add(name)
+    if isinstance(values["seeds"], str):  # --seeds 3 or --seeds 0,5,7, as in dipnet compare
+        values["seeds"] = parse_seeds(values["seeds"])
     for ov in parse_overrides(args):
         name = "_".join(ov.path)
         if name not in values:
             raise UserError(f"{ov.describe()}: dipnet {args.command} has no setting {name!r}; "
                             f"its settings are {', '.join(values)} (see --help)")
-        values[name] = _coerce(name, kinds[name], ov.value, ov.describe())
+        value = ov.value
+        if name == "seeds" and isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = parse_seeds(str(value))  # --set seeds=3 means 0,1,2 too
+        values[name] = _coerce(name, kinds[name], value, ov.describe())
         given.add(name)
     declared = {f.name for f in dataclasses.fields(cls)}
     if set(values) != declared:  # the CLI's copy of the fields must follow the dataclass
@@ -103,12 +111,25 @@ def _run(module: str, settings_cls: str, fields: list[tuple[str, str, Any, str]]
     settings, given = settings_from_args(getattr(mod, settings_cls), fields, args)
     _check_applicable(settings, given, args.command)
     settings.device = _resolve_device(settings.device)
-    if args.report_only:
-        mod.write_report(settings.out_dir)
-    else:
-        mod.run_sweep(settings)
+    with _quiet(args.no_progress):
+        if args.report_only:
+            mod.write_report(settings.out_dir)
+        else:
+            mod.run_sweep(settings)
     print(Path(settings.out_dir, "results.md").read_text())
     return 0
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """With ``--no-progress``: nothing reaches the terminal while the experiment runs (tqdm's
+    bars write to stderr, the Trainer's log lines to stdout); errors still propagate."""
+    if not enabled:
+        yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def text_command(args: argparse.Namespace) -> int:

