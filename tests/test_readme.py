@@ -33,3 +33,21 @@ def test_readme_commands_name_real_files() -> None:
                            text, flags=re.M):
         assert (README.parent / path).exists(), path
     pytest.importorskip("dipnet")
+
+
+def test_readme_cost_table_leads_with_the_ratio_to_a_plain_step_from_docs_cost() -> None:
+    readme = README.read_text()
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| **DIPNet step / plain step**"))
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    shown = [re.fullmatch(r"\*\*([\d.]+x)\*\* \(([\d.]+x)\)", c).groups() for c in cells]
+    # docs/cost.md's floor table: "dip store" is "<ratio to plain> = <ratio to floor>".
+    cost = (README.parent / "docs" / "cost.md").read_text()
+    measured = []
+    for model in ("MLP 784-512-512-10", "residual CNN", "transformer encoder",
+                  "GPT-2 4 layers, d 256, `layers`"):
+        line = next(ln for ln in cost.splitlines() if ln.startswith(f"| {model}"))
+        floor = re.findall(r"\*\*([\d.]+x)\*\*", line)[0]
+        store = re.search(r"\| ([\d.]+x) = \*\*[\d.]+x floor\*\*", line).group(1)
+        measured.append((store, floor))
+    assert shown == measured
