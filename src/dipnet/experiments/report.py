@@ -625,7 +625,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.88em;display:block;max-w
 overflow-x:auto}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;
 overflow-wrap:normal}th{background:#f2f2f2}img{max-width:100%;height:auto}
 code{background:#f5f5f5;padding:0 3px}pre{background:#f5f5f5;padding:.6em;overflow-x:auto}
-h1,h2,h3{border-bottom:1px solid #eee}"""
+h1,h2,h3{border-bottom:1px solid #eee}summary{cursor:pointer;color:#335}"""
 
 
 def _compact_png(path: Path) -> bytes:
@@ -641,6 +641,19 @@ def _compact_png(path: Path) -> bytes:
         return buf.getvalue() if buf.tell() < len(raw) else raw
     except Exception:  # Pillow missing or an odd file: embed it as it is
         return raw
+
+
+def details(summary: str, body: str) -> list[str]:
+    """Markdown lines of a collapsed block (``<details>``; GitHub renders it, and
+    `markdown_to_html` turns exactly this form into a real one while raw HTML stays off)."""
+    return ["", f"<details><summary>{summary}</summary>", "", body, "", "</details>"]
+
+
+def _open_details(body: str) -> str:
+    # markdown-it (raw HTML off) escaped the lines `details` wrote: make them elements again.
+    body = re.sub(r"<p>&lt;details&gt;&lt;summary&gt;(.*?)&lt;/summary&gt;</p>",
+                  r"<details><summary>\1</summary>", body)
+    return body.replace("<p>&lt;/details&gt;</p>", "</details>")
 
 
 def markdown_to_html(markdown: str, base_dir: Path, title: str) -> str:
@@ -662,7 +675,7 @@ def markdown_to_html(markdown: str, base_dir: Path, title: str) -> str:
                                 else p.read_bytes()).decode("ascii")
         return f'src="data:{mime};base64,{data}"'
 
-    body = re.sub(r'src="([^"]+)"', inline, body)
+    body = _open_details(re.sub(r'src="([^"]+)"', inline, body))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_HTML_STYLE}</style></head>"
             f"<body>\n{body}\n</body></html>\n")
@@ -739,8 +752,7 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
                 evs[r.method].append(r.evaluation)
         tag = f"{ds}_{model}_{pert}"
         title = f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}"
-        lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}", "",
-                  _eval_table(results, ds, model, pert)]
+        lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}"]
         plots = [
             (report_eval.plot_attacks, "attacks", "accuracy under attack"),
             (report_eval.plot_noise_accuracy, "noise", "accuracy under test-time Gaussian noise"),
@@ -771,9 +783,12 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
                 lines += ["", "_No reliability diagram: these evaluation.json files record "
                           "the ECE but not its per-bin confidence and accuracy "
                           "(`calibration.PREDICTION.reliability`)._"]
+        # The figures first; the long tables below them, collapsed.
+        lines += details("Every headline metric per method (mean ± std over seeds, p against "
+                         "standard)", _eval_table(results, ds, model, pert))
         tables = _eval_tables(evs)
         if tables:
-            lines += ["", tables]
+            lines += details("The evaluation's own tables, part by part", tables)
     return lines, figs
 
 
@@ -929,9 +944,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             if p2:
                 figs.append(p2)
                 md += [f"![learning curves, train input {c}]({rel(p2)})", ""]
-        md += ["Validation accuracy after the last epoch, paired against standard "
-               "(percentage points):", "",
-               _paired_table(results, ds, model, "val_accuracy", 100.0, "pp")]
+        md += details("Validation accuracy after the last epoch, paired against standard "
+                      "(percentage points)",
+                      _paired_table(results, ds, model, "val_accuracy", 100.0, "pp"))
         vlines, vfigs = _variance_section(records, results, ds, model, fig_dir, out)
         md += vlines
         figs += vfigs
@@ -985,9 +1000,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     md += [f"- seeds: {seeds}",
            "- rebuild this report: `dipnet report " + str(sweep_dir) + "`"]
     if sweep_cfg:
-        md += ["", "Sweep configuration of the last command (`sweep.yaml`, re-runnable with "
-               "`dipnet compare --config`):", "", "```yaml",
-               yaml.safe_dump(sweep_cfg, sort_keys=False).strip(), "```"]
+        md += details("Sweep configuration of the last command (sweep.yaml, re-runnable with "
+                      "dipnet compare --config)",
+                      "```yaml\n" + yaml.safe_dump(sweep_cfg, sort_keys=False).strip() + "\n```")
     text = "\n".join(md) + "\n"
     mpath, hpath = out / "report.md", out / "report.html"
     atomic_write_text(mpath, text)

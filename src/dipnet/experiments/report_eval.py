@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .report_style import (legend_below, mark_truncated_axis, method_colour, panel_grid,
-                           prediction_style, save_figure)
+from .report_style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
+                           method_marker, panel_grid, prediction_style, save_figure)
 
 __all__ = ["readable_metric", "series_of", "plot_attacks", "plot_reliability",
            "plot_noise_accuracy", "plot_ood", "plot_calibration_error", "plot_smoothness",
@@ -134,24 +134,49 @@ def plot_attacks(evaluations: Evaluations, title: str, path: Path,
                      and a.get("attack") and a.get("norm")}, key=lambda p: (str(p[0]), str(p[1])))
     if not panels or not series:
         return None
-    fig, axes = panel_grid(len(panels), panel_w=3.5, panel_h=2.8)
-    for ax, (attack, norm) in zip(axes, panels):
+    # Top row: accuracy; bottom row (with a standard baseline): the difference from standard's
+    # deterministic prediction, where lines that overlap on the 0-100 scale come apart.
+    base = next((s for s in series if s == ("standard", "deterministic")), None)
+    fig, axes = panel_grid(len(panels) * (2 if base else 1), panel_w=3.5, panel_h=2.8,
+                           max_cols=len(panels))
+
+    def curve(s: Series, attack: str, norm: str) -> dict[float, tuple[float, float]]:
+        evs = evaluations[s[0]]
+        eps = sorted({k for e in evs for k in _attack_rows(e, s[1], attack, norm)})
+        return {x: _ms(_vals(evs, s[1], lambda e, p, x=x: _attack_rows(e, p, attack, norm)[x]))
+                for x in eps}
+
+    for col, (attack, norm) in enumerate(panels):
+        ax = axes[col]
+        ref = curve(base, attack, norm) if base else {}
         for s in series:
-            evs = evaluations[s[0]]
-            eps = sorted({k for e in evs for k in _attack_rows(e, s[1], attack, norm)})
-            if not eps:
+            pts = curve(s, attack, norm)
+            if not pts:
                 continue
-            stats = [_ms(_vals(evs, s[1], lambda e, p, x=x: _attack_rows(e, p, attack, norm)[x]))
-                     for x in eps]
-            ax.errorbar(eps, [100 * m for m, _ in stats], yerr=[100 * sd for _, sd in stats],
-                        color=method_colour(s[0]), capsize=2, ms=3, label=_label(s),
-                        **prediction_style(s[1]))
+            style = {"color": method_colour(s[0]), "marker": method_marker(s[0]),
+                     "linestyle": prediction_style(s[1])["linestyle"], "ms": 4, "lw": 1.2,
+                     "mfc": "white" if s[1] == "sampled" else method_colour(s[0])}
+            xs = list(pts)
+            ax.errorbar(xs, [100 * pts[x][0] for x in xs], yerr=[100 * pts[x][1] for x in xs],
+                        capsize=2, label=_label(s), **style)
+            if base:
+                shared = [x for x in xs if x in ref]
+                axes[len(panels) + col].plot(
+                    shared, [100 * (pts[x][0] - ref[x][0]) for x in shared], **style)
         ax.set_title(f"{str(attack).upper()}, {_NORM.get(norm, norm)}", fontsize=9)
-        ax.set_xlabel("ε (pixel units in [0, 1])")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: accuracy under attack, mean ± std over seeds", fontsize=9)
+        if base:
+            diff = axes[len(panels) + col]
+            diff.axhline(0.0, color="k", lw=0.8)
+            diff.set_ylabel("Δ vs standard (points)")
+            diff.set_xlabel("ε (pixel units in [0, 1])")
+            diff.grid(alpha=0.3)
+        else:
+            ax.set_xlabel("ε (pixel units in [0, 1])")
+    fig.suptitle(f"{title}: accuracy under attack, mean ± std over seeds (below: minus "
+                 "standard's; filled = deterministic, open = sampled)", fontsize=9)
     fig.tight_layout()
     legend_below(fig, axes)
     return save_figure(fig, path)
@@ -422,7 +447,7 @@ def plot_ood(evaluations: Evaluations, title: str, path: Path,
         ax.set_xticks(range(len(series)), [_tick(s) for s in series], rotation=45, ha="right",
                       fontsize=7)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set_ylim(max(0.0, min(0.5, lo) - 0.05), 1.0)
+        ax.set_ylim(axis_floor(lo, 1.0, max(0.0, min(0.5, lo) - 0.05)), 1.0)
         ax.set_title(f"vs {out}, score {score}", fontsize=9)
         ax.set_ylabel("AUROC")
         ax.grid(axis="y", alpha=0.3)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .report_style import (integer_epochs, legend_below, mark_truncated_axis, method_colour,
+from .report_style import (axis_floor, integer_epochs, legend_below, mark_truncated_axis, method_colour,
                            panel_grid, save_figure)
 
 __all__ = ["plot_accuracy", "plot_forest", "plot_curves", "plot_cost", "histories_by_method",
@@ -60,7 +60,8 @@ def plot_accuracy(aggregates: Sequence[dict[str, Any]], methods: Sequence[str],
         tick.set_color(method_colour(m))
     ax.set_ylabel("clean test accuracy (%)")
     low = min(lows) if lows else 0.0
-    ax.set_ylim(max(0.0, math.floor(low - 2)), min(100.0, ax.get_ylim()[1] + 0.5))
+    high = ax.get_ylim()[1]
+    ax.set_ylim(axis_floor(low, high, max(0.0, math.floor(low - 2))), min(100.0, high + 0.5))
     mark_truncated_axis(ax, "%")
     # The legend sits above the panel: inside, it would hide points.
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(conds),
@@ -221,10 +222,13 @@ def plot_cost(aggregates: Sequence[dict[str, Any]], methods: Sequence[str],
         ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=7)
         ax.set_ylabel(f"{label} / standard", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    for i, c in enumerate(conds):
-        axes[0].bar([], [], color="lightgrey", hatch=hatches[i % 6], edgecolor="white",
-                    label=f"train input: {_cond_label(c)}")
-    axes[0].legend(fontsize=6)
+    from matplotlib.patches import Patch
+
+    # Legend patches drawn as the bars are (grey, the condition's hatch): an empty bar() has
+    # no patch to copy, and its legend entries all came out the same blue.
+    axes[0].legend(handles=[Patch(facecolor="#777777", edgecolor="white", hatch=hatches[i % 6],
+                                  label=f"train input: {_cond_label(c)}")
+                            for i, c in enumerate(conds)], fontsize=6)
     fig.suptitle(f"{title}: compute cost relative to standard training", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["method_colour", "layer_colours", "prediction_style", "panel_grid", "save_figure",
+__all__ = ["method_colour", "method_marker", "axis_floor", "layer_colours", "prediction_style", "panel_grid", "save_figure",
            "mark_truncated_axis", "legend_below", "integer_epochs", "pyplot", "MAX_FIGURE_WIDTH_IN", "DPI", "MAX_FIGURE_WIDTH_PX"]
 
 #: Figures are saved at DPI; MAX_FIGURE_WIDTH_IN * DPI is the widest a figure may be in pixels
@@ -24,12 +24,13 @@ MAX_FIGURE_WIDTH_IN = 11.0
 MAX_FIGURE_WIDTH_PX = int(MAX_FIGURE_WIDTH_IN * DPI) + 40  # bbox_inches="tight" may add a little
 
 # Fixed colours for the methods the project ships (colour-blind-friendlier Tableau set); the
-# baseline is neutral dark grey so every other method reads against it. fixed_noise shares
-# DIPNet's hue family, lighter: it is DIPNet with the variances frozen.
+# baseline is neutral dark grey so every other method reads against it. fixed_noise (DIPNet
+# with the variances frozen) used to be a light red beside DIPNet's red, which readers could not
+# tell apart in the attack panels: it is ochre now, and every method has its own marker too.
 _KNOWN: dict[str, str] = {
     "standard": "#3b3b3b",
     "dipnet": "#d62728",
-    "fixed_noise": "#f08e8e",
+    "fixed_noise": "#a6761d",
     "sam": "#1f77b4",
     "rs": "#2ca02c",
     "input_noise": "#ff7f0e",
@@ -42,6 +43,26 @@ _KNOWN: dict[str, str] = {
 # across figures, reports and runs (Python's own hash() is salted per process, crc32 is not).
 _PALETTE = ("#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#ffbb78", "#c5b0d5", "#c49c94",
             "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39")
+
+
+#: One marker per shipped method, so overlapping lines stay apart in grey print and for
+#: colour-blind readers; other methods get "o".
+_MARKERS: dict[str, str] = {
+    "standard": "o", "dipnet": "s", "fixed_noise": "D", "sam": "v", "rs": "^",
+    "input_noise": "P", "dropout": "X", "mixup": "<", "cutmix": ">", "cutout": "*",
+}
+
+
+def method_marker(method: str) -> str:
+    """The marker of ``method`` in line figures (its colour is `method_colour`)."""
+    return _MARKERS.get(method, "o")
+
+
+def axis_floor(low: float, high: float, truncated: float) -> float:
+    """Where a y axis for values in [low, high] (``high`` the axis top) starts: 0 when a full
+    axis still shows them (they fill at least a third of it), else ``truncated`` (an axis that
+    the caller marks as broken with `mark_truncated_axis`)."""
+    return 0.0 if low <= 0 or (high - low) >= high / 3 else truncated
 
 
 def method_colour(method: str) -> str:
