@@ -1,8 +1,10 @@
 """Misuse is loud: a plain training loop, a lost projection, and the small things a user reads."""
 
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,7 +123,10 @@ def test_import_hf_without_transformers_names_the_extra():
     code = ("import sys; sys.modules['transformers'] = None\n"
             "try:\n    import dipnet.hf\n"
             "except ModuleNotFoundError as err:\n    print(err)\n")
+    src = Path(dipnet.__file__).resolve().parents[1]  # this checkout, whatever the cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH",
+                                                                                  "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+                         check=True, env=env).stdout.strip()
     assert out == ("dipnet.hf needs transformers, which is not installed: "
                    "pip install 'dipnet[hf]'")
