@@ -20,7 +20,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     acc = float((namespace["det"].labels == namespace["y_test"]).float().mean())
-    # Measured 0.79 on these 400 held-out points; 0.7 leaves room for other CPUs' float order.
+    # Measured 0.785 (the scratch recipe) on these 400 held-out points; 0.7 leaves room for other CPUs' float order.
     assert acc > 0.7
     assert (tmp_path / "saved" / "dipnet_config.json").exists()
     assert (tmp_path / "saved" / "dip_projections.safetensors").exists()
