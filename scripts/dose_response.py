@@ -175,7 +175,10 @@ def _eval_numbers(ev: dict[str, Any], prediction: str) -> dict[str, float]:
     }
 
 
-METRICS = ("test_accuracy", "pgd_linf_0.05", "pgd_linf_0.1", "pgd_l2_1", "corruptions", "ece")
+METRICS = ("test_accuracy", "pgd_linf_0.05", "pgd_linf_0.1", "pgd_l2_1", "corruptions", "ece",
+           "certified_l2_0.1", "certified_l2_0.25")
+#: Radii read from certify.json where a run was certified (`dipnet certify RUN --n 10000`).
+CERT_RADII = (0.1, 0.25)
 
 
 def collect(out: Path, arch: str, seeds: int) -> dict[str, Any]:
@@ -194,6 +197,12 @@ def collect(out: Path, arch: str, seeds: int) -> dict[str, Any]:
                 pred = ev.get("default_prediction", "deterministic")
                 row = {"test_accuracy": float(metrics["test_accuracy"]),
                        **_eval_numbers(ev, pred)}
+                cert_path = path / "certify.json"
+                if cert_path.is_file():  # dipnet certify RUN (docs/evaluation.md)
+                    cert = json.loads(cert_path.read_text())
+                    for point in cert["certified_accuracy"]:
+                        if point["radius"] in CERT_RADII:
+                            row[f"certified_l2_{point['radius']:g}"] = float(point["accuracy"])
                 var = (metrics.get("variance") or {})
                 if var:
                     row["variance_mean"] = float(sum(v["mean"] for v in var.values()) / len(var))
@@ -207,7 +216,7 @@ def collect(out: Path, arch: str, seeds: int) -> dict[str, Any]:
 def _paired(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], metric: str
             ) -> dict[str, Any] | None:
     """``a - b`` paired by seed (the report's paired test), or None below two pairs."""
-    seeds = sorted(set(a) & set(b))
+    seeds = sorted(s for s in set(a) & set(b) if metric in a[s] and metric in b[s])
     test = paired_test([a[s][metric] for s in seeds], [b[s][metric] for s in seeds])
     if test.n < 2:
         return None
@@ -223,7 +232,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         for metric in METRICS:
             cell: dict[str, Any] = {"arms": {}, "learned_minus_frozen": {}, "vs_standard": {}}
             for arm, seeds in by_arm.items():
-                s = summarize([r[metric] for r in seeds.values()])
+                s = summarize([r[metric] for r in seeds.values() if metric in r])
                 if s.n:
                     cell["arms"][arm] = {"mean": s.mean, "ci_low": s.ci_low,
                                          "ci_high": s.ci_high, "n": s.n}
@@ -251,7 +260,9 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
 
 LABELS = {"test_accuracy": "clean test accuracy", "pgd_linf_0.05": "PGD L-inf 0.05 (EOT)",
           "pgd_linf_0.1": "PGD L-inf 0.1 (EOT)", "pgd_l2_1": "PGD L2 1.0 (EOT)",
-          "corruptions": "corruptions (mean of 7 x 2 severities)", "ece": "ECE"}
+          "corruptions": "corruptions (mean of 7 x 2 severities)", "ece": "ECE",
+          "certified_l2_0.1": "certified accuracy, L2 radius 0.1",
+          "certified_l2_0.25": "certified accuracy, L2 radius 0.25"}
 
 
 def figure(analysis: dict[str, Any], arch: str, path: Path) -> None:

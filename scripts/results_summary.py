@@ -77,7 +77,9 @@ def tuned20_rows() -> list[dict[str, Any]]:
 
 
 DOSE_METRICS = {"test_accuracy": "test_accuracy", "pgd_linf_0.05": "pgd_eot_linf_0.05",
-                "corruptions": "corruption_accuracy", "ece": "ece"}
+                "corruptions": "corruption_accuracy", "ece": "ece",
+                "certified_l2_0.1": "certified_accuracy_l2_0.1",
+                "certified_l2_0.25": "certified_accuracy_l2_0.25"}
 
 
 def dose_rows() -> list[dict[str, Any]]:
