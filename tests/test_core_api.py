@@ -10,13 +10,13 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
 def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                         nn.Linear(16, 3))
+    return small_models.mlp(6, 16, 16, 3, seed=0)
 
 
 # ---------------------------------------------------------------------------- config
