@@ -294,3 +294,20 @@ def test_project_freezes_the_variances_of_a_frozen_config_and_training_leaves_th
         loss_fn(model, x, y).total.backward()
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, dipnet.variance_parameters(model)))
+
+
+def test_an_export_named_like_its_module_survives_the_lazy_import_of_a_sibling() -> None:
+    # dipnet.NonFiniteInputError imports the module dipnet.predict, which Python binds on the
+    # package as `dipnet.predict`, shadowing the function of that name (found in issue 21:
+    # a test calling dipnet.predict after dipnet.NonFiniteInputError failed when run alone).
+    import os
+    import subprocess
+    import sys
+
+    code = ("import dipnet; dipnet.NonFiniteInputError; dipnet.Prediction\n"
+            "print(callable(dipnet.predict), type(dipnet.predict).__name__)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.split() == ["True", "function"]

@@ -209,7 +209,7 @@ class DIPTrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        """As the Trainer, minus the variances: weight decay would pull them to softplus(0)."""
+        """As the Trainer, minus the variances: weight decay would pull raw to 0."""
         names = super().get_decay_parameter_names(model)
         return [n for n in names if ".dip_projection." not in n and not n.startswith(
             "dip_projection.")]

@@ -10,7 +10,6 @@ import tempfile
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import DIPConfig
@@ -298,10 +297,9 @@ def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[s
     if not raw.is_floating_point():
         return [f"{key}: dtype {raw.dtype}, expected a floating-point tensor"]
     raw = raw.detach().to(torch.float32)
-    # The variance the projection would compute (softplus/exp + floor), so an exp-parameterised
+    # The variance the projection would compute, so an exp-parameterised
     # raw value of 200 (variance e^200 = inf in float32) is refused too.
-    base = F.softplus(raw) if proj.parameterization == "softplus" else torch.exp(raw)
-    variance = base + proj.variance_floor
+    variance = proj.variance_map.variance(raw)
     bad = int((~torch.isfinite(raw)).sum()) + int(
         (torch.isfinite(raw) & ~torch.isfinite(variance)).sum())
     if bad:

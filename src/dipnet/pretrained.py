@@ -388,10 +388,10 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         model: a plain or projected model.
         state_dict: from ``model.state_dict()`` of a plain or a projected model.
         config: the `DIPConfig` the state_dict's model was projected with, used when ``model``
-            is plain. Default: ``DIPConfig()`` defaults (softplus variances, floor 1e-6) with
+            is plain. Default: ``DIPConfig()`` defaults (exp variances, floor 1e-6) with
             projections exactly on the layers the state_dict names. Pass the config if it used
-            ``parameterization="exp"`` or another ``variance_floor``: the state_dict holds raw
-            parameters, whose meaning depends on them.
+            ``parameterization="softplus"`` or another ``variance_floor``: the state_dict holds
+            raw parameters, whose meaning depends on them.
         strict: as in torch; projection keys never count as missing when the state_dict is plain.
     Returns:
         ``LoadResult(missing_keys, unexpected_keys)``.
