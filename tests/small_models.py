@@ -30,3 +30,14 @@ def mlp(*widths: int, seed: int | None = None, flatten: bool = False) -> nn.Sequ
             layers.append(nn.ReLU())
         layers.append(nn.Linear(d_in, d_out))
     return nn.Sequential(*layers)
+
+
+def tiny_llama(vocab_size: int = 40) -> nn.Module:
+    """A seeded two-block Llama causal LM, hidden size 16 (needs transformers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=2, hidden_size=16,
+                                        intermediate_size=32, vocab_size=vocab_size,
+                                        max_position_embeddings=32, pad_token_id=0))

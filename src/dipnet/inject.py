@@ -120,6 +120,14 @@ def remove(model: nn.Module) -> nn.Module:
     return model
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DistributedDataParallel / DataParallel wrappers (they keep it
+    under ``.module``), or ``model`` itself."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
 def variance_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The raw variance parameters of all projections (for a separate optimizer group)."""
     return [p.raw_variance for p in projections(model).values()]

@@ -28,6 +28,7 @@ import dipnet
 
 from ..config import DIPConfig, DIPConfigError
 from ..errors import UserError
+from ..inject import unwrap
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -59,12 +60,6 @@ def get_method(name: str, **params: Any) -> "Method":
     if name not in _METHODS:
         raise UserError(f"unknown method {name!r}; choose one of {', '.join(list_methods())}.")
     return _METHODS[name](**params)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model) if isinstance(
-        model, nn.parallel.DistributedDataParallel) else model
 
 
 def compile_for_training(net: nn.Module, cfg: Any) -> nn.Module:
