@@ -296,15 +296,18 @@ def test_project_freezes_the_variances_of_a_frozen_config_and_training_leaves_th
     assert all(torch.equal(a, b) for a, b in zip(before, dipnet.variance_parameters(model)))
 
 
-def test_an_export_named_like_its_module_survives_the_lazy_import_of_a_sibling() -> None:
-    # dipnet.NonFiniteInputError imports the module dipnet.predict, which Python binds on the
-    # package as `dipnet.predict`, shadowing the function of that name (found in issue 21:
-    # a test calling dipnet.predict after dipnet.NonFiniteInputError failed when run alone).
+@pytest.mark.parametrize("first", ["dipnet.NonFiniteInputError",
+                                   "__import__('dipnet.predict').predict"])
+def test_an_export_named_like_its_module_survives_the_import_of_the_module(first: str) -> None:
+    # Importing the module dipnet.predict (directly, or through dipnet.NonFiniteInputError)
+    # makes Python bind it on the package as `dipnet.predict`, over the function of that name
+    # (found in issue 21: a test calling dipnet.predict after dipnet.NonFiniteInputError
+    # failed when run alone).
     import os
     import subprocess
     import sys
 
-    code = ("import dipnet; dipnet.NonFiniteInputError; dipnet.Prediction\n"
+    code = (f"import dipnet; {first}\n"
             "print(callable(dipnet.predict), type(dipnet.predict).__name__)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}

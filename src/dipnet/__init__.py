@@ -96,13 +96,8 @@ def __getattr__(name: str) -> Any:
     """
     module = _LAZY.get(name)
     if module is not None:
-        source = importlib.import_module(f".{module}", __name__)
-        value = getattr(source, name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value  # later lookups skip this function
-        if _LAZY.get(module) == module:
-            # The import bound the submodule on the package under its own name, over the
-            # export of that name (dipnet.predict, the function): put the export back.
-            globals()[module] = getattr(source, module)
         return value
     if not name.startswith("_"):
         try:

@@ -13,12 +13,13 @@ same rule as `dipnet.predict`.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from ..predict import average_log_probs
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -134,8 +135,7 @@ class Predictor:
     def log_probs(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Log predictive probabilities, shape (B, C): log of the mean softmax over trajectories."""
         logits = self.sample_logits(x, n).float()
-        log_ps = torch.log_softmax(logits, -1)
-        return torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
+        return average_log_probs(torch.log_softmax(logits, -1))
 
     def mean_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Mean logits over trajectories, shape (B, C) (the MC-averaged function of section 4)."""
@@ -196,7 +196,7 @@ def predict_summary(predictor: Predictor, x: torch.Tensor, batch_size: int = 100
     for i in range(0, x.shape[0], batch_size):
         samples = predictor.sample_logits(x[i:i + batch_size]).float()  # (k, B, C)
         log_ps = torch.log_softmax(samples, -1)
-        lps.append(torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0]))
+        lps.append(average_log_probs(log_ps))
         ents.append(entropy(log_ps).mean(0))
         vars_.append(samples.var(0, unbiased=True).sum(-1) if samples.shape[0] > 1
                      else torch.zeros(samples.shape[1], device=samples.device))

@@ -29,6 +29,7 @@ import dipnet
 from ..config import DIPConfig, DIPConfigError
 from ..errors import UserError
 from ..inject import unwrap
+from ..predict import average_probs
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -182,15 +183,14 @@ class Method:
         """Class probabilities of the method's default prediction (or ``mode``).
 
         ``"deterministic"``: softmax of `predict_logits`; ``"sampled"``: mean of the softmax of
-        k `sample_logits` trajectories (probabilities, not logits, are averaged).
+        k `sample_logits` trajectories (probabilities, not logits, are averaged: the rule of
+        `dipnet.predict`, `dipnet.predict.average_probs`).
         """
         mode = mode or self.default_prediction
         if mode == "deterministic" or not self.has_sampling:
             return self.predict_logits(model, x).softmax(-1)
-        probs = torch.zeros(())
-        for _ in range(k):
-            probs = probs + self.sample_logits(model, x).softmax(-1)  # type: ignore[union-attr]
-        return probs / k
+        samples = [self.sample_logits(model, x) for _ in range(k)]
+        return average_probs(torch.stack(samples, 0))  # type: ignore[arg-type]
 
 
 def base_optimizer(cfg: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
