@@ -6,13 +6,13 @@ import contextlib
 import itertools
 import json
 import os
-import tempfile
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from .config import DIPConfig
+from .fileio import atomic_path
 from .projection import ATTR, GaussianProjection
 from .targeting import resolve_targets
 
@@ -287,17 +287,8 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
         "config": json.dumps(config.to_dict()),
         "layout": json.dumps(layout),
     }
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[str]:

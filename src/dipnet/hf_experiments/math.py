@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config import DIPConfig
 from ..errors import UserError
+from ..fileio import atomic_path
 from ..inject import projections, remove, variances
 from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
                      welch_p, write_json, write_text)
@@ -503,8 +504,6 @@ def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], base: Any) 
     ax.set_ylabel("held-out accuracy % (exact match)")
     ax.set_title("LoRA fine-tuning, zero-shot greedy evaluation")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(os.path.join(out_dir, "results.png"), suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, "results.png"))
