@@ -42,29 +42,26 @@ def _order(methods: Iterable[str]) -> list[str]:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan, 0
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
+    # (mean, sample std, n) by the report's one rule (std NaN for one value).
+    from ..experiments.stats import summarize
+
+    s = summarize(values)
+    return s.mean, s.std, s.n
 
 
 def _cell(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
-    m, s, n = _mean_std(values)
-    if n == 0:
-        return "-"
-    if n < 2 or not math.isfinite(s):
-        return f"{m * scale:.{digits}f}"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+    from ..experiments.stats import format_mean_std, summarize
+
+    return format_mean_std(summarize(values), scale, digits)
 
 
 def _paired_p(a: dict[int, float], b: dict[int, float]) -> str:
     """Two-sided paired t-test p over the seeds both have ('-' if undefined)."""
-    from ..experiments.stats import format_p, paired_test
+    from ..experiments.stats import format_p, paired_by_seed
 
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
+    if len(set(a) & set(b)) < 2:
         return "-"
-    return format_p(paired_test([a[s] for s in seeds], [b[s] for s in seeds]).t_p)
+    return format_p(paired_by_seed(a, b).t_p)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

