@@ -22,14 +22,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "dipnet"
 
-# Edges (importer, imported) that lie on an import cycle today (issue 21 step 3 breaks them).
+# Edges (importer, imported) that lie on an import cycle today (issue 21 step 3 breaks them;
+# objective <-> trajectories and objective <-> monitor went with dipnet.batching). fixed needs
+# train_run to train its reference model, and train needs the fixed training set.
 ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = {
     ("dipnet.experiments.fixed", "dipnet.experiments.train"),
     ("dipnet.experiments.train", "dipnet.experiments.fixed"),
-    ("dipnet.monitor", "dipnet.objective"),
-    ("dipnet.objective", "dipnet.monitor"),
-    ("dipnet.objective", "dipnet.trajectories"),
-    ("dipnet.trajectories", "dipnet.objective"),
 }
 
 # Edges (importer, imported) from a lower layer into a higher one today.

@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import Batch, batch_size_of, repeat_batch  # re-exported: their old home
 from .config import DIPConfig
 from .inject import NotProjectedError, get_config, projections, unwrap
 from .trajectories import chunk_sizes, run_trajectories
-
-Batch = torch.Tensor | Mapping[str, Any]
 
 
 class BatchTooLargeError(ValueError):
@@ -122,44 +121,6 @@ class LossParts:
         """The scalar parts as floats, for logging."""
         return {k: float(getattr(self, k).detach()) for k in ("total", "nll", "barrier",
                                                               "stability")}
-
-
-def batch_size_of(inputs: Batch) -> int:
-    """The batch size of a tensor or of the first tensor in a mapping.
-
-    Raises:
-        ValueError: if there is no tensor to read it from.
-    """
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() == 0:
-            raise ValueError("inputs must have a batch axis; got a 0-d tensor")
-        return inputs.shape[0]
-    for value in inputs.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    raise ValueError("inputs hold no tensor with a batch axis")
-
-
-def repeat_batch(inputs: Any, m: int, batch_size: int | None = None) -> Any:
-    """Stack ``m`` copies of a batch along axis 0, trajectory-major: row j*B + i is copy j of i.
-
-    Tensors whose first axis is the batch are repeated; dicts/lists are handled recursively;
-    anything else (flags, a scalar tensor) is passed through.
-    """
-    if m == 1:
-        return inputs
-    if batch_size is None:
-        batch_size = batch_size_of(inputs)
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() > 0 and inputs.shape[0] == batch_size:
-            return inputs.repeat(m, *([1] * (inputs.dim() - 1)))
-        return inputs
-    if isinstance(inputs, Mapping):
-        # A plain dict even for a BatchEncoding: the result is only ever splatted into forward().
-        return {k: repeat_batch(v, m, batch_size) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(repeat_batch(v, m, batch_size) for v in inputs)
-    return inputs
 
 
 def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum") -> torch.Tensor:

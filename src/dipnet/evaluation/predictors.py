@@ -99,7 +99,7 @@ class Predictor:
         """Logits of ``n`` trajectories (default ``k``), shape (n, B, C); differentiable.
 
         The n copies of the batch are stacked along the batch axis, trajectory-major (row
-        j * B + i is trajectory j of example i, as `dipnet.objective.repeat_batch`), and run in
+        j * B + i is trajectory j of example i, as `dipnet.batching.repeat_batch`), and run in
         as few forward passes as the ``chunk`` row budget allows, instead of a Python loop over
         trajectories. Valid because every row draws its own noise (DIPNet projections,
         Gaussian input noise, dropout): the trajectories are the same independent draws a loop
