@@ -15,7 +15,7 @@ import torch
 import dipnet
 from dipnet.evaluation import predictors
 from dipnet.experiments import methods
-from dipnet.predict import average_log_probs, average_probs
+from dipnet.predict import average_log_probs, average_probs, entropy
 
 import small_models
 
@@ -83,3 +83,13 @@ def test_average_probs_is_the_mean_of_the_softmax() -> None:
     # A class masked with -inf in every trajectory keeps probability 0, not NaN.
     logits[..., 0] = -float("inf")
     assert bool((average_probs(logits)[..., 0] == 0).all())
+
+
+def test_the_evaluation_entropy_is_the_prediction_entropy() -> None:
+    logits = torch.randn(K, B, 4, generator=torch.Generator().manual_seed(2)) * 3
+    logits[0, :, 1] = -float("inf")  # a masked class: 0 * log 0 counts 0, not NaN
+    log_ps = torch.log_softmax(logits, -1)
+    want = entropy(log_ps)
+    assert bool(torch.isfinite(want).all())
+    torch.testing.assert_close(predictors.entropy(log_ps), want, rtol=0, atol=0)
+    torch.testing.assert_close(want, -(log_ps.exp() * log_ps).nan_to_num(0.0).sum(-1))

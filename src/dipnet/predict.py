@@ -46,11 +46,17 @@ class Prediction:
         return self.probs.argmax(-1)
 
 
-def _entropy_from_log(log_p: torch.Tensor) -> torch.Tensor:
-    # xlogy convention 0 * log 0 = 0: a class masked with a -inf logit has p = 0 and adds
-    # nothing (exp(-inf) * -inf would be NaN).
+def entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis from log-probabilities ``log_p``, shape ``log_p.shape[:-1]``.
+
+    The xlogy convention 0 * log 0 = 0: a class masked with a -inf logit has p = 0 and adds
+    nothing (exp(-inf) * -inf would be NaN). The one definition (`predict` and the evaluation).
+    """
     terms = torch.where(torch.isneginf(log_p), torch.zeros_like(log_p), log_p.exp() * log_p)
     return -terms.sum(-1)
+
+
+_entropy_from_log = entropy  # the name `predict` calls it by
 
 
 def average_log_probs(log_ps: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..predict import average_log_probs
+from ..predict import average_log_probs, entropy  # entropy: re-exported for the suite
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -174,13 +174,6 @@ class PredictionSummary:
         """The rows ``idx``."""
         return PredictionSummary(self.log_probs[idx], self.trajectory_entropy[idx],
                                  self.output_variance[idx])
-
-
-def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """Entropy over the last axis from log-probabilities; a class of probability 0 (masked,
-    log-probability -inf) contributes 0 rather than NaN (0 * -inf)."""
-    p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
 
 
 @torch.no_grad()
