@@ -121,6 +121,15 @@ def _attack_rows(e: dict, pred: str, attack: str, norm: str) -> dict[float, floa
             if a.get("prediction") == pred and a.get("attack") == attack and a.get("norm") == norm}
 
 
+def annotate_percent_cells(ax: Any, mat: np.ndarray) -> None:
+    """Write each finite cell of a 0-100 % heat map on it (no decimals), white on dark cells."""
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            if math.isfinite(mat[i, j]):
+                ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if mat[i, j] < 60 else "black")
+
+
 def render_section(evaluations: dict[str, list[dict]], out_dir: Path | None) -> str:
     """Markdown for the evaluation section, with its PNGs written into ``out_dir``.
 
@@ -269,11 +278,7 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path | None) -> 
             im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100, aspect="auto")
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(idx.series)), [_label(s) for s in idx.series], fontsize=8)
-            for i in range(mat.shape[0]):
-                for j in range(mat.shape[1]):
-                    if math.isfinite(mat[i, j]):
-                        ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                                color="white" if mat[i, j] < 60 else "black")
+            annotate_percent_cells(ax, mat)
             fig.colorbar(im, ax=ax, label="accuracy (%)")
             ax.set_title("Accuracy under corruption (mean over severities and seeds)")
             fig.tight_layout()
