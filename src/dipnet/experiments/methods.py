@@ -271,16 +271,11 @@ class DIPNetMethod(Method):
         return sum(p.numel() for p in dipnet.variance_parameters(unwrap(model)))
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        variance = {id(p) for p in dipnet.variance_parameters(model)}
-        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in variance]
-        if not self.learn_variance:
-            return [{"params": weights, "weight_decay": weight_decay}]
-        # No weight decay on the variances: the barrier is their only prior.
-        variance_group: dict[str, Any] = {"params": dipnet.variance_parameters(model),
-                                          "weight_decay": 0.0}
-        if self.variance_lr is not None:
-            variance_group["lr"] = float(self.variance_lr)
-        return [{"params": weights, "weight_decay": weight_decay}, variance_group]
+        # The library's rule (variances apart, no weight decay on them, the config's
+        # variance_lr; none when they are frozen), with the run's weight decay on the weights.
+        own, *variance_group = dipnet.parameter_groups(model, self.variance_lr)
+        weights = [p for p in own["params"] if p.requires_grad]
+        return [{"params": weights, "weight_decay": weight_decay}, *variance_group]
 
     def training_loss(self, model, x, y):
         if self.loss_fn is None:
