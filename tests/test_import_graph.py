@@ -38,6 +38,12 @@ ALLOWED_LAYER_EDGES: set[tuple[str, str]] = {
     ("dipnet.evaluation.shift", "dipnet.experiments.data"),
     ("dipnet.evaluation.suite", "dipnet.experiments.data"),
     ("dipnet.evaluation.suite", "dipnet.experiments.runs"),
+    # certification (issue 20, merged while this guard was written): the core's certify reads
+    # the evaluation's predictor, and the evaluation's certified runs the CLI and the harness
+    ("dipnet.certify", "dipnet.evaluation.predictors"),
+    ("dipnet.evaluation.certified", "dipnet.commands.certify"),
+    ("dipnet.evaluation.certified", "dipnet.experiments.locks"),
+    ("dipnet.evaluation.certified", "dipnet.experiments.runs"),
     # harness -> CLI
     ("dipnet.experiments.backends", "dipnet.commands"),
     ("dipnet.experiments.sweep", "dipnet.commands.overrides"),
