@@ -10,13 +10,13 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
 def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                         nn.Linear(16, 3))
+    return small_models.mlp(6, 16, 16, 3, seed=0)
 
 
 # ---------------------------------------------------------------------------- config
@@ -294,3 +294,23 @@ def test_project_freezes_the_variances_of_a_frozen_config_and_training_leaves_th
         loss_fn(model, x, y).total.backward()
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, dipnet.variance_parameters(model)))
+
+
+@pytest.mark.parametrize("first", ["dipnet.NonFiniteInputError",
+                                   "__import__('dipnet.predict').predict"])
+def test_an_export_named_like_its_module_survives_the_import_of_the_module(first: str) -> None:
+    # Importing the module dipnet.predict (directly, or through dipnet.NonFiniteInputError)
+    # makes Python bind it on the package as `dipnet.predict`, over the function of that name
+    # (found in issue 21: a test calling dipnet.predict after dipnet.NonFiniteInputError
+    # failed when run alone).
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import dipnet; {first}\n"
+            "print(callable(dipnet.predict), type(dipnet.predict).__name__)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.split() == ["True", "function"]

@@ -12,6 +12,8 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
@@ -59,8 +61,7 @@ class Mixed(nn.Module):
 
 
 def _mlp() -> tuple[nn.Module, Any]:
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 5)), torch.randn(6, 12)
+    return small_models.mlp(12, 32, 32, 5), torch.randn(6, 12)
 
 
 def _resnet() -> tuple[nn.Module, Any]:

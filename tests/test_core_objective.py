@@ -11,11 +11,13 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
 def mlp(d_in: int = 6, d_out: int = 3, hidden: int = 16) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    return small_models.mlp(d_in, hidden, d_out)
 
 
 @pytest.mark.parametrize("parameterization", ["softplus", "exp"])

@@ -14,6 +14,8 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 
 @functools.lru_cache(maxsize=1)
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,8 +41,7 @@ def _train(model: nn.Module, loss_fn, epochs: int = 150) -> nn.Module:
 
 
 def mlp(width: int = 64) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, 10))
+    return small_models.mlp(64, width, width, 10)
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,12 +9,13 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
 def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return small_models.mlp(4, 8, 3, seed=0)
 
 
 def _variance_dtypes(model: nn.Module) -> set[torch.dtype]:

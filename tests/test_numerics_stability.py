@@ -13,6 +13,8 @@ from torch import nn
 
 import dipnet
 
+import small_models
+
 torch.set_num_threads(1)
 
 
@@ -86,16 +88,6 @@ def test_stability_on_probs_uses_the_softmax(stability_on: str) -> None:
     assert abs(parts.stability.item() - _by_hand(other, None).item()) > 0.05
 
 
-def _tiny_llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_attention_heads=2,
-                                        num_key_value_heads=2, hidden_size=16,
-                                        intermediate_size=32, vocab_size=40,
-                                        max_position_embeddings=32, pad_token_id=0))
-
-
 def test_core_loss_and_trainer_agree_on_a_padded_token_batch(tmp_path) -> None:
     """The audit measured 1.69 (core) vs 0.19 (trainer) for one gamma on one batch."""
     pytest.importorskip("transformers")
@@ -104,7 +96,7 @@ def test_core_loss_and_trainer_agree_on_a_padded_token_batch(tmp_path) -> None:
     from dipnet.hf import DIPTrainer, project_model
 
     cfg = dipnet.DIPConfig(placement="blocks", m=3, gamma=0.5, init_variance=0.05)
-    model = project_model(_tiny_llama(), cfg)
+    model = project_model(small_models.tiny_llama(), cfg)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 40, (4, 10), generator=g)
     labels = ids.clone()

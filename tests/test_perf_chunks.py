@@ -11,10 +11,11 @@ from torch import nn
 import dipnet
 from dipnet import noise, objective
 
+import small_models
+
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 5))
+    return small_models.mlp(20, 32, 32, 5, flatten=True)
 
 
 def _step(base: nn.Module, m: int, chunks: int, gamma: float, x: torch.Tensor, y: torch.Tensor

@@ -18,10 +18,11 @@ from torch import nn
 import dipnet
 from dipnet import noise
 
+import small_models
+
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 5))
+    return small_models.mlp(20, 32, 32, 5, flatten=True)
 
 
 @pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.1)])

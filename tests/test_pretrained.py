@@ -13,12 +13,13 @@ from torch import nn
 import dipnet
 from dipnet import pretrained
 
+import small_models
+
 torch.set_num_threads(1)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    return small_models.mlp(6, 16, 3, seed=seed)
 
 
 def convnet(seed: int = 0) -> nn.Sequential:

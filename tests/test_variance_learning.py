@@ -13,10 +13,11 @@ import dipnet
 from dipnet.errors import UserError
 from dipnet.experiments.methods import get_method
 
+import small_models
+
 
 def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 4))
+    return small_models.mlp(12, 20, 4, seed=0)
 
 
 @pytest.mark.parametrize("param", ["softplus", "exp"])

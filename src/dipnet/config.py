@@ -8,8 +8,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from .parameterization import (
+    DEFAULT_FLOOR,
+    DEFAULT_PARAMETERIZATION,
+    PARAMETERIZATIONS,
+    Parameterization,
+)
+
 Placement = Literal["layers", "blocks", "input", "custom"]
-Parameterization = Literal["softplus", "exp"]
 BarrierScaling = Literal["elbo", "unscaled"]
 BarrierReduction = Literal["sum", "mean"]
 StabilityOn = Literal["logits", "probs"]
@@ -114,8 +120,8 @@ class DIPConfig:
     target_types: list[Any] | None = None
     exclude_modules: str | list[str] | None = None
     init_variance: float | None = None
-    parameterization: Parameterization = "exp"
-    variance_floor: float = 1e-6
+    parameterization: Parameterization = DEFAULT_PARAMETERIZATION
+    variance_floor: float = DEFAULT_FLOOR
     alpha: float = 0.1
     beta: float = 0.2
     barrier_temperature: float = 1.0
@@ -186,7 +192,7 @@ class DIPConfig:
                 f"DIPConfig.init_variance={self.start_variance} must exceed "
                 f"variance_floor={self.variance_floor}."
             )
-        if self.parameterization not in ("softplus", "exp"):
+        if self.parameterization not in PARAMETERIZATIONS:
             raise bad("parameterization", "'softplus' or 'exp'")
         if self.barrier_scaling not in ("elbo", "unscaled"):
             raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")

@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, which replaces ``path`` (os.replace) when the
+    block ends without an error and is deleted when it raises.
+
+    For writers that take a file name (safetensors, ``torch.save``, ``savefig``)::
+
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(tensors, tmp)
+
+    A reader never sees a half-written file, and a crash leaves the old file in place. Parent
+    folders are created; the file is made world-readable (mkstemp makes it 0600).
+
+    Args:
+        path: the file to write.
+        suffix: the temporary file's ending (``".tmp.png"`` where the writer picks the format
+            from it).
+    Raises:
+        OSError: if the folder cannot be created or written; it always names a path (a failed
+            write, e.g. "No space left on device", names ``path``).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+    except OSError as err:
+        _raise_with_path(err, path.parent)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            _raise_with_path(err, path)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -19,24 +60,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         OSError: if the folder cannot be created or written; it always names a path (a failed
             write, e.g. "No space left on device", names ``path``).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        _raise_with_path(err, path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            _raise_with_path(err, path)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _raise_with_path(err: OSError, path: Path) -> None:

@@ -61,15 +61,15 @@ from .inject import (
     train_variances_as_configured,
     variance_parameters,
 )
+from .inject import unwrap as _unwrap
 from .objective import (
-    barrier,
     batch_size_of,
     check_copies_fit,
+    counted_positions,
+    dip_terms,
     repeat_batch,
     shifts_labels,
     stability,
-    stability_sum,
-    token_mask,
 )
 from .peft_merge import merge_and_unload  # noqa: F401  (dipnet.hf.merge_and_unload)
 
@@ -78,13 +78,6 @@ PROJECTIONS_FILE = "dip_projections.safetensors"
 # Modules inside a PEFT LoRA layer. With placement="layers" the LoRA layer itself is projected
 # (its base layer and its adapter then see the same sample of the input), never these.
 _LORA_INNER = r"(.*\.)?(base_layer|lora_A|lora_B|lora_dropout|lora_embedding_A|lora_embedding_B)(\..*)?"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / DataParallel keep the user's model under .module.
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -142,14 +135,7 @@ def masked_stability(outputs: torch.Tensor, labels: torch.Tensor | None, causal:
     Returns:
         A scalar tensor; 0 when m < 2 or no position counts.
     """
-    return stability(outputs, _stability_mask(outputs, labels, causal))
-
-
-def _stability_mask(outputs: torch.Tensor, labels: Any, causal: bool) -> torch.Tensor | None:
-    if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
-            or tuple(labels.shape) != tuple(outputs.shape[1:-1])):
-        return None
-    return token_mask(labels, causal)
+    return stability(outputs, counted_positions(labels, outputs, causal))
 
 
 class DIPTrainer(Trainer):
@@ -216,7 +202,7 @@ class DIPTrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        """As the Trainer, minus the variances: weight decay would pull them to softplus(0)."""
+        """As the Trainer, minus the variances: weight decay would pull raw to 0."""
         names = super().get_decay_parameter_names(model)
         return [n for n in names if ".dip_projection." not in n and not n.startswith(
             "dip_projection.")]
@@ -300,33 +286,28 @@ class DIPTrainer(Trainer):
             nll, outputs = super().compute_loss(model, stacked, return_outputs=True,
                                                 num_items_in_batch=None)
             scaled = False
-        bar = barrier(model, *config.barrier_weights(), config.barrier_reduction)
-        if config.barrier_scaling == "elbo":
-            bar = bar / float(self.num_train)  # type: ignore[arg-type]
-        bar_step = bar
-        stab = nll.new_zeros(())
-        stab_loss = nll.new_zeros(())
         if config.gamma > 0 and m > 1:
             logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
             logits = logits.reshape(m, b, *logits.shape[1:])
-            f = logits.softmax(-1) if config.stability_on == "probs" else logits
-            mask = _stability_mask(f, inputs.get("labels"), self._causal)
-            total_var, count = stability_sum(f, mask)
-            stab = total_var / count.clamp_min(1)
-            stab_loss = (total_var / n_total * self._items_scale(applied_by_trainer=False)
-                         if scaled else stab)
-        if scaled:
-            # Normalised over the accumulated batch: the once-per-step barrier is split over
-            # the micro-batches.
-            bar = bar / ga
-        total = nll + bar + config.gamma * stab_loss
+            mask = counted_positions(inputs.get("labels"), logits, self._causal)
+        else:
+            logits, mask = nll.new_zeros((m, b)), None  # not read without a stability term
+        # Normalised over the accumulated batch (scaled): the once-per-step barrier is split
+        # over the micro-batches, and the stability sum is divided by the accumulated count
+        # (times the processes, as the NLL; see _items_scale).
+        parts = dip_terms(
+            model, nll, logits, config, self.num_train, mask,
+            micro_batches=ga if scaled else 1,
+            stability_count=(n_total / self._items_scale(applied_by_trainer=False)
+                             if scaled else None))
+        total = parts.total
         divides = not self._trainer_treats_as_scaled(num_items_in_batch)
         if scaled and divides:
             total = total * ga  # training_step divides by the accumulation steps: undo it
         elif not scaled and not divides:
             total = total / ga  # per-micro-batch means that the Trainer will not divide
         # Log per-optimizer-step values.
-        self._record(nll * ga if scaled else nll, bar_step, stab, model)
+        self._record(nll * ga if scaled else nll, parts.barrier, parts.stability, model)
         return (total, outputs) if return_outputs else total
 
     def _count_items(self, inputs: Mapping[str, Any]) -> torch.Tensor | None:

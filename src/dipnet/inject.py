@@ -6,14 +6,13 @@ import contextlib
 import itertools
 import json
 import os
-import tempfile
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import DIPConfig
+from .fileio import atomic_path
 from .misuse import Guard
 from .projection import ATTR, GaussianProjection
 from .targeting import resolve_targets
@@ -121,6 +120,14 @@ def remove(model: nn.Module) -> nn.Module:
         proj.detach()
     if _CONFIG_ATTR in model.__dict__:
         del model.__dict__[_CONFIG_ATTR]
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DistributedDataParallel / DataParallel wrappers (they keep it
+    under ``.module``), or ``model`` itself."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     return model
 
 
@@ -286,17 +293,8 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
         "config": json.dumps(config.to_dict()),
         "layout": json.dumps(layout),
     }
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[str]:
@@ -304,10 +302,9 @@ def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[s
     if not raw.is_floating_point():
         return [f"{key}: dtype {raw.dtype}, expected a floating-point tensor"]
     raw = raw.detach().to(torch.float32)
-    # The variance the projection would compute (softplus/exp + floor), so an exp-parameterised
+    # The variance the projection would compute, so an exp-parameterised
     # raw value of 200 (variance e^200 = inf in float32) is refused too.
-    base = F.softplus(raw) if proj.parameterization == "softplus" else torch.exp(raw)
-    variance = base + proj.variance_floor
+    variance = proj.variance_map.variance(raw)
     bad = int((~torch.isfinite(raw)).sum()) + int(
         (torch.isfinite(raw) & ~torch.isfinite(variance)).sum())
     if bad:

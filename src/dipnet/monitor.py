@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batching import Batch
 from .config import DIPConfig
 from .inject import NotProjectedError, get_config, intercepted, projections
-from .objective import Batch
 from .projection import GaussianProjection
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

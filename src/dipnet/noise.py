@@ -37,6 +37,8 @@ from typing import Any, Iterator
 
 import torch
 
+from .parameterization import VarianceMap
+
 __all__ = ["NoiseOptions", "NoisePlan", "configure", "draw", "new_seed", "options", "perturb",
            "plan_for", "prepare_compile", "regenerates", "saved_tensor_bytes", "trajectories"]
 
@@ -506,10 +508,14 @@ def _perturb_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
 _perturb_op.register_autograd(_perturb_backward, setup_context=_perturb_setup)
 
 
+def _variance_map(floor: float, softplus: bool) -> VarianceMap:
+    # The op takes plain types (a custom op's schema): rebuild the map from them.
+    return VarianceMap("softplus" if softplus else "exp", floor)
+
+
 @torch.library.custom_op("dipnet::noise_std", mutates_args=())
 def _noise_std(raw: torch.Tensor, floor: float, softplus: bool) -> torch.Tensor:
-    v = torch.nn.functional.softplus(raw) if softplus else torch.exp(raw)
-    return (v + floor).sqrt()
+    return _variance_map(floor, softplus).variance(raw).sqrt()
 
 
 @_noise_std.register_fake
@@ -518,14 +524,13 @@ def _noise_std_fake(raw: torch.Tensor, floor: float, softplus: bool) -> torch.Te
 
 
 def _noise_std_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.softplus = inputs[2]
+    ctx.vmap = _variance_map(inputs[1], inputs[2])
     ctx.save_for_backward(inputs[0], output)
 
 
 def _noise_std_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     raw, std = ctx.saved_tensors
-    dv = torch.sigmoid(raw) if ctx.softplus else torch.exp(raw)  # d variance / d raw
-    return grad * dv / (2 * std), None, None
+    return grad * ctx.vmap.derivative(raw) / (2 * std), None, None
 
 
 _noise_std.register_autograd(_noise_std_backward, setup_context=_noise_std_setup)

@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import Batch, batch_size_of, repeat_batch  # re-exported: their old home
 from .config import DIPConfig
-from .inject import NotProjectedError, get_config, projections
+from .inject import NotProjectedError, get_config, projections, unwrap
 from .trajectories import chunk_sizes, run_trajectories
-
-Batch = torch.Tensor | Mapping[str, Any]
 
 
 class BatchTooLargeError(ValueError):
@@ -130,44 +129,6 @@ class LossParts:
         return f"LossParts({parts}, outputs=<shape {shape}>)"
 
 
-def batch_size_of(inputs: Batch) -> int:
-    """The batch size of a tensor or of the first tensor in a mapping.
-
-    Raises:
-        ValueError: if there is no tensor to read it from.
-    """
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() == 0:
-            raise ValueError("inputs must have a batch axis; got a 0-d tensor")
-        return inputs.shape[0]
-    for value in inputs.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    raise ValueError("inputs hold no tensor with a batch axis")
-
-
-def repeat_batch(inputs: Any, m: int, batch_size: int | None = None) -> Any:
-    """Stack ``m`` copies of a batch along axis 0, trajectory-major: row j*B + i is copy j of i.
-
-    Tensors whose first axis is the batch are repeated; dicts/lists are handled recursively;
-    anything else (flags, a scalar tensor) is passed through.
-    """
-    if m == 1:
-        return inputs
-    if batch_size is None:
-        batch_size = batch_size_of(inputs)
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() > 0 and inputs.shape[0] == batch_size:
-            return inputs.repeat(m, *([1] * (inputs.dim() - 1)))
-        return inputs
-    if isinstance(inputs, Mapping):
-        # A plain dict even for a BatchEncoding: the result is only ever splatted into forward().
-        return {k: repeat_batch(v, m, batch_size) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(repeat_batch(v, m, batch_size) for v in inputs)
-    return inputs
-
-
 def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum") -> torch.Tensor:
     """alpha * sum(lambda) - beta * sum(ln lambda) over all projections' variances (unscaled).
 
@@ -208,6 +169,66 @@ def barrier(model: nn.Module, alpha: float, beta: float, reduction: str = "sum")
         total = layer if total is None else total + layer.to(total.device)
     assert total is not None
     return total
+
+
+def scaled_barrier(model: nn.Module, config: DIPConfig, num_train: int | None) -> torch.Tensor:
+    """The barrier as it enters the loss: `barrier` with the config's weights and reduction,
+    divided by the training-set size N under ``barrier_scaling="elbo"``.
+
+    Raises:
+        ValueError: ELBO scaling without a positive ``num_train``.
+        NotProjectedError: the model has no projections.
+    """
+    b = barrier(model, *config.barrier_weights(), config.barrier_reduction)
+    if config.barrier_scaling == "elbo":
+        if num_train is None or num_train < 1:
+            raise ValueError("barrier_scaling='elbo' divides the barrier by the training-set "
+                             f"size: num_train must be >= 1, got {num_train}")
+        b = b / float(num_train)
+    return b
+
+
+def dip_terms(model: nn.Module, nll: torch.Tensor, outputs: torch.Tensor, config: DIPConfig,
+              num_train: int | None = None, mask: torch.Tensor | None = None, *,
+              micro_batches: int = 1, stability_count: torch.Tensor | float | None = None
+              ) -> LossParts:
+    """The DIPNet objective of one batch: ``nll + barrier + gamma * stability``.
+
+    The one definition `DIPLoss` and `dipnet.hf.DIPTrainer` both use: the barrier scaled by
+    `scaled_barrier`, the stability term of `stability` on the logits or (``stability_on=
+    "probs"``) the probabilities, over the positions in ``mask``.
+
+    Args:
+        model: the projected model (its variances give the barrier).
+        nll: the negative log-likelihood, averaged over the m trajectories (a scalar).
+        outputs: the trajectories' outputs, shape (m, B, ...); read only for gamma > 0, m > 1.
+        config: alpha, beta, gamma, m, barrier_scaling, barrier_reduction, stability_on.
+        num_train: the training-set size N (needed for ``barrier_scaling="elbo"``).
+        mask: the positions the stability term counts (`counted_positions`); None: all.
+        micro_batches: under gradient accumulation, the micro-batches of one optimizer step;
+            the barrier, counted once per step, is split evenly over them.
+        stability_count: under gradient accumulation, the counted positions of the whole
+            accumulated batch: this micro-batch's stability sum is divided by it (so the parts
+            add up to the big batch's mean) instead of by its own count.
+    Returns:
+        `LossParts`: ``total`` to call backward on; ``barrier`` (per optimizer step) and
+        ``stability`` (this batch's own mean) as logged.
+    Raises:
+        ValueError: as `scaled_barrier`, or a mask of the wrong shape.
+    """
+    bar = scaled_barrier(model, config, num_train)
+    if config.gamma > 0 and config.m > 1:
+        f = outputs.softmax(-1) if config.stability_on == "probs" else outputs
+        total_var, count = stability_sum(f, mask)
+        stab = total_var / count.clamp_min(1)
+        stab_loss = stab if stability_count is None else total_var / stability_count
+    else:
+        stab = stab_loss = nll.new_zeros(())
+    bar_loss = bar if micro_batches == 1 else bar / micro_batches
+    # gamma = 0 adds an exact 0: leaving it out saves two autograd ops per step.
+    total = (nll + bar_loss + config.gamma * stab_loss if config.gamma > 0
+             else nll + bar_loss)
+    return LossParts(total=total, nll=nll, barrier=bar, stability=stab, outputs=outputs)
 
 
 def stability(outputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -273,6 +294,22 @@ def token_mask(labels: torch.Tensor, shift: bool) -> torch.Tensor:
     return mask
 
 
+def counted_positions(labels: Any, outputs: torch.Tensor, shift: bool) -> torch.Tensor | None:
+    """The positions the stability term averages over: `token_mask` of integer labels shaped
+    like the outputs' positions (``outputs.shape[1:-1]``); None (every position counts) for
+    anything else, such as a classifier's per-example labels or float targets.
+
+    Args:
+        labels: the batch's labels (or targets), or None.
+        outputs: the trajectories' outputs, shape (m, B, ..., C).
+        shift: True for a causal LM (`shifts_labels`).
+    """
+    if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
+            or tuple(labels.shape) != tuple(outputs.shape[1:-1])):
+        return None
+    return token_mask(labels, shift)
+
+
 def shifts_labels(model: nn.Module) -> bool:
     """True for a Hugging Face causal LM (its own loss at position t targets label t+1).
 
@@ -280,9 +317,7 @@ def shifts_labels(model: nn.Module) -> bool:
     """
     if "transformers" not in sys.modules:
         return False
-    inner = model
-    while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        inner = inner.module
+    inner = unwrap(model)
     if any(c.__name__ == "PeftModel" for c in type(inner).__mro__):
         inner = inner.get_base_model()
     if getattr(getattr(inner, "config", None), "is_encoder_decoder", False):
@@ -378,11 +413,7 @@ class DIPLoss(nn.Module):
 
     def scaled_barrier(self, model: nn.Module) -> torch.Tensor:
         """The barrier as it enters the loss (divided by N under the ELBO scaling)."""
-        config = self.resolve_config(model)
-        b = barrier(model, *config.barrier_weights(), config.barrier_reduction)
-        if config.barrier_scaling == "elbo":
-            b = b / float(self.num_train)  # type: ignore[arg-type]
-        return b
+        return scaled_barrier(model, self.resolve_config(model), self.num_train)
 
     def forward(self, model: nn.Module, inputs: Batch, targets: torch.Tensor | None = None,
                 **forward_kwargs: Any) -> LossParts:
@@ -435,15 +466,9 @@ class DIPLoss(nn.Module):
             nll = crit(out, rep_targets)
             if nll.dim() > 0:
                 nll = nll.mean()
-        bar = self.scaled_barrier(model)
-        if config.gamma > 0 and m > 1:
-            f = outputs.softmax(-1) if config.stability_on == "probs" else outputs
-            stab = stability(f, self._counted(model, inputs, targets, outputs))
-        else:
-            stab = nll.new_zeros(())
-        # gamma = 0 adds an exact 0: leaving it out saves two autograd ops per step.
-        total = nll + bar + config.gamma * stab if config.gamma > 0 else nll + bar
-        return LossParts(total=total, nll=nll, barrier=bar, stability=stab, outputs=outputs)
+        mask = (self._counted(model, inputs, targets, outputs) if config.gamma > 0 and m > 1
+                else None)
+        return dip_terms(model, nll, outputs, config, self.num_train, mask)
 
     @staticmethod
     def _counted(model: nn.Module, inputs: Batch, targets: torch.Tensor | None,
@@ -455,10 +480,7 @@ class DIPLoss(nn.Module):
         if labels is None and isinstance(inputs, Mapping):
             labels = inputs.get("labels")
             shift = shifts_labels(model)
-        if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
-                or tuple(labels.shape) != tuple(outputs.shape[1:-1])):
-            return None
-        return token_mask(labels, shift)
+        return counted_positions(labels, outputs, shift)
 
     def _warn_if_not_sampling(self, model: nn.Module) -> None:
         if getattr(self, "_warned_not_sampling", False):

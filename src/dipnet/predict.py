@@ -46,11 +46,38 @@ class Prediction:
         return self.probs.argmax(-1)
 
 
-def _entropy_from_log(log_p: torch.Tensor) -> torch.Tensor:
-    # xlogy convention 0 * log 0 = 0: a class masked with a -inf logit has p = 0 and adds
-    # nothing (exp(-inf) * -inf would be NaN).
+def entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis from log-probabilities ``log_p``, shape ``log_p.shape[:-1]``.
+
+    The xlogy convention 0 * log 0 = 0: a class masked with a -inf logit has p = 0 and adds
+    nothing (exp(-inf) * -inf would be NaN). The one definition (`predict` and the evaluation).
+    """
     terms = torch.where(torch.isneginf(log_p), torch.zeros_like(log_p), log_p.exp() * log_p)
     return -terms.sum(-1)
+
+
+_entropy_from_log = entropy  # the name `predict` calls it by
+
+
+def average_log_probs(log_ps: torch.Tensor) -> torch.Tensor:
+    """The Monte Carlo predictive in log space: log of the mean over axis 0 of the trajectories'
+    probabilities, from their log-probabilities ``log_ps`` of shape (k, ..., C).
+
+    The one averaging rule of dipnet (`predict`, the evaluation's `Predictor`, the harness's
+    `Method.predictive_probs`): probabilities, not logits, are averaged. Computed as
+    ``logsumexp(log_ps, 0) - log k``, exact where a probability underflows float32.
+    """
+    return torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
+
+
+def average_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over axis 0 of ``softmax(logits)`` for k trajectories' logits of shape (k, ..., C),
+    computed in float32 or wider by `average_log_probs`; shape (..., C)."""
+    return average_log_probs(torch.log_softmax(_at_least_float32(logits), -1)).exp()
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _float_tensors(inputs: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -179,7 +206,7 @@ def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None 
                                   logits.unsqueeze(0) if keep_samples else None)
             logits = mc_logits(model, inputs, k, chunk, output_fn).float()
             log_ps = torch.log_softmax(logits, -1)  # (k, B, ..., C)
-            log_p = torch.logsumexp(log_ps, 0) - math.log(k)
+            log_p = average_log_probs(log_ps)
             ent = _entropy_from_log(log_p)
             mean_ent = _entropy_from_log(log_ps).mean(0)
             mi = (ent - mean_ent).clamp_min(0.0)

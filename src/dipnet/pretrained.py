@@ -14,10 +14,10 @@ once), the file name and key layout transformers uses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from ._version import __version__
 from .config import DIPConfig, DIPConfigError
-from .fileio import atomic_write_json
+from .fileio import atomic_path, atomic_write_json
 from .inject import (
     _CONFIG_ATTR,
     NotProjectedError,
@@ -113,28 +113,6 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return out, aliases
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
-                             metadata: dict[str, str]) -> None:
-    """safetensors' save_file through a temporary file and os.replace: never half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".staged")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _plain_file_name(value: Any, what: str, config_path: Path) -> str:
     # The config names files inside its own folder; a path elsewhere is refused (a tampered
     # config must not make us read arbitrary files).
@@ -178,23 +156,20 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
     config = get_config(model) or DIPConfig()
     # Every file is first written under a temporary name and only renamed into place once all
     # of them are complete (the config last): a failed save leaves the previous save intact.
-    staged: dict[Path, Path] = {}
-    try:
-        staged[directory / PROJECTIONS_FILE] = _temp_path(directory, PROJECTIONS_FILE)
-        save_projections(model, staged[directory / PROJECTIONS_FILE])
+    with contextlib.ExitStack() as staged:
+        projections_tmp = staged.enter_context(
+            atomic_path(directory / PROJECTIONS_FILE, suffix=".staged"))
+        save_projections(model, projections_tmp)
         weights_file = None
         if save_weights:
-            staged[directory / WEIGHTS_FILE] = _temp_path(directory, WEIGHTS_FILE)
+            from safetensors.torch import save_file
+
+            weights_tmp = staged.enter_context(
+                atomic_path(directory / WEIGHTS_FILE, suffix=".staged"))
             tensors, aliases = _dedupe_shared(_host_state_dict(model))
-            _atomic_save_safetensors(tensors, staged[directory / WEIGHTS_FILE],
-                                     {"format": "pt", "dipnet_aliases": json.dumps(aliases)})
+            save_file(tensors, str(weights_tmp),
+                      metadata={"format": "pt", "dipnet_aliases": json.dumps(aliases)})
             weights_file = WEIGHTS_FILE
-        for final, tmp in staged.items():
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model is meant to be shared
-            os.replace(tmp, final)
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
     atomic_write_json(directory / CONFIG_FILE, {
         "format": FORMAT,
         "dipnet_version": __version__,
@@ -390,10 +365,10 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         model: a plain or projected model.
         state_dict: from ``model.state_dict()`` of a plain or a projected model.
         config: the `DIPConfig` the state_dict's model was projected with, used when ``model``
-            is plain. Default: ``DIPConfig()`` defaults (softplus variances, floor 1e-6) with
+            is plain. Default: ``DIPConfig()`` defaults (exp variances, floor 1e-6) with
             projections exactly on the layers the state_dict names. Pass the config if it used
-            ``parameterization="exp"`` or another ``variance_floor``: the state_dict holds raw
-            parameters, whose meaning depends on them.
+            ``parameterization="softplus"`` or another ``variance_floor``: the state_dict holds
+            raw parameters, whose meaning depends on them.
         strict: as in torch; projection keys never count as missing when the state_dict is plain.
     Returns:
         ``LoadResult(missing_keys, unexpected_keys)``.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import misuse, noise
+from .parameterization import DEFAULT_FLOOR, DEFAULT_PARAMETERIZATION, VarianceMap
 
 # The name under which a projection is attached to its host module. Original parameters and
 # their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".
@@ -18,11 +17,6 @@ ATTR = "dip_projection"
 # "check" validates every input like "sample" but adds no noise (dipnet.predict with k = 0 uses
 # it, so a bad input gives the same error whatever k is).
 Mode = Literal["auto", "sample", "off", "check"]
-
-
-def _inverse_softplus(y: float) -> float:
-    # softplus^-1(y) = log(exp(y) - 1), written to stay finite for large y.
-    return y + math.log(-math.expm1(-y))
 
 
 class ProjectionShapeError(ValueError):
@@ -48,7 +42,8 @@ class GaussianProjection(nn.Module):
         num_features: number of features (size of the feature axis).
         feature_dim: the axis of the input that holds the features (1 for conv inputs, -1 for
             Linear inputs and token streams).
-        init_variance, parameterization, variance_floor: see `DIPConfig`.
+        init_variance, parameterization, variance_floor: see `DIPConfig` (the same defaults:
+            `dipnet.parameterization`).
         on: ``"input"`` (project the host's first input) or ``"output"`` (project its output).
         batched_ndim: for a conv host, the number of axes of a batched input (3 for Conv1d):
             an input with one axis fewer is unbatched and holds its features on axis 0.
@@ -66,25 +61,21 @@ class GaussianProjection(nn.Module):
         num_features: int,
         feature_dim: int = -1,
         init_variance: float = 1e-2,
-        parameterization: str = "softplus",
-        variance_floor: float = 1e-6,
+        parameterization: str = DEFAULT_PARAMETERIZATION,
+        variance_floor: float = DEFAULT_FLOOR,
         on: str = "input",
         batched_ndim: int | None = None,
     ) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if not variance_floor > 0:
-            raise ValueError(f"variance_floor must be > 0 (it keeps ln(variance) finite), "
-                             f"got {variance_floor}")
+        VarianceMap.of(parameterization, variance_floor)  # raises for a bad pair
         self.batched_ndim = batched_ndim
         self.num_features = int(num_features)
         self.feature_dim = int(feature_dim)
         self.parameterization = parameterization
         self.variance_floor = float(variance_floor)
         self.on = on
-        if parameterization not in ("softplus", "exp"):
-            raise ValueError(f"unknown parameterization {parameterization!r}")
         self.raw_variance = nn.Parameter(torch.empty(num_features))
         # The value training started from, kept (as a plain float, not state) so that
         # monitoring can say how far each variance moved; `set_variance` updates it.
@@ -101,6 +92,11 @@ class GaussianProjection(nn.Module):
 
     # ------------------------------------------------------------------ variances
     @property
+    def variance_map(self) -> VarianceMap:
+        """The raw <-> lambda map of this projection (its parameterization and floor)."""
+        return VarianceMap.of(self.parameterization, self.variance_floor)
+
+    @property
     def variance(self) -> torch.Tensor:
         """The current per-feature variances lambda (differentiable), shape (num_features,)."""
         return self.variance_of(self.raw_variance)
@@ -109,9 +105,7 @@ class GaussianProjection(nn.Module):
         """The variances that raw parameter values ``raw`` give under this projection's
         parameterization and floor (differentiable; `dipnet.barrier` applies it to the raw
         parameters of several layers at once)."""
-        if self.parameterization == "softplus":
-            return F.softplus(raw) + self.variance_floor
-        return torch.exp(raw) + self.variance_floor
+        return self.variance_map.variance(raw)
 
     def raw_from_variance(self, variance: torch.Tensor | float) -> torch.Tensor:
         """The raw parameter value that gives ``variance`` (a float or a per-feature tensor).
@@ -120,13 +114,7 @@ class GaussianProjection(nn.Module):
             ValueError: a variance not above ``variance_floor``.
         """
         v = torch.as_tensor(variance, dtype=torch.float32).expand(self.num_features)
-        excess = v - self.variance_floor
-        if not bool((excess > 0).all()):
-            raise ValueError(f"variances must exceed variance_floor={self.variance_floor}")
-        if self.parameterization == "softplus":
-            # softplus^-1(y) = y + log(-expm1(-y)), finite for large y.
-            return excess + torch.log(-torch.expm1(-excess))
-        return torch.log(excess)
+        return self.variance_map.raw(v)
 
     @torch.no_grad()
     def set_variance(self, variance: torch.Tensor | float, as_init: bool = True) -> None:
@@ -148,9 +136,7 @@ class GaussianProjection(nn.Module):
     def variance_derivative(self) -> torch.Tensor:
         """d lambda / d raw per feature (detached): sigmoid(raw) for softplus, exp(raw) for exp."""
         with torch.no_grad():
-            if self.parameterization == "softplus":
-                return torch.sigmoid(self.raw_variance)
-            return torch.exp(self.raw_variance)
+            return self.variance_map.derivative(self.raw_variance)
 
     @property
     def log_variance(self) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import noise
+from .batching import repeat_batch
 
 
 def chunk_sizes(m: int, chunks: int) -> list[int]:
@@ -41,12 +42,6 @@ def chunk_sizes(m: int, chunks: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(chunks)]
 
 
-def _repeat(inputs: Any, count: int, batch_size: int) -> Any:
-    from .objective import repeat_batch  # objective imports this module
-
-    return repeat_batch(inputs, count, batch_size)
-
-
 def _own_loss(raw: Any) -> torch.Tensor | None:
     loss = getattr(raw, "loss", None)
     if loss is None and isinstance(raw, Mapping):
@@ -58,7 +53,7 @@ def _one_pass(model: nn.Module, inputs: Any, batch_size: int, first: int, count:
               base_seed: int | None, output_fn: Callable[[Any], torch.Tensor],
               forward_kwargs: dict[str, Any], options: dict[str, Any] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    stacked = _repeat(inputs, count, batch_size)
+    stacked = repeat_batch(inputs, count, batch_size)
     scope = (noise.trajectories(base_seed, first, count) if base_seed is not None
              else contextlib.nullcontext())
     # Backward's recomputation of a chunk runs under the noise options of its forward pass,

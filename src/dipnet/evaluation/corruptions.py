@@ -21,7 +21,6 @@ import functools
 import hashlib
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..fileio import atomic_path
 from .predictors import Predictor, accuracy, predict_log_probs
 
 # All 18 usable corruptions of the package (glass_blur is too slow, see above).
@@ -264,11 +264,8 @@ def _disk_write(path: Path, out: torch.Tensor) -> None:
     if out.numel() * out.element_size() > DISK_CACHE_BYTES:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(out.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(out.detach().cpu().clone(), tmp)
         files = sorted(path.parent.glob("*.pt"), key=lambda f: f.stat().st_mtime)
         total = sum(f.stat().st_size for f in files)
         for f in files:

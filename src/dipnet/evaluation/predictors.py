@@ -13,12 +13,13 @@ same rule as `dipnet.predict`.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from ..predict import average_log_probs, entropy  # entropy: re-exported for the suite
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,7 +99,7 @@ class Predictor:
         """Logits of ``n`` trajectories (default ``k``), shape (n, B, C); differentiable.
 
         The n copies of the batch are stacked along the batch axis, trajectory-major (row
-        j * B + i is trajectory j of example i, as `dipnet.objective.repeat_batch`), and run in
+        j * B + i is trajectory j of example i, as `dipnet.batching.repeat_batch`), and run in
         as few forward passes as the ``chunk`` row budget allows, instead of a Python loop over
         trajectories. Valid because every row draws its own noise (DIPNet projections,
         Gaussian input noise, dropout): the trajectories are the same independent draws a loop
@@ -134,8 +135,7 @@ class Predictor:
     def log_probs(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Log predictive probabilities, shape (B, C): log of the mean softmax over trajectories."""
         logits = self.sample_logits(x, n).float()
-        log_ps = torch.log_softmax(logits, -1)
-        return torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
+        return average_log_probs(torch.log_softmax(logits, -1))
 
     def mean_logits(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Mean logits over trajectories, shape (B, C) (the MC-averaged function of section 4)."""
@@ -176,13 +176,6 @@ class PredictionSummary:
                                  self.output_variance[idx])
 
 
-def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """Entropy over the last axis from log-probabilities; a class of probability 0 (masked,
-    log-probability -inf) contributes 0 rather than NaN (0 * -inf)."""
-    p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
-
-
 @torch.no_grad()
 def predict_summary(predictor: Predictor, x: torch.Tensor, batch_size: int = 1000) -> PredictionSummary:
     """One pass of the prediction over a whole set, reduced to a `PredictionSummary`.
@@ -196,7 +189,7 @@ def predict_summary(predictor: Predictor, x: torch.Tensor, batch_size: int = 100
     for i in range(0, x.shape[0], batch_size):
         samples = predictor.sample_logits(x[i:i + batch_size]).float()  # (k, B, C)
         log_ps = torch.log_softmax(samples, -1)
-        lps.append(torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0]))
+        lps.append(average_log_probs(log_ps))
         ents.append(entropy(log_ps).mean(0))
         vars_.append(samples.var(0, unbiased=True).sum(-1) if samples.shape[0] > 1
                      else torch.zeros(samples.shape[1], device=samples.device))

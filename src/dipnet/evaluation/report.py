@@ -42,29 +42,26 @@ def _order(methods: Iterable[str]) -> list[str]:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan, 0
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan, int(arr.size)
+    # (mean, sample std, n) by the report's one rule (std NaN for one value).
+    from ..experiments.stats import summarize
+
+    s = summarize(values)
+    return s.mean, s.std, s.n
 
 
 def _cell(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
-    m, s, n = _mean_std(values)
-    if n == 0:
-        return "-"
-    if n < 2 or not math.isfinite(s):
-        return f"{m * scale:.{digits}f}"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+    from ..experiments.stats import format_mean_std, summarize
+
+    return format_mean_std(summarize(values), scale, digits)
 
 
 def _paired_p(a: dict[int, float], b: dict[int, float]) -> str:
     """Two-sided paired t-test p over the seeds both have ('-' if undefined)."""
-    from ..experiments.stats import format_p, paired_test
+    from ..experiments.stats import format_p, paired_by_seed
 
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
+    if len(set(a) & set(b)) < 2:
         return "-"
-    return format_p(paired_test([a[s] for s in seeds], [b[s] for s in seeds]).t_p)
+    return format_p(paired_by_seed(a, b).t_p)
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -124,12 +121,23 @@ def _attack_rows(e: dict, pred: str, attack: str, norm: str) -> dict[float, floa
             if a.get("prediction") == pred and a.get("attack") == attack and a.get("norm") == norm}
 
 
-def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
+def annotate_percent_cells(ax: Any, mat: np.ndarray) -> None:
+    """Write each finite cell of a 0-100 % heat map on it (no decimals), white on dark cells."""
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            if math.isfinite(mat[i, j]):
+                ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if mat[i, j] < 60 else "black")
+
+
+def render_section(evaluations: dict[str, list[dict]], out_dir: Path | None) -> str:
     """Markdown for the evaluation section, with its PNGs written into ``out_dir``.
 
     Args:
         evaluations: method name -> list of evaluation.json dicts (one per seed).
         out_dir: folder for the figures (created); the Markdown links them by file name.
+            None: the tables and notes only, no figure drawn (the sweep report draws its
+            own, `dipnet.experiments.report_eval`).
     Returns:
         Markdown text (tables, figure links, settings and notes); an explanatory line if
         there is nothing to show.
@@ -137,11 +145,13 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
     idx = _Index(evaluations)
     if not idx.series:
         return "_No evaluation.json found: run `dipnet evaluate RUN_DIR` on the runs first._"
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    colours = {m: cmap(i % 10) for i, m in enumerate(idx.methods)}
+    draw = out_dir is not None
+    if draw:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plt = _plt()
+        cmap = plt.get_cmap("tab10")
+        colours = {m: cmap(i % 10) for i, m in enumerate(idx.methods)}
     base = ("standard", "deterministic") if ("standard", "deterministic") in idx.series else None
     md: list[str] = []
     n_seeds = {m: len(idx.evals[m]) for m in idx.methods}
@@ -165,50 +175,52 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
                      _cell(list(idx.per_seed(s, cal("brier")).values()), digits=3)])
     md += ["", "#### Clean accuracy and calibration", "",
            _md_table(["method", "prediction", "accuracy %", "p", "NLL", "ECE % (15 bins)", "Brier"], rows)]
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(idx.series) + 2), 3))
-    for i, s in enumerate(idx.series):
-        m, sd, _ = _mean_std(list(idx.per_seed(s, cal("ece")).values()))
-        ax.bar(i, 100 * m, yerr=None if not math.isfinite(sd) else 100 * sd, color=colours[s[0]],
-               hatch="" if s[1] == "deterministic" else "//", capsize=3)
-    ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=30, ha="right")
-    ax.set_ylabel("ECE (%)")
-    ax.set_title("Expected calibration error (lower is better)")
-    fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png", dpi=110)
-    plt.close(fig)
-    md += ["", "![ECE per method](calibration.png)"]
+    if draw:
+        fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(idx.series) + 2), 3))
+        for i, s in enumerate(idx.series):
+            m, sd, _ = _mean_std(list(idx.per_seed(s, cal("ece")).values()))
+            ax.bar(i, 100 * m, yerr=None if not math.isfinite(sd) else 100 * sd, color=colours[s[0]],
+                   hatch="" if s[1] == "deterministic" else "//", capsize=3)
+        ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=30, ha="right")
+        ax.set_ylabel("ECE (%)")
+        ax.set_title("Expected calibration error (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "calibration.png", dpi=110)
+        plt.close(fig)
+        md += ["", "![ECE per method](calibration.png)"]
 
     # ---------------------------------------------------------------- attacks
     panels = [p for p in _ATTACK_PANELS if any(
         _attack_rows(e, s[1], p[0], p[1]) for s in idx.series for e in idx.evals[s[0]])]
     if panels:
-        cols = min(len(panels), _PANELS_PER_ROW)
-        nrows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
-        flat = list(axes.flat)
-        for ax in flat[len(panels):]:
-            ax.set_visible(False)
-        for ax, (attack, norm, title) in zip(flat, panels):
-            for s in idx.series:
-                eps = sorted({k for e in idx.evals[s[0]] for k in _attack_rows(e, s[1], attack, norm)})
-                if not eps:
-                    continue
-                stats = [_mean_std([_attack_rows(e, s[1], attack, norm).get(x) for e in idx.evals[s[0]]])
-                         for x in eps]
-                ax.errorbar(eps, [100 * a for a, _, _ in stats],
-                            yerr=[0 if not math.isfinite(sd) else 100 * sd for _, sd, _ in stats],
-                            label=_label(s), capsize=2, **_style(s, colours))
-            ax.set_title(title)
-            ax.set_xlabel("epsilon")
-            ax.set_ylabel("accuracy (%)")
-            ax.set_ylim(-2, 102)
-            ax.grid(alpha=0.3)
-        flat[len(panels) - 1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "attacks.png", dpi=110)
-        plt.close(fig)
-        md += ["", "#### Adversarial robustness (accuracy % under attack)", "",
-               "![accuracy against epsilon](attacks.png)"]
+        if draw:
+            cols = min(len(panels), _PANELS_PER_ROW)
+            nrows = -(-len(panels) // cols)
+            fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+            flat = list(axes.flat)
+            for ax in flat[len(panels):]:
+                ax.set_visible(False)
+            for ax, (attack, norm, title) in zip(flat, panels):
+                for s in idx.series:
+                    eps = sorted({k for e in idx.evals[s[0]] for k in _attack_rows(e, s[1], attack, norm)})
+                    if not eps:
+                        continue
+                    stats = [_mean_std([_attack_rows(e, s[1], attack, norm).get(x) for e in idx.evals[s[0]]])
+                             for x in eps]
+                    ax.errorbar(eps, [100 * a for a, _, _ in stats],
+                                yerr=[0 if not math.isfinite(sd) else 100 * sd for _, sd, _ in stats],
+                                label=_label(s), capsize=2, **_style(s, colours))
+                ax.set_title(title)
+                ax.set_xlabel("epsilon")
+                ax.set_ylabel("accuracy (%)")
+                ax.set_ylim(-2, 102)
+                ax.grid(alpha=0.3)
+            flat[len(panels) - 1].legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out_dir / "attacks.png", dpi=110)
+            plt.close(fig)
+        md += ["", "#### Adversarial robustness (accuracy % under attack)"]
+        md += ["", "![accuracy against epsilon](attacks.png)"] if draw else []
         for attack, norm, title in panels:
             eps = sorted({k for s in idx.series for e in idx.evals[s[0]]
                           for k in _attack_rows(e, s[1], attack, norm) if k > 0})
@@ -254,27 +266,24 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
                 if c["corruption"] != "mean" and c["corruption"] not in names:
                     names.append(c["corruption"])
     if names:
-        mat = np.full((len(idx.series), len(names)), np.nan)
-        for i, s in enumerate(idx.series):
-            for j, nm in enumerate(names):
-                vals = [c["accuracy"] for e in idx.evals[s[0]] for c in corr_rows(e, s[1])
-                        if c["corruption"] == nm]
-                if vals:
-                    mat[i, j] = 100 * float(np.mean(vals))
-        fig, ax = plt.subplots(figsize=(0.55 * len(names) + 3, 0.45 * len(idx.series) + 1.8))
-        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(idx.series)), [_label(s) for s in idx.series], fontsize=8)
-        for i in range(mat.shape[0]):
-            for j in range(mat.shape[1]):
-                if math.isfinite(mat[i, j]):
-                    ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if mat[i, j] < 60 else "black")
-        fig.colorbar(im, ax=ax, label="accuracy (%)")
-        ax.set_title("Accuracy under corruption (mean over severities and seeds)")
-        fig.tight_layout()
-        fig.savefig(out_dir / "corruptions.png", dpi=110)
-        plt.close(fig)
+        if draw:
+            mat = np.full((len(idx.series), len(names)), np.nan)
+            for i, s in enumerate(idx.series):
+                for j, nm in enumerate(names):
+                    vals = [c["accuracy"] for e in idx.evals[s[0]] for c in corr_rows(e, s[1])
+                            if c["corruption"] == nm]
+                    if vals:
+                        mat[i, j] = 100 * float(np.mean(vals))
+            fig, ax = plt.subplots(figsize=(0.55 * len(names) + 3, 0.45 * len(idx.series) + 1.8))
+            im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(idx.series)), [_label(s) for s in idx.series], fontsize=8)
+            annotate_percent_cells(ax, mat)
+            fig.colorbar(im, ax=ax, label="accuracy (%)")
+            ax.set_title("Accuracy under corruption (mean over severities and seeds)")
+            fig.tight_layout()
+            fig.savefig(out_dir / "corruptions.png", dpi=110)
+            plt.close(fig)
         sevs = sorted({c["severity"] for s in idx.series for e in idx.evals[s[0]]
                        for c in corr_rows(e, s[1]) if c.get("severity") is not None})
         rows = []
@@ -292,8 +301,8 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
                 for v in sevs]
             rows.append([_label(s), cell, *per_sev])
         md += ["", "#### Common corruptions", "",
-               _md_table(["method (prediction)", "mean accuracy %", *[f"severity {v}" for v in sevs]], rows),
-               "", "![corruption heat map](corruptions.png)"]
+               _md_table(["method (prediction)", "mean accuracy %", *[f"severity {v}" for v in sevs]], rows)]
+        md += ["", "![corruption heat map](corruptions.png)"] if draw else []
 
     # ---------------------------------------------------------------- OOD
     groups: list[tuple[str, str, str]] = []
@@ -308,24 +317,25 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
             return lambda e, p: next(o["auroc"] for o in e["ood"] if o["prediction"] == p
                                      and (o["in_dataset"], o["out_dataset"], o["score"]) == g)
 
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) * max(1, len(idx.series)) / 2), 3.6))
-        width = 0.8 / len(idx.series)
-        for i, s in enumerate(idx.series):
-            ms = [_mean_std(list(idx.per_seed(s, auroc(g)).values())) for g in groups]
-            ax.bar(np.arange(len(groups)) + i * width, [m for m, _, _ in ms], width,
-                   yerr=[0 if not math.isfinite(sd) else sd for _, sd, _ in ms], capsize=2,
-                   color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//",
-                   label=_label(s))
-        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2,
-                      [f"vs {g[1]}\n{g[2]}" for g in groups], fontsize=7)
-        ax.set_ylabel("AUROC")
-        ax.set_ylim(0.4, 1.0)
-        ax.axhline(0.5, color="grey", lw=0.8)
-        ax.legend(fontsize=7)
-        ax.set_title(f"OOD detection (in-distribution: {groups[0][0]})")
-        fig.tight_layout()
-        fig.savefig(out_dir / "ood.png", dpi=110)
-        plt.close(fig)
+        if draw:
+            fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) * max(1, len(idx.series)) / 2), 3.6))
+            width = 0.8 / len(idx.series)
+            for i, s in enumerate(idx.series):
+                ms = [_mean_std(list(idx.per_seed(s, auroc(g)).values())) for g in groups]
+                ax.bar(np.arange(len(groups)) + i * width, [m for m, _, _ in ms], width,
+                       yerr=[0 if not math.isfinite(sd) else sd for _, sd, _ in ms], capsize=2,
+                       color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//",
+                       label=_label(s))
+            ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2,
+                          [f"vs {g[1]}\n{g[2]}" for g in groups], fontsize=7)
+            ax.set_ylabel("AUROC")
+            ax.set_ylim(0.4, 1.0)
+            ax.axhline(0.5, color="grey", lw=0.8)
+            ax.legend(fontsize=7)
+            ax.set_title(f"OOD detection (in-distribution: {groups[0][0]})")
+            fig.tight_layout()
+            fig.savefig(out_dir / "ood.png", dpi=110)
+            plt.close(fig)
         rows = []
         for s in idx.series:
             cells = []
@@ -334,9 +344,9 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
                 cells.append(_cell(list(vals.values()), 1, 3) if vals else "-")
             rows.append([_label(s), *cells])
         md += ["", "#### Out-of-distribution detection (AUROC)", "",
-               _md_table(["method (prediction)", *[f"vs {g[1]} ({g[2]})" for g in groups]], rows),
-               "", "![OOD AUROC](ood.png)",
-               "", "Scores: msp = max softmax probability, entropy = minus the predictive entropy, "
+               _md_table(["method (prediction)", *[f"vs {g[1]} ({g[2]})" for g in groups]], rows)]
+        md += ["", "![OOD AUROC](ood.png)"] if draw else []
+        md += ["", "Scores: msp = max softmax probability, entropy = minus the predictive entropy, "
                "mutual_information = minus the mutual information (sampled predictions only)."]
 
     # ---------------------------------------------------------------- smoothness
@@ -349,29 +359,30 @@ def render_section(evaluations: dict[str, list[dict]], out_dir: Path) -> str:
     present = [(k, t) for k, t in SMOOTHNESS_MEASURES
                if any(idx.per_seed(s, smooth(k)) for s in idx.series)]
     if present:
-        cols = min(4, len(present))
-        nrows = math.ceil(len(present) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 2.9 * nrows), squeeze=False)
-        for ax, (key, title) in zip(axes.flat, present):
-            for i, s in enumerate(idx.series):
-                m, sd, n = _mean_std(list(idx.per_seed(s, smooth(key)).values()))
-                if n:
-                    ax.bar(i, m, yerr=None if not math.isfinite(sd) else sd, capsize=2,
-                           color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//")
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=45,
-                          ha="right", fontsize=6)
-        for ax in list(axes.flat)[len(present):]:
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out_dir / "smoothness.png", dpi=110)
-        plt.close(fig)
+        if draw:
+            cols = min(4, len(present))
+            nrows = math.ceil(len(present) / cols)
+            fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 2.9 * nrows), squeeze=False)
+            for ax, (key, title) in zip(axes.flat, present):
+                for i, s in enumerate(idx.series):
+                    m, sd, n = _mean_std(list(idx.per_seed(s, smooth(key)).values()))
+                    if n:
+                        ax.bar(i, m, yerr=None if not math.isfinite(sd) else sd, capsize=2,
+                               color=colours[s[0]], hatch="" if s[1] == "deterministic" else "//")
+                ax.set_title(title, fontsize=8)
+                ax.set_xticks(range(len(idx.series)), [_label(s) for s in idx.series], rotation=45,
+                              ha="right", fontsize=6)
+            for ax in list(axes.flat)[len(present):]:
+                ax.axis("off")
+            fig.tight_layout()
+            fig.savefig(out_dir / "smoothness.png", dpi=110)
+            plt.close(fig)
         rows = [[_label(s), *[_cell(list(idx.per_seed(s, smooth(k)).values()), 1, 3) for k, _ in present]]
                 for s in idx.series]
         md += ["", "#### Smoothness (the theory's quantities, docs/method.md; lower is smoother)", "",
-               _md_table(["method (prediction)", *[t for _, t in present]], rows), "",
-               "![smoothness measures](smoothness.png)", "",
-               "Per-example measures are means over the evaluated test points; a sampled "
+               _md_table(["method (prediction)", *[t for _, t in present]], rows)]
+        md += ["", "![smoothness measures](smoothness.png)"] if draw else []
+        md += ["", "Per-example measures are means over the evaluated test points; a sampled "
                "prediction is measured as the average of its k trajectories with the noise held "
                "fixed (see docs/evaluation.md). Weight-Hessian measures use a training batch."]
 

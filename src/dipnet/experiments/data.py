@@ -20,7 +20,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from .. import trust
 from ..errors import UserError
+from ..fileio import atomic_path
 
 # The repository's data folder (scripts/setup.sh fills it); meaningful for an editable install.
 REPO_DATA = Path(__file__).resolve().parents[3] / "data"
@@ -235,12 +235,8 @@ def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict
     # np.array copies: IDX arrays read with frombuffer are read-only, which torch warns about.
     arrays = {k: np.array(v, order="C") for k, v in make().items()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
-                   tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp)
     except OSError:
         pass  # a read-only home: work without the cache
     return arrays
@@ -317,10 +313,8 @@ def _download(urls: dict[str, str], dest: Path, what: str, sha256: dict[str, str
         digest = hashlib.sha256(data).hexdigest()
         if name in sha256 and digest != sha256[name]:
             raise OSError(f"checksum mismatch for {url}")
-        fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
 
 
 def _load_idx_dataset(name: str, data_dir: str | None, subdir: str, extra: list[Path],

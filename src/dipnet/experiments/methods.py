@@ -28,6 +28,8 @@ import dipnet
 
 from ..config import DIPConfig, DIPConfigError
 from ..errors import UserError
+from ..inject import unwrap
+from ..predict import average_probs
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -59,12 +61,6 @@ def get_method(name: str, **params: Any) -> "Method":
     if name not in _METHODS:
         raise UserError(f"unknown method {name!r}; choose one of {', '.join(list_methods())}.")
     return _METHODS[name](**params)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model) if isinstance(
-        model, nn.parallel.DistributedDataParallel) else model
 
 
 def compile_for_training(net: nn.Module, cfg: Any) -> nn.Module:
@@ -187,15 +183,14 @@ class Method:
         """Class probabilities of the method's default prediction (or ``mode``).
 
         ``"deterministic"``: softmax of `predict_logits`; ``"sampled"``: mean of the softmax of
-        k `sample_logits` trajectories (probabilities, not logits, are averaged).
+        k `sample_logits` trajectories (probabilities, not logits, are averaged: the rule of
+        `dipnet.predict`, `dipnet.predict.average_probs`).
         """
         mode = mode or self.default_prediction
         if mode == "deterministic" or not self.has_sampling:
             return self.predict_logits(model, x).softmax(-1)
-        probs = torch.zeros(())
-        for _ in range(k):
-            probs = probs + self.sample_logits(model, x).softmax(-1)  # type: ignore[union-attr]
-        return probs / k
+        samples = [self.sample_logits(model, x) for _ in range(k)]
+        return average_probs(torch.stack(samples, 0))  # type: ignore[arg-type]
 
 
 def base_optimizer(cfg: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -276,16 +271,11 @@ class DIPNetMethod(Method):
         return sum(p.numel() for p in dipnet.variance_parameters(unwrap(model)))
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        variance = {id(p) for p in dipnet.variance_parameters(model)}
-        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in variance]
-        if not self.learn_variance:
-            return [{"params": weights, "weight_decay": weight_decay}]
-        # No weight decay on the variances: the barrier is their only prior.
-        variance_group: dict[str, Any] = {"params": dipnet.variance_parameters(model),
-                                          "weight_decay": 0.0}
-        if self.variance_lr is not None:
-            variance_group["lr"] = float(self.variance_lr)
-        return [{"params": weights, "weight_decay": weight_decay}, variance_group]
+        # The library's rule (variances apart, no weight decay on them, the config's
+        # variance_lr; none when they are frozen), with the run's weight decay on the weights.
+        own, *variance_group = dipnet.parameter_groups(model, self.variance_lr)
+        weights = [p for p in own["params"] if p.requires_grad]
+        return [{"params": weights, "weight_decay": weight_decay}, *variance_group]
 
     def training_loss(self, model, x, y):
         if self.loss_fn is None:

@@ -719,14 +719,10 @@ def _eval_tables(evs: dict[str, list[dict[str, Any]]]) -> str:
         from ..evaluation.report import render_section
     except ImportError:
         return ""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            section = render_section(dict(evs), Path(tmp))
-        except Exception as err:  # a bug there must not lose the whole report
-            return f"(the evaluation tables could not be rendered: {err})"
-    return "\n".join(line for line in section.splitlines()
-                     if not line.lstrip().startswith("!["))
+    try:
+        return render_section(dict(evs), None)  # None: the tables only, no figure drawn
+    except Exception as err:  # a bug there must not lose the whole report
+        return f"(the evaluation tables could not be rendered: {err})"
 
 
 def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,

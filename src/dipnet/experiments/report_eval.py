@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..evaluation.report import annotate_percent_cells
 from .report_style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
                            method_marker, panel_grid, prediction_style, save_figure)
+from .stats import summarize
 
 __all__ = ["readable_metric", "series_of", "plot_attacks", "plot_reliability",
            "plot_noise_accuracy", "plot_ood", "plot_calibration_error", "plot_smoothness",
@@ -100,13 +102,10 @@ def _vals(evs: Sequence[dict[str, Any]], pred: str,
 
 
 def _ms(vals: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value, NaN mean for none)."""
-    if not vals:
-        return math.nan, 0.0
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    """Mean and sample std for an error bar (`stats.summarize`; a bar of 0 for one value, NaN
+    mean for none)."""
+    s = summarize(vals)
+    return s.mean, s.std if s.n > 1 else 0.0
 
 
 def _label(s: Series) -> str:
@@ -553,11 +552,7 @@ def plot_corruptions(evaluations: Evaluations, title: str, path: Path,
     im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(series)), [_label(s) for s in series], fontsize=7)
-    for i in range(mat.shape[0]):
-        for j in range(mat.shape[1]):
-            if math.isfinite(mat[i, j]):
-                ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if mat[i, j] < 60 else "black")
+    annotate_percent_cells(ax, mat)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     ax.set_title(f"{title}: accuracy under corruption (mean over severities and seeds)",
                  fontsize=9)

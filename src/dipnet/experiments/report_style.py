@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..fileio import atomic_path
+
 __all__ = ["method_colour", "method_marker", "axis_floor", "layer_colours", "prediction_style", "panel_grid", "save_figure",
            "mark_truncated_axis", "legend_below", "integer_epochs", "pyplot", "MAX_FIGURE_WIDTH_IN", "DPI", "MAX_FIGURE_WIDTH_PX"]
 
@@ -162,11 +164,9 @@ def save_figure(fig: Any, path: Path) -> Path:
     """Save ``fig`` as PNG at ``path`` (atomically: a reader never sees half a file), close it
     and return the path."""
     plt = pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        tmp.replace(path)
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

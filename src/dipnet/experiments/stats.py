@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _st
@@ -206,6 +206,17 @@ def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
         except ValueError:
             w_p = math.nan
     return PairedTest(n, mean_diff, std_diff, t_stat, t_p, w_p, ci_low, ci_high)
+
+
+def paired_by_seed(a: Mapping[Any, float], b: Mapping[Any, float],
+                   level: float = 0.95) -> PairedTest:
+    """`paired_test` of ``a - b`` over the seeds (keys) both mappings hold, in seed order.
+
+    Takes two mappings seed -> value (a run that one side lacks is left out) and the level of
+    the interval; returns the PairedTest (n counts the shared seeds).
+    """
+    seeds = sorted(set(a) & set(b))
+    return paired_test([a[s] for s in seeds], [b[s] for s in seeds], level)
 
 
 def format_paired_p(test: PairedTest | dict[str, Any] | None, which: str = "t_p",

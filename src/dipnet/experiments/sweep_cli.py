@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import trust
-from ..commands.grammar import parse_seeds
+from .seeds import parse_seeds
 from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
 from ..commands.sweep import DEFAULT_DEMO_OUT
 from ..errors import UserError

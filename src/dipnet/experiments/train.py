@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import UserError, describe_os_error
-from ..fileio import atomic_write_json
+from ..fileio import atomic_path, atomic_write_json
 from .config import RunConfig
 from .data import DatasetSplits, Split, check_dataset_name, load_dataset
 from .fixed import fixed_training_inputs
@@ -743,9 +743,9 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
         metrics = _final_metrics(cfg, method, model, prep.data, val, test, history, elapsed,
                                  device, prep.base_params, extra, info, command, rss_reset,
                                  fixed_info)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(out / ".model.safetensors.tmp"))
-        os.replace(out / ".model.safetensors.tmp", out / "model.safetensors")
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                      str(tmp))
         atomic_write_json(out / "metrics.json", metrics)
         trackers.finish(metrics)
         say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "

@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..commands.grammar import parse_seeds
+from ..experiments.seeds import parse_seeds
 from ..commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
 from ..commands.overrides import parse_overrides
 from ..errors import UserError

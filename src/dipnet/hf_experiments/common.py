@@ -3,7 +3,6 @@ atomic result files, summary statistics."""
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Iterable
 
@@ -16,6 +15,7 @@ from transformers import Trainer
 
 from ..config import DIPConfig
 from ..errors import UserError
+from ..experiments.stats import format_mean_std, summarize
 from ..inject import project, variance_parameters
 
 
@@ -34,33 +34,18 @@ def write_json(path: str, data: Any) -> None:
 write_text = atomic_write_text
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    """(mean, sample standard deviation, count) of the finite values; std is 0 for one value."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return float("nan"), float("nan"), 0
-    m = sum(v) / len(v)
-    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return m, s, len(v)
+def summary_of(values: Iterable[float | None]) -> dict[str, Any]:
+    """`dipnet.experiments.stats.summarize` of the values as a dict (n, mean, sample std, SEM,
+    t interval; the spread is NaN for one value, a failed run (None / NaN) is left out), plus
+    ``values`` themselves."""
+    vals = list(values)
+    return {**summarize(vals).to_dict(), "values": vals}
 
 
-def fmt(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
-    """'mean ± std' of the values times ``scale``, or 'n/a'."""
-    m, s, n = mean_std(values)
-    if n == 0:
-        return "n/a"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p-value of mean(a) != mean(b) (nan if either has < 2 values)."""
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    if np.std(a) == 0 and np.std(b) == 0:
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+def fmt(values: Iterable[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    """'mean ± std' text of the values times ``scale`` (`stats.format_mean_std`: the mean alone
+    for one value, '-' for none)."""
+    return format_mean_std(summarize(list(values)), scale, digits)
 
 
 def add_randomized_smoothing(model: nn.Module, sigma: float) -> nn.Module:

@@ -31,9 +31,11 @@ from torch import nn
 
 from ..config import DIPConfig
 from ..errors import UserError
+from ..fileio import atomic_path
 from ..inject import projections, remove, variances
-from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
-                     welch_p, write_json, write_text)
+from ..experiments.stats import format_paired_p, paired_by_seed, summarize
+from .common import (SAMTrainer, add_randomized_smoothing, fmt, seed_everything, summary_of,
+                     write_json, write_text)
 
 METHODS = ("standard", "dipnet", "rs", "sam")
 #: Earlier names of methods: refused on the command line with the new name, read from old
@@ -439,25 +441,20 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     methods = [m for m in METHODS if any(r["method"] == m for r in tuned)]
     s0 = runs[0]["settings"]
     summary: dict[str, Any] = {}
-    base_acc = [r["eval"]["acc"] for r in tuned if r["method"] == "standard"]
+    base_acc = {r["seed"]: r["eval"]["acc"] for r in tuned if r["method"] == "standard"}
     for m in methods:
         rs = [r for r in tuned if r["method"] == m]
-        acc = [r["eval"]["acc"] for r in rs]
+        acc = {r["seed"]: r["eval"]["acc"] for r in rs}
         summary[m] = {
-            "acc": dict(zip(("mean", "std", "n"), mean_std(acc)), values=acc),
-            "format_rate": mean_std([r["eval"]["format_rate"] for r in rs])[0],
-            "train_time_s": mean_std([r["train_time_s"] for r in rs])[0],
-            "eval_time_s": mean_std([r["eval_time_s"] for r in rs])[0],
-            "variance_mean": mean_std([r.get("variance", {}).get("mean") for r in rs])[0],
+            "acc": summary_of(acc.values()),
+            "format_rate": summarize([r["eval"]["format_rate"] for r in rs]).mean,
+            "train_time_s": summarize([r["train_time_s"] for r in rs]).mean,
+            "eval_time_s": summarize([r["eval_time_s"] for r in rs]).mean,
+            "variance_mean": summarize([r.get("variance", {}).get("mean") for r in rs]).mean,
         }
         if m != "standard" and base_acc:
-            summary[m]["welch_p_vs_standard"] = welch_p(acc, base_acc)
             # Paired by seed: same LoRA init and data order for both methods.
-            pairs = [(r["eval"]["acc"], next((q["eval"]["acc"] for q in tuned if
-                                              q["method"] == "standard" and q["seed"] == r["seed"]),
-                                             None)) for r in rs]
-            diffs = [a - b for a, b in pairs if b is not None]
-            summary[m]["delta_vs_standard"] = dict(zip(("mean", "std", "n"), mean_std(diffs)))
+            summary[m]["paired_vs_standard"] = paired_by_seed(acc, base_acc).to_dict()
     write_json(os.path.join(out_dir, "results.json"),
                {"summary": summary, "base": base["eval"]["acc"] if base else None,
                 "settings": s0})
@@ -472,7 +469,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f"tokens; exact numeric match. Seeds {sorted({r['seed'] for r in tuned})}; "
         f"{s0['threads']} CPU thread(s).",
         "",
-        "| method | accuracy % (mean ± std) | Δ vs standard (paired by seed) | Welch p vs standard | "
+        "| method | accuracy % (mean ± std) | Δ vs standard (paired by seed) | paired p vs standard | "
         "'The answer is' format % | mean variance | train s/run | eval s/run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -482,10 +479,10 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                      f"{base['eval_time_s']:.0f} |")
     for m in methods:
         x = summary[m]
-        d = x.get("delta_vs_standard")
-        dtxt = f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f}" if d and d["n"] else ""
-        p = x.get("welch_p_vs_standard")
-        ptxt = f"{p:.2f}" if p is not None and math.isfinite(p) else ""
+        d = x.get("paired_vs_standard") or x.get("paired_vs_sft")
+        dtxt = (f"{100 * d['mean_diff']:+.1f} ± {100 * d['std_diff']:.1f}"
+                if d and d["n"] >= 2 else "")
+        ptxt = format_paired_p(d) if d else ""
         vtxt = f"{x['variance_mean']:.3g}" if math.isfinite(x["variance_mean"]) else ""
         lines.append(f"| {m} | {fmt(x['acc']['values'], 100, 1)} | {dtxt} | {ptxt} | "
                      f"{100 * x['format_rate']:.0f} | {vtxt} | {x['train_time_s']:.0f} | "
@@ -513,8 +510,6 @@ def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], base: Any) 
     ax.set_ylabel("held-out accuracy % (exact match)")
     ax.set_title("LoRA fine-tuning, zero-shot greedy evaluation")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(os.path.join(out_dir, "results.png"), suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, "results.png"))

@@ -30,9 +30,13 @@ from torch import nn
 
 from ..config import DIPConfig
 from ..errors import UserError
+from ..fileio import atomic_path
 from ..inject import projections, variances
-from .common import (SAMTrainer, add_randomized_smoothing, fmt, mean_std, seed_everything,
-                     welch_p, write_json, write_text)
+from ..evaluation.calibration import calibration_metrics
+from ..experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
+                                 paired_by_seed)
+from .common import (SAMTrainer, add_randomized_smoothing, fmt, seed_everything, summary_of,
+                     write_json, write_text)
 
 METHODS = ("standard", "dipnet", "rs", "sam", "dropout")
 STOCHASTIC = ("dipnet", "rs")  # methods with a Monte Carlo prediction (and an EOT attack)
@@ -165,20 +169,14 @@ def char_noise(text: str, rate: float, rng: random.Random, limit: int = 600) -> 
 
 # ---------------------------------------------------------------------- metrics
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, float]:
-    """Accuracy, ECE (equal-width confidence bins), NLL and Brier score of (N, C) probabilities."""
-    conf = probs.max(1)
-    pred = probs.argmax(1)
-    correct = (pred == labels).astype(float)
-    ece = 0.0
-    edges = np.linspace(0, 1, bins + 1)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    onehot = np.eye(probs.shape[1])[labels]
-    return {"acc": float(correct.mean()), "ece": float(ece), "nll": float(-np.log(p_true).mean()),
-            "brier": float(((probs - onehot) ** 2).sum(1).mean())}
+    """Accuracy, ECE (equal-width confidence bins), NLL and Brier score of (N, C) probabilities,
+    by `dipnet.evaluation.calibration` (the image experiments' definitions); a probability of
+    0 for the true class counts as 1e-12 in the NLL."""
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    metrics = calibration_metrics(torch.log(p.clamp_min(1e-12)), y, bins)
+    return {"acc": float((p.argmax(1) == y).double().mean()), "ece": metrics["ece"],
+            "nll": metrics["nll"], "brier": metrics["brier"]}
 
 
 # ---------------------------------------------------------------------- prediction
@@ -446,13 +444,13 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     rates = sorted({float(k) for r in runs for k in r["char_noise"]})
 
-    def col(m: str, getter: Any) -> list[float]:
-        out = []
+    def by_seed(m: str, getter: Any) -> dict[int, float]:
+        out = {}
         for r in runs:
             if r["method"] != m:
                 continue
             try:
-                out.append(float(getter(r)))
+                out[r["seed"]] = float(getter(r))
             except (KeyError, TypeError):
                 pass
         return out
@@ -476,11 +474,11 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     for m in methods:
         summary[m] = {}
         for key, g in getters.items():
-            vals = col(m, g)
-            mu, sd, n = mean_std(vals)
-            summary[m][key] = {"mean": mu, "std": sd, "n": n, "values": vals}
+            vals = by_seed(m, g)
+            summary[m][key] = summary_of(vals.values())
             if m != "standard" and "standard" in methods and key != "train_time_s":
-                summary[m][key]["welch_p_vs_standard"] = welch_p(vals, col("standard", g))
+                summary[m][key]["paired_vs_standard"] = paired_by_seed(
+                    vals, by_seed("standard", g)).to_dict()
     s0 = runs[0]["settings"]
     write_json(os.path.join(out_dir, "results.json"), {"summary": summary, "settings": s0,
                                                        "runs": len(runs)})
@@ -493,7 +491,8 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f" / test {runs[0]['split']['test']} e-mails (split seed {s0['split_seed']}, "
         f"{runs[0]['test_spam_fraction'] * 100:.1f}% spam in test), max length {s0['max_length']} "
         f"tokens, batch {s0['batch_size']}, {runs[0]['train_steps']} steps, lr {s0['lr']}, "
-        f"1 CPU thread. Mean ± std over seeds; p = Welch t-test against standard.",
+        f"1 CPU thread. Mean ± std over seeds; p = paired t-test by seed against standard "
+        f"(* below {ALPHA} with at least {MIN_PAIRS_FOR_SIGNIFICANCE} pairs).",
         "",
         "## Accuracy and calibration (deterministic prediction; test split)",
         "",
@@ -524,7 +523,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
               "relative to each e-mail's embedding norm, Linf budget in units of the embedding "
               "entries' standard deviation. EOT: the attack's loss is the NLL of the mean of "
               f"{s0['eot_k']} sampled softmaxes, scored with the {s0['mc_k']}-sample prediction.",
-              "", "## p-values (Welch, vs standard)", "",
+              "", "## p-values (paired t-test by seed, vs standard)", "",
               "| method | acc | ECE | " + " | ".join(f"char {r:g}" for r in rates)
               + " | PGD L2 | PGD Linf |",
               "| --- | --- | --- | " + " | ".join("---" for _ in rates) + " | --- | --- |"]
@@ -534,7 +533,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         x = summary[m]
         keys = ["acc", "ece"] + [f"char_{r}" for r in rates] + ["pgd_l2", "pgd_linf"]
         lines.append(f"| {m} | " + " | ".join(
-            f"{x[k].get('welch_p_vs_standard', float('nan')):.2f}" for k in keys) + " |")
+            format_paired_p(x[k].get("paired_vs_standard")) for k in keys) + " |")
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     _plot(out_dir, summary, methods, rates)
     return runs
@@ -569,8 +568,6 @@ def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], rates: list
     axes[1].set_ylabel("accuracy % (deterministic prediction)")
     axes[1].set_title("Embedding-space PGD")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(os.path.join(out_dir, "results.png"), suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, "results.png"))
