@@ -283,8 +283,8 @@ def figure(analysis: dict[str, Any], arch: str, path: Path) -> None:
 
     conds = list(analysis)
     metrics = ("test_accuracy", "pgd_linf_0.05", "corruptions", "ece")
-    fig, axes = plt.subplots(len(conds), len(metrics), figsize=(4.2 * len(metrics),
-                                                                 3.3 * len(conds)),
+    fig, axes = plt.subplots(len(conds), len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1),
+                                                                     3.3 * len(conds)),
                              squeeze=False)
     for i, cond in enumerate(conds):
         for j, metric in enumerate(metrics):
@@ -324,12 +324,36 @@ def figure(analysis: dict[str, Any], arch: str, path: Path) -> None:
             ax.set_title(f"{cond}: {LABELS[metric]}", fontsize=9)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
+    for i, cond in enumerate(conds):
+        _frontier(axes[i][len(metrics)], analysis[cond], cond)
     fig.suptitle(f"{arch}: learned vs frozen variances against the noise level "
                  f"(mean and 95% CI over seeds)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _frontier(ax: Any, by_metric: dict[str, Any], cond: str) -> None:
+    """Clean accuracy against PGD accuracy, one point per (arm, level): does learning move
+    the trade-off curve, or pick a point on it?"""
+    clean, robust = by_metric["test_accuracy"]["arms"], by_metric["pgd_linf_0.05"]["arms"]
+    for base, colour, marker in (("dipnet", "#1f77b4", "o"), ("fixed_noise", "#d62728", "s")):
+        pts = [(100 * clean[k]["mean"], 100 * robust[k]["mean"], lv) for lv in LEVELS
+               if (k := f"{base}@{lv:g}") in clean and k in robust]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, marker=marker,
+                    label="learned" if base == "dipnet" else "frozen")
+            for x, y, lv in pts:
+                ax.annotate(f"{lv:g}", (x, y), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7, color=colour)
+    if "standard" in clean and "standard" in robust:
+        ax.plot([100 * clean["standard"]["mean"]], [100 * robust["standard"]["mean"]],
+                marker="*", markersize=11, color="grey", linestyle="none", label="standard")
+    ax.set_xlabel("clean test accuracy %")
+    ax.set_ylabel("PGD L-inf 0.05 (EOT) %")
+    ax.set_title(f"{cond}: accuracy vs robustness (labels: level)", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def _fmt_test(t: dict[str, Any] | None) -> str:
