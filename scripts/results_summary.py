@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dipnet.experiments.stats import holm
+from dipnet.experiments.stats import holm, paired_test
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,13 @@ def tuned20_rows() -> list[dict[str, Any]]:
                 "recipe": dict(params.get(arm, {})), "replicate": 0,
                 "commit": inv.get("git_commit"), "command": inv.get("command"),
                 "files": [_rel(path), _rel(path.parent / "best.yaml")]})
+        by = {m: {r["seed"]: r["test_accuracy"] for r in d["runs"] if r["method"] == m}
+              for m in ("dipnet", "fixed_noise")}
+        seeds = sorted(set(by["dipnet"]) & set(by["fixed_noise"]))
+        t = paired_test([by["dipnet"][k] for k in seeds], [by["fixed_noise"][k] for k in seeds])
+        rows.append(_lmf_row("variance_study_tuned20", "mlp", condition, "test_accuracy",
+                             t.to_dict(), {"tuned": True}, 0, inv.get("git_commit"),
+                             inv.get("command"), [_rel(path)]))
     return rows
 
 
@@ -118,57 +125,124 @@ def dose_rows() -> list[dict[str, Any]]:
                         "recipe": recipe, "replicate": None,
                         "commit": ",".join(d.get("commits") or []) or None,
                         "command": d.get("command"), "files": [_rel(path)]})
+                for level, t in cell["learned_minus_frozen"].items():
+                    rows.append(_lmf_row("dose_response", arch, condition, name, t,
+                                         {"init_scale": float(level)}, None,
+                                         ",".join(d.get("commits") or []) or None,
+                                         d.get("command"), [_rel(path)]))
+    return rows
+
+
+LMF = "dipnet-fixed_noise"
+
+
+def _lmf_row(study: str, arch: str, condition: str, metric: str, t: dict[str, Any],
+             recipe: dict[str, Any], replicate: int | None, commit: str | None,
+             command: str | None, files: list[str]) -> dict[str, Any]:
+    """A learned-minus-frozen row: ``mean`` is the paired difference, ``p_learned_vs_frozen``
+    its paired test (no standard arm is involved: ``p_vs_standard`` is None)."""
+    return {"study": study, "architecture": arch, "pretrained": False,
+            "condition": "clean" if condition in ("none", "clean") else "gaussian_fixed",
+            "arm": LMF, "metric": metric, "mean": _num(t.get("diff", t.get("mean_diff"))),
+            "ci_low": _num(t["ci_low"]), "ci_high": _num(t["ci_high"]), "n_seeds": int(t["n"]),
+            "p_vs_standard": None, "p_learned_vs_frozen": _num(t.get("p", t.get("t_p"))),
+            "recipe": recipe, "replicate": replicate, "commit": commit, "command": command,
+            "files": files}
+
+
+def replicate_rows() -> list[dict[str, Any]]:
+    """The tuning replicates: each arm's test accuracy per replicate (no standard arm there:
+    the headline is learned minus frozen, in the study's own page)."""
+    path = RESULTS / "tune_replicates" / "replicates.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    rows = []
+    for rep in d["replicates"]:
+        for arm in ("dipnet", "fixed_noise"):
+            s = rep["test_accuracy"][arm]
+            rows.append({
+                "study": "tune_replicates", "architecture": "mlp", "pretrained": False,
+                "condition": "clean", "arm": arm, "metric": "test_accuracy",
+                "mean": _num(s["mean"]), "ci_low": _num(s["ci_low"]),
+                "ci_high": _num(s["ci_high"]), "n_seeds": int(s["n"]), "p_vs_standard": None,
+                "diff_vs_standard": None, "diff_ci": None, "recipe": rep["chosen"][arm],
+                "replicate": rep["replicate"], "commit": rep.get("commit"),
+                "command": d.get("command"), "files": [_rel(path)]})
+        rows.append(_lmf_row("tune_replicates", "mlp", "clean", "test_accuracy",
+                             rep["learned_minus_frozen"], {"tuned": True}, rep["replicate"],
+                             rep.get("commit"), d.get("command"), [_rel(path)]))
     return rows
 
 
 def build() -> list[dict[str, Any]]:
     """Every row, with Holm-corrected p-values per study."""
-    rows = tuned20_rows() + dose_rows()
+    rows = tuned20_rows() + dose_rows() + replicate_rows()
+    def raw_p(r: dict[str, Any]) -> float | None:
+        return r["p_vs_standard"] if r["arm"] != LMF else r.get("p_learned_vs_frozen")
+
     for study in {r["study"] for r in rows}:
-        mine = [r for r in rows if r["study"] == study and r["p_vs_standard"] is not None]
-        for r, p in zip(mine, holm([r["p_vs_standard"] for r in mine])):
+        mine = [r for r in rows if r["study"] == study and raw_p(r) is not None]
+        for r, p in zip(mine, holm([raw_p(r) for r in mine])):
             r["p_holm"] = _num(p)
     for r in rows:
         r.setdefault("p_holm", None)
     return rows
 
 
-def _pp(r: dict[str, Any]) -> str:
-    if r.get("diff_vs_standard") is None:
+def _pp(r: dict[str, Any] | None, key: str = "diff_vs_standard") -> str:
+    if r is None:
         return "-"
-    lo, hi = r["diff_ci"]
+    if r["arm"] == LMF:
+        d, lo, hi = r["mean"], r["ci_low"], r["ci_high"]
+    else:
+        if r.get(key) is None:
+            return "-"
+        d, (lo, hi) = r[key], r["diff_ci"]
     star = "*" if (r["p_holm"] is not None and r["p_holm"] < 0.05) else ""
-    ci = "" if lo is None else f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-    return f"{100 * r['diff_vs_standard']:+.2f}{ci}{star}"
+    ci = "" if lo is None or hi is None else f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    return f"{100 * d:+.2f}{ci}{star}"
+
+
+def _level(r: dict[str, Any]) -> str:
+    if r["replicate"] is not None and r["study"] == "tune_replicates":
+        return f"tuned, replicate {r['replicate']}"
+    if "init_scale" in r["recipe"] and "barrier_temperature" not in r["recipe"] and \
+            r["study"] == "dose_response":
+        return f"{r['recipe']['init_scale']:g}"
+    return "tuned"
+
+
+HEADLINE_METRICS = ("test_accuracy", "pgd_eot_linf_0.05", "corruption_accuracy",
+                    "certified_accuracy_l2_0.25")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """architecture x condition x metric: dipnet and fixed_noise against standard. For the
-    dose-response rows, each arm at its best level on VALIDATION is not available (the study
-    picks no level), so the table shows the level range: the best and worst level's effect."""
+    """study x architecture x condition x metric x level: dipnet and fixed_noise against
+    standard, and learned minus frozen at the same level (or after the same tuning)."""
     lines = [TABLE_START, "",
-             "| study | architecture | condition | metric | dipnet - standard (pp, 95% CI) | "
-             "fixed_noise - standard | n seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    keys = sorted({(r["study"], r["architecture"], r["condition"], r["metric"]) for r in rows},
-                  key=lambda k: (k[0] != "dose_response", k))
+             "| study | architecture | condition | metric | level | dipnet - standard (pp, "
+             "95% CI) | fixed_noise - standard | learned - frozen | n seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    keep = [r for r in rows if r["metric"] in HEADLINE_METRICS and r["arm"] != "standard"
+            and "barrier_temperature" not in r["recipe"]]
+    keys: list[tuple[str, str, str, str, str]] = []
+    for r in keep:
+        k = (r["study"], r["architecture"], r["condition"], r["metric"], _level(r))
+        if k not in keys:
+            keys.append(k)
+    order = {"dose_response": 0, "tune_replicates": 1, "variance_study_tuned20": 2}
+    keys.sort(key=lambda k: (order.get(k[0], 9), k[1], k[2], HEADLINE_METRICS.index(k[3])))
     for key in keys:
-        mine = [r for r in rows if (r["study"], r["architecture"], r["condition"],
-                                    r["metric"]) == key]
-
-        def cell(arm: str) -> str:
-            sel = [r for r in mine if r["arm"] == arm and "barrier_temperature" not in r["recipe"]]
-            if not sel:
-                return "-"
-            if len(sel) == 1:
-                return _pp(sel[0])
-            return " / ".join(f"@{r['recipe']['init_scale']:g}: {_pp(r)}" for r in sel)
-
-        n = max((r["n_seeds"] for r in mine), default=0)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {cell('dipnet')} | "
-                     f"{cell('fixed_noise')} | {n} |")
+        mine = {r["arm"]: r for r in keep
+                if (r["study"], r["architecture"], r["condition"], r["metric"], _level(r)) == key}
+        n = max(r["n_seeds"] for r in mine.values())
+        lines.append(f"| {' | '.join(key)} | {_pp(mine.get('dipnet'))} | "
+                     f"{_pp(mine.get('fixed_noise'))} | {_pp(mine.get(LMF))} | {n} |")
     lines += ["", "`*`: Holm-corrected p < 0.05 within the study (raw and corrected p for every "
-              "row in `summary.json`). ECE: lower is better; every other metric: higher.", "",
-              TABLE_END]
+              "row, and every other metric, in `summary.json`). Level: the starting "
+              "`init_scale` of both arms (dose-response), or each arm tuned with the same "
+              "budget.", "", TABLE_END]
     return "\n".join(lines)
 
 

@@ -103,6 +103,9 @@ def report(args: argparse.Namespace) -> int:
                        for m in ("dipnet", "fixed_noise")},
             "test_accuracy": {m: summarize(list(acc[m].values())).__dict__ for m in acc},
             "learned_minus_frozen": test.to_dict(),
+            "commit": (json.loads((compare_dir / "provenance.json").read_text())
+                       ["invocations"][0].get("git_commit")
+                       if (compare_dir / "provenance.json").is_file() else None),
             "files": [str(tune_dir / "best.yaml"), str(compare_dir)]})
     if not rows:
         print(f"no finished replicate under {out}", file=sys.stderr)

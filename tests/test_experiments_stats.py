@@ -151,3 +151,21 @@ def test_power_helpers_invert_each_other_and_match_the_textbook_case():
     assert detectable_difference(0.14, 50) == pytest.approx(0.1944, abs=5e-4)
     with pytest.raises(ValueError):
         detectable_difference(1.2, 10)
+
+
+def test_a_constant_difference_of_float32_accuracies_is_not_a_test():
+    """Accuracies are float32 fractions written as float64: three seeds that each differ by
+    exactly 4 of 200 points differ by -0.01999998, -0.02000004, -0.02000004 once read back.
+    That is round-off, not spread (the dose-response study once starred it with p 1e-5)."""
+    import numpy as np
+
+    from dipnet.experiments.stats import paired_test
+
+    a = [float(np.float32(v)) for v in (0.51, 0.515, 0.52)]
+    b = [float(np.float32(v)) for v in (0.53, 0.535, 0.54)]
+    t = paired_test(a, b)
+    assert t.degenerate and math.isnan(t.t_p)
+    assert t.mean_diff == pytest.approx(-0.02, abs=1e-6)
+    # a real spread of one point in 200 is still tested
+    c = [float(np.float32(v)) for v in (0.53, 0.54, 0.54)]
+    assert not paired_test(a, c).degenerate
