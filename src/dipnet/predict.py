@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -11,7 +13,15 @@ import torch
 from torch import nn
 
 from .inject import _mode, get_config, projections, sampling, variance_parameters
-from .objective import _default_output, batch_size_of, check_copies_fit, repeat_batch
+from .objective import (
+    BatchTooLargeError,
+    _batch_tensors,
+    _default_output,
+    available_bytes,
+    batch_size_of,
+    check_copies_fit,
+    repeat_batch,
+)
 
 
 class PredictInputError(ValueError):
@@ -67,6 +77,39 @@ def _float_tensors(inputs: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]
             yield from _float_tensors(value, f"{name}[{i}]")
 
 
+def check_count(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int if it is a whole number >= ``minimum`` (not a bool, not a float).
+
+    ``k=1.5`` or ``k=True`` would otherwise reach ``range`` or ``torch.repeat`` as a raw
+    TypeError, or silently mean 1.
+
+    Raises:
+        ValueError: one line naming ``name``, what was given and what is expected.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}"
+                         + (" (0 = the deterministic prediction)" if minimum == 0 else ""))
+    return int(value)
+
+
+def check_finite_inputs(inputs: Any, caller: str = "dipnet.predict") -> None:
+    """Refuse NaN / Inf in any floating-point input tensor (mapping entries whose key contains
+    "mask" are skipped: additive attention masks hold -inf).
+
+    Raises:
+        NonFiniteInputError: naming ``caller``, the count and the first example that holds one.
+    """
+    for where, t in _float_tensors(inputs, "the input tensor"):
+        bad = ~torch.isfinite(t)
+        count = int(bad.sum())
+        if count:
+            first = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0, 0]) if t.dim() else 0
+            raise NonFiniteInputError(
+                f"{caller}: {count} non-finite value(s) (NaN or Inf) of {t.numel()} in "
+                f"{where}, the first in example {first}; clean or drop those examples first."
+            )
+
+
 def check_inputs(model: nn.Module, inputs: Any) -> None:
     """Refuse inputs that would give a silently wrong or a raw-torch-error prediction.
 
@@ -80,15 +123,7 @@ def check_inputs(model: nn.Module, inputs: Any) -> None:
             example that holds one.
         PredictInputError: a floating-point dtype the model's weights do not have.
     """
-    for where, t in _float_tensors(inputs, "the input tensor"):
-        bad = ~torch.isfinite(t)
-        count = int(bad.sum())
-        if count:
-            first = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0, 0]) if t.dim() else 0
-            raise NonFiniteInputError(
-                f"dipnet.predict: {count} non-finite value(s) (NaN or Inf) of {t.numel()} in "
-                f"{where}, the first in example {first}; clean or drop those examples first."
-            )
+    check_finite_inputs(inputs)
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         if torch.is_autocast_enabled(inputs.device.type):
             return
@@ -129,6 +164,67 @@ def mc_logits(model: nn.Module, inputs: Any, k: int, chunk: int | None = None,
     return torch.cat(outs, 0)
 
 
+#: A prediction's passes may use at most this fraction of the memory `available_bytes` reports:
+#: the log-softmax temporaries, the running average and whatever else runs meanwhile need the
+#: rest. A safety margin, not a tuned figure.
+MEMORY_FRACTION = 0.25
+
+# Bytes a sampling pass needs per byte of its inputs, measured once per model (`copy_bytes`).
+_BYTES_PER_INPUT_BYTE: "weakref.WeakKeyDictionary[nn.Module, float]" = weakref.WeakKeyDictionary()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def copy_bytes(model: nn.Module, inputs: Any,
+               output_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Bytes one copy of the batch ``inputs`` needs in a sampling pass of ``model``.
+
+    Counts the inputs and the output of every module in one forward pass (an upper bound on the
+    activations alive at once: a module's output is counted again by its parent). Measured on
+    the first call for a model, with the RNG forked (the caller's noise stream is untouched),
+    and scaled by the inputs' size afterwards.
+    """
+    own = _tensor_bytes(_batch_tensors(inputs, batch_size_of(inputs)))
+    ratio = _BYTES_PER_INPUT_BYTE.get(model)
+    if ratio is None:
+        seen = [own]
+        handles = [m.register_forward_hook(lambda mod, args, out: seen.__setitem__(
+            0, seen[0] + _tensor_bytes(out))) for m in model.modules()]
+        tensors = _batch_tensors(inputs, batch_size_of(inputs))
+        devices = [t.device.index or 0 for t in tensors[:1] if t.is_cuda]
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), sampling(model):
+                raw = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+                seen[0] += _tensor_bytes((output_fn or _default_output)(raw))
+        finally:
+            for h in handles:
+                h.remove()
+        ratio = seen[0] / max(own, 1)
+        _BYTES_PER_INPUT_BYTE[model] = ratio
+    return int(ratio * max(own, 1))
+
+
+def auto_chunk(model: nn.Module, inputs: Any, k: int,
+               output_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Trajectories per pass for ``k`` trajectories of ``inputs``: all k if they fit in
+    `MEMORY_FRACTION` of the free memory with their activations (`copy_bytes`), fewer if not
+    (at least 1). k where the free memory cannot be told."""
+    tensors = _batch_tensors(inputs, batch_size_of(inputs))
+    free = available_bytes(tensors[0].device) if tensors else None
+    if k <= 1 or free is None:
+        return k
+    return max(1, min(k, int(free * MEMORY_FRACTION) // max(1, copy_bytes(model, inputs,
+                                                                            output_fn))))
+
+
 def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None = None,
             keep_samples: bool = False,
             output_fn: Callable[[Any], torch.Tensor] | None = None) -> Prediction:
@@ -143,22 +239,27 @@ def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None 
         inputs: a tensor or a mapping of keyword inputs.
         k: 0 for the deterministic pass (projections off), >= 1 for Monte Carlo with k
             trajectories; None uses the config's k.
-        chunk: trajectories per forward pass (memory bound); default all at once.
+        chunk: trajectories per forward pass (memory bound); default `auto_chunk`: all at
+            once if they fit in memory with their activations, else as many as fit. The
+            average is accumulated pass by pass, so without ``keep_samples`` memory does not
+            grow with k.
         keep_samples: keep the k trajectories' logits in the result.
         output_fn: picks the logits from the model output.
     Raises:
-        ValueError: if k < 0.
+        ValueError: k not a whole number >= 0, or chunk not one >= 1 (``k=1.5``, ``k=True``).
         NonFiniteInputError: the inputs hold NaN or Inf (count and first example named).
         PredictInputError: a floating-point input whose dtype the model's weights do not have.
         ProjectionShapeError: an input the projections cannot take (integer where floats are
             expected, wrong feature count); the same error for k = 0 and k > 0.
-        BatchTooLargeError: k (or chunk) copies of the inputs cannot fit in memory.
+        BatchTooLargeError: ``chunk`` copies of the inputs cannot fit in memory, or the k
+            trajectories' logits that ``keep_samples`` keeps cannot.
     """
     if k is None:
         config = get_config(model)
         k = config.k if config is not None else 8
-    if k < 0:
-        raise ValueError(f"k must be >= 0 (0 = deterministic), got {k}")
+    k = check_count(k, "dipnet.predict: k", 0)
+    if chunk is not None:
+        chunk = check_count(chunk, "dipnet.predict: chunk", 1)
     check_inputs(model, inputs)
     output_fn = output_fn or _default_output
     was_training = model.training
@@ -177,12 +278,41 @@ def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None 
                 ent = _entropy_from_log(log_p)
                 return Prediction(log_p.exp(), log_p, ent, torch.zeros_like(ent),
                                   logits.unsqueeze(0) if keep_samples else None)
-            logits = mc_logits(model, inputs, k, chunk, output_fn).float()
-            log_ps = torch.log_softmax(logits, -1)  # (k, B, ..., C)
-            log_p = torch.logsumexp(log_ps, 0) - math.log(k)
+            chunk = chunk or auto_chunk(model, inputs, k, output_fn)
+            # Pass by pass: log sum_j p_j and sum_j H[p_j] (memory does not grow with k).
+            lse: torch.Tensor | None = None
+            ent_sum: torch.Tensor | None = None
+            kept: list[torch.Tensor] = []
+            done = 0
+            while done < k:
+                n = min(chunk, k - done)
+                logits = mc_logits(model, inputs, n, n, output_fn).float()
+                if keep_samples:
+                    _check_kept(logits, k, n)
+                    kept.append(logits)
+                log_ps = torch.log_softmax(logits, -1)  # (n, B, ..., C)
+                part, ents = torch.logsumexp(log_ps, 0), _entropy_from_log(log_ps).sum(0)
+                lse = part if lse is None else torch.logaddexp(lse, part)
+                ent_sum = ents if ent_sum is None else ent_sum + ents
+                done += n
+            assert lse is not None and ent_sum is not None
+            log_p = lse - math.log(k)
             ent = _entropy_from_log(log_p)
-            mean_ent = _entropy_from_log(log_ps).mean(0)
-            mi = (ent - mean_ent).clamp_min(0.0)
-            return Prediction(log_p.exp(), log_p, ent, mi, logits if keep_samples else None)
+            mi = (ent - ent_sum / k).clamp_min(0.0)
+            return Prediction(log_p.exp(), log_p, ent, mi,
+                              torch.cat(kept, 0) if keep_samples else None)
     finally:
         model.train(was_training)
+
+
+def _check_kept(first: torch.Tensor, k: int, n: int) -> None:
+    # keep_samples holds all k trajectories' logits: refuse before the first pass makes more.
+    if n == k:
+        return
+    need = first.numel() * first.element_size() * k // n
+    free = available_bytes(first.device)
+    if free is not None and need > free * MEMORY_FRACTION:
+        raise BatchTooLargeError(
+            f"dipnet.predict: keep_samples=True keeps the logits of k={k} trajectories, "
+            f"{need / 1e9:.3g} GB, more than a quarter of the {free / 1e9:.3g} GB available on "
+            f"{first.device}; lower k or pass keep_samples=False.")
