@@ -1,12 +1,21 @@
-"""Atomic file writes shared by every part of dipnet that writes results or configs."""
+"""Atomic file writes shared by every part of dipnet that writes results or configs.
+
+Every write goes to a temporary file in the target's folder and is renamed into place once
+complete, so a reader never sees half a file and a failed write (a full disk) leaves the old
+file and no temporary one. Every failure is an ``OSError`` naming the path: safetensors' and
+torch's own write errors (a ``SafetensorError``, torch's ``inline_container`` RuntimeError) are
+turned into one, with errno ENOSPC when the disk is full, so the CLI reports it in one line.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -19,24 +28,94 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         OSError: if the folder cannot be created or written; it always names a path (a failed
             write, e.g. "No space left on device", names ``path``).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        _raise_with_path(err, path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+    _atomic_write(Path(path), write, "writing text")
+
+
+def _atomic_write(path: Path, write: Callable[[str], None], what: str) -> None:
+    """``write(temp path)``, then rename it to ``path``; on any failure remove the temp file
+    and raise an OSError naming ``path`` (see the module docstring)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        _raise_with_path(err, path.parent)
+    try:
+        write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             _raise_with_path(err, path)
+        if isinstance(err, Exception):
+            raise as_os_error(err, path, what) from err
         raise
+
+
+def as_os_error(err: BaseException, path: str | os.PathLike, what: str = "writing") -> OSError:
+    """A library's write failure as an OSError naming ``path`` (ENOSPC if the disk is full).
+
+    safetensors reports a full disk as ``IoError(Os { code: 28, kind: StorageFull ... })``,
+    torch's writer as "file write failed" with no errno: when its folder has no space left,
+    that is ENOSPC too.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return err if err.filename is not None else type(err)(err.errno, err.strerror,
+                                                               os.fspath(path))
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    full = ("code: 28" in text or "StorageFull" in text or "No space left" in text
+            or _disk_full(Path(path).parent))
+    if full:
+        return OSError(errno.ENOSPC, f"No space left on device ({what})", os.fspath(path))
+    return OSError(errno.EIO, f"{what} failed ({text[:200]})", os.fspath(path))
+
+
+#: errno values that no other run of a sweep could escape (the disk is full or read-only): they
+#: stop the whole command instead of failing one run.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def is_disk_error(err: BaseException) -> bool:
+    """Whether ``err`` is an OSError of `DISK_ERRNOS`."""
+    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def atomic_write_safetensors(tensors: dict[str, Any], path: str | os.PathLike,
+                             metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file(tensors, path, metadata)``, atomically (see `_atomic_write`).
+
+    Raises:
+        OSError: naming ``path``; ENOSPC when the disk is full.
+    """
+    from safetensors.torch import save_file
+
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                  "writing tensors")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, atomically (see `_atomic_write`).
+
+    Raises:
+        OSError: naming ``path``; ENOSPC when the disk is full.
+    """
+    import torch
+
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp), "writing a torch file")
 
 
 def _raise_with_path(err: OSError, path: Path) -> None:

@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import json
 import os
-import tempfile
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DIPConfig
+from .fileio import atomic_write_safetensors
 from .misuse import Guard
 from .projection import ATTR, GaussianProjection
 from .targeting import resolve_targets
@@ -367,9 +367,8 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
     Raises:
         NotProjectedError: if the model has no projections.
         ProjectionFileError: a variance is NaN or Inf (`nonfinite_tensors`); nothing is written.
+        OSError: the file cannot be written (naming it; ENOSPC on a full disk).
     """
-    from safetensors.torch import save_file
-
     projs = projections(model)
     if not projs:
         raise NotProjectedError("model has no DIPNet projections to save.")
@@ -394,17 +393,7 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
         "config": json.dumps(config.to_dict()),
         "layout": json.dumps(layout),
     }
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_safetensors(tensors, path, metadata)
 
 
 def _bad_dtype(key: str, raw: torch.Tensor) -> list[str]:

@@ -98,6 +98,19 @@ def check_copies_fit(inputs: Any, copies: int, what: str,
         )
 
 
+def check_trajectories_fit(inputs: Any, config: DIPConfig) -> None:
+    """`check_copies_fit` for the copies one `DIPLoss` pass stacks (m / chunks of them).
+
+    Raises:
+        BatchTooLargeError: naming m (and chunks) and how to lower them.
+    """
+    per_pass = max(chunk_sizes(config.m, config.chunks))
+    check_copies_fit(inputs, per_pass, f"DIPLoss with m={config.m}"
+                     + (f", chunks={config.chunks}" if config.chunks > 1 else ""),
+                     "set DIPConfig.chunks (runs the m trajectories in that many passes, "
+                     "m/chunks copies each), lower DIPConfig.m or the batch size")
+
+
 @dataclass
 class LossParts:
     """The DIPNet loss and its parts, for one mini-batch.
@@ -411,11 +424,7 @@ class DIPLoss(nn.Module):
         chunks = config.chunks
         b = batch_size_of(inputs)
         if not torch.compiler.is_compiling():  # reads /proc: not traceable
-            per_pass = max(chunk_sizes(m, chunks))
-            check_copies_fit(inputs, per_pass,
-                             f"DIPLoss with m={m}" + (f", chunks={chunks}" if chunks > 1 else ""),
-                             "set DIPConfig.chunks (runs the m trajectories in that many passes, "
-                             "m/chunks copies each), lower DIPConfig.m or the batch size")
+            check_trajectories_fit(inputs, config)
         if config.gamma > 0 and m > 1:
             self._warn_if_not_sampling(model)
         # chunks > 1: passes of m/chunks copies under activation checkpointing (trajectories.py)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ._version import __version__
 from .config import DIPConfig, DIPConfigError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, atomic_write_safetensors
 from .inject import (
     _CONFIG_ATTR,
     VARIANCE_KEY,
@@ -117,22 +117,6 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return out, aliases
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
-                             metadata: dict[str, str]) -> None:
-    """safetensors' save_file through a temporary file and os.replace: never half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _temp_path(directory: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".staged")
     os.close(fd)
@@ -198,7 +182,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
         if save_weights:
             staged[directory / WEIGHTS_FILE] = _temp_path(directory, WEIGHTS_FILE)
             tensors, aliases = _dedupe_shared(_host_state_dict(model))
-            _atomic_save_safetensors(tensors, staged[directory / WEIGHTS_FILE],
+            atomic_write_safetensors(tensors, staged[directory / WEIGHTS_FILE],
                                      {"format": "pt", "dipnet_aliases": json.dumps(aliases)})
             weights_file = WEIGHTS_FILE
         for final, tmp in staged.items():
