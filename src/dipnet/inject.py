@@ -457,11 +457,9 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                                 f"{tuple(p.raw_variance.shape)}")
             else:
                 problems += _bad_dtype(key, tensors[key])
-    if problems:
-        if not was_projected:
-            remove(model)
-        raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
     try:
+        if problems:
+            raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
         refuse_nonfinite(tensors, path, "the file is damaged or was saved from a diverged run",
                          model)
     except ProjectionFileError:
