@@ -76,10 +76,28 @@ class FolderState:
 
     def diff_text(self, there: str = "", now: str = "", limit: int = 6) -> str:
         """``"method: 'dipnet' vs 'standard'; seed: 0 vs 7"`` (saved first)."""
-        parts = [f"{k}: {a!r}{there} vs {b!r}{now}" for k, a, b in self.diff[:limit]]
-        if len(self.diff) > limit:
-            parts.append(f"and {len(self.diff) - limit} more")
-        return "; ".join(parts)
+        return diff_text(self.diff, there, now, limit)
+
+
+def diff_text(diff: list[tuple[str, Any, Any]], there: str = "", now: str = "",
+              limit: int = 6) -> str:
+    """``[(key, saved, requested)]`` as ``"method: 'dipnet' vs 'standard'; seed: 0 vs 7"``."""
+    parts = [f"{k}: {a!r}{there} vs {b!r}{now}" for k, a, b in diff[:limit]]
+    if len(diff) > limit:
+        parts.append(f"and {len(diff) - limit} more")
+    return "; ".join(parts)
+
+
+def nested_diff(saved: Any, requested: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved, requested)`` for every setting that differs, walking nested
+    mappings (``sweep.run.epochs``); a value that is not a mapping on both sides is compared
+    whole."""
+    if not (isinstance(saved, dict) and isinstance(requested, dict)):
+        return [] if saved == requested else [(prefix.rstrip(".") or "(all)", saved, requested)]
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(saved) | set(requested), key=str):
+        out += nested_diff(saved.get(key), requested.get(key), f"{prefix}{key}.")
+    return out
 
     def refusal(self) -> UserError:
         """The one-line error of `dipnet train` for a ``different`` / ``damaged`` folder."""
