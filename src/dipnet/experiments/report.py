@@ -799,7 +799,8 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
         ]
         for fn, name, alt in plots:
             try:
-                fp = fn(dict(evs), title, fig_dir / _figure_name(f"eval_{name}", ds, model, pert), order)
+                fp = fn(dict(evs), title,
+                        fig_dir / _figure_name(f"eval_{name}", ds, model, pert), order)
             except Exception as err:  # one odd evaluation.json must not lose the report
                 lines += ["", f"(figure '{alt}' could not be drawn: {err})"]
                 continue
