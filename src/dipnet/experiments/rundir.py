@@ -78,6 +78,15 @@ class FolderState:
         """``"method: 'dipnet' vs 'standard'; seed: 0 vs 7"`` (saved first)."""
         return diff_text(self.diff, there, now, limit)
 
+    def refusal(self) -> UserError:
+        """The one-line error of `dipnet train` for a ``different`` / ``damaged`` folder."""
+        if self.kind == "different":
+            return UserError(f"{self.out} holds a different run (saved vs requested: "
+                             f"{self.diff_text()}); choose another --out, or pass --overwrite "
+                             "to replace it.")
+        return UserError(f"{self.out} holds a run whose {self.damage}; it is not reused. Pass "
+                         "--overwrite to replace it, or choose another --out.")
+
 
 def diff_text(diff: list[tuple[str, Any, Any]], there: str = "", now: str = "",
               limit: int = 6) -> str:
@@ -98,15 +107,6 @@ def nested_diff(saved: Any, requested: Any, prefix: str = "") -> list[tuple[str,
     for key in sorted(set(saved) | set(requested), key=str):
         out += nested_diff(saved.get(key), requested.get(key), f"{prefix}{key}.")
     return out
-
-    def refusal(self) -> UserError:
-        """The one-line error of `dipnet train` for a ``different`` / ``damaged`` folder."""
-        if self.kind == "different":
-            return UserError(f"{self.out} holds a different run (saved vs requested: "
-                             f"{self.diff_text()}); choose another --out, or pass --overwrite "
-                             "to replace it.")
-        return UserError(f"{self.out} holds a run whose {self.damage}; it is not reused. Pass "
-                         "--overwrite to replace it, or choose another --out.")
 
 
 def _load_saved_config(path: Path) -> tuple[RunConfig | None, str]:
