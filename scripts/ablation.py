@@ -1,7 +1,7 @@
 """DIPNet ablation: which of our decisions on the paper's open points matter, measured.
 
 Variants of the dipnet method against standard training, on the same Fashion-MNIST MLP set-up
-as the committed sweep (docs/results/fashion_mnist/: 10,000 training images, 5 epochs, MLP
+as the committed sweep (docs/results/archive/fashion_mnist/: 10,000 training images, 5 epochs, MLP
 784-256-256-10, Adam lr 1e-3 cosine, clean inputs), 3 seeds each:
   - default: DIPConfig() (every Linear input, ELBO-scaled barrier, init variance 0.01)
   - variance_lr=0.05: the variances get their own, faster learning rate
@@ -93,7 +93,7 @@ def main() -> None:
     base = rows["standard"]["test_accuracy"]
     lines = [
         f"# DIPNet ablation ({preset['title']}, clean inputs)", "",
-        "10,000 training images (as docs/results/fashion_mnist), Adam lr 1e-3 cosine, "
+        "10,000 training images (as docs/results/archive/fashion_mnist), Adam lr 1e-3 cosine, "
         f"{args.seeds} seeds; test accuracy on the full 10,000-image test set, deterministic "
         f"prediction. Paired t-test against standard over seeds (n={args.seeds}: low power).", "",
         f"Command: `.venv/bin/python scripts/ablation.py --preset {args.preset} --seeds {args.seeds}`", "",

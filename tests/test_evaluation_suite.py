@@ -13,6 +13,7 @@ from dipnet.errors import UserError
 from dipnet.evaluation.ood import ood_detection
 from dipnet.evaluation.report import render_section
 from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation, run_predictors
+from dipnet.evaluation.predictors import Predictor
 from dipnet.experiments.runs import load_run
 from dipnet.experiments.config import RunConfig
 from dipnet.experiments.train import run_training
@@ -168,7 +169,17 @@ def test_docs_library_example_runs():
     text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
     torch.manual_seed(0)
-    exec(compile(code, "docs/evaluation.md", "exec"), {})
+    scope: dict = {}
+    exec(compile(code, "docs/evaluation.md", "exec"), scope)
+    # What the example promises: a robust-accuracy curve over its two epsilons (accuracy at
+    # eps 0 is the clean one, and the attack cannot raise it), smoothness measures, and a
+    # report of the parts it asked for.
+    curve, smooth, report = scope["curve"], scope["smooth"], scope["report"]
+    assert [row["eps"] for row in curve] == [0.0, 0.1]
+    assert 0.0 <= curve[1]["accuracy"] <= curve[0]["accuracy"] <= 1.0
+    assert smooth["lipschitz_adversarial"]["mean"] > 0
+    assert report["clean"] and report["attacks"] and set(report["timing"]) >= {"clean",
+                                                                                "attacks"}
 
 
 @pytest.mark.slow
@@ -249,3 +260,27 @@ def test_render_section_shows_every_attack_that_ran(evaluated, tmp_path):
     assert "FGSM, L-inf:" in md and "PGD, L2:" in md  # the usual panels stay
     assert "| standard (deterministic) | 41.5 ± 0.7 |" in md  # mean ± std of 42 and 41
     assert "APGD and Square (the Adversarial Robustness Toolbox) on the first" in md
+
+
+@pytest.mark.parametrize("k", [1.5, True, 0, "3"])
+def test_a_k_that_is_not_a_positive_whole_number_is_one_line(runs, k):
+    # k=1.5 used to be truncated to 1 and k=True to mean 1: both silently evaluated k=1.
+    with pytest.raises(UserError, match=r"k must be a whole number >= 1") as info:
+        evaluate_run(runs["dipnet"], k=k, progress=False, write=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"k must be a whole number >= 1"):
+        Predictor("sampled", lambda x: x, stochastic=True, k=k)
+
+
+def test_a_k_whose_trajectories_cannot_fit_is_refused_before_any_work(runs, monkeypatch,
+                                                                      tmp_path):
+    from dipnet.evaluation import suite
+
+    # The suite holds k x batch_size x classes logits per batch (three such tensors at once):
+    # k = 100,000 on 500 rows of 10 classes is 6 GB; 1 GB free is not enough.
+    monkeypatch.setattr(suite, "available_bytes", lambda device: 10**9)
+    out = tmp_path / "ev.json"
+    with pytest.raises(UserError, match=r"k=100000.*GB.*lower --k") as info:
+        evaluate_run(runs["dipnet"], k=100_000, progress=False, out=out)
+    assert "\n" not in str(info.value) and not out.exists()
+    suite.check_k_memory(8, 500, 10, torch.device("cpu"))  # the default k fits

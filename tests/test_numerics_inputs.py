@@ -166,9 +166,10 @@ def test_huge_m_is_refused_before_allocating() -> None:
     # 64 x 3 x 32 x 32 floats = 786 kB per copy: 786 GB for a million copies.
     with pytest.raises(dipnet.BatchTooLargeError, match=r"m=1000000.*lower DIPConfig.m"):
         dipnet.DIPLoss(cfg, num_train=100)(model, x, y)
+    # An explicit chunk= that cannot fit is refused the same way; without chunk= predict runs
+    # as many copies per pass as fit (tests/test_trust_inputs.py).
     with pytest.raises(dipnet.BatchTooLargeError, match=r"k=1000000.*chunk"):
-        dipnet.predict(model, x, k=10**6)
-    # chunk= bounds the memory of one pass, so the same k is accepted then (not run here).
+        dipnet.predict(model, x, k=10**6, chunk=10**6)
     objective.check_copies_fit(x, 10, "test")
 
 

@@ -68,7 +68,9 @@ def test_the_file_loader_refuses_exactly_the_non_finite_variances(parameterizati
     for raw in (torch.tensor([0.0, 1.0, 80.0]), torch.tensor([0.0, 200.0, 1.0]),
                 torch.tensor([float("nan"), 0.0, 0.0])):
         finite = bool(torch.isfinite(raw).all() and torch.isfinite(vmap.variance(raw)).all())
-        assert (inject._bad_values("k", raw, proj) == []) == finite, raw
+        cfg = dipnet.DIPConfig(parameterization=parameterization)
+        got = inject.nonfinite_tensors({"0.dip_projection.raw_variance": raw}, config=cfg)
+        assert (got == []) == finite, raw
 
 
 def test_the_projection_and_the_config_share_their_defaults() -> None:

@@ -4,6 +4,8 @@ forest plot, reliability diagrams and accuracy against test-time noise."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dipnet.experiments import report_plots, report_style
@@ -52,8 +54,18 @@ def test_method_colours_are_fixed_by_name():
     assert report_style.method_colour("standard") != report_style.method_colour("dipnet")
     known = [report_style.method_colour(m) for m in SHIPPED]
     assert len(set(known)) == len(known)  # no two shipped methods share a colour
-    # a method the report does not know still gets the same colour every time
-    assert report_style.method_colour("my_method") == report_style.method_colour("my_method")
+    # A method the report does not know gets the same colour in every process (the report of
+    # one sweep is drawn by several): no Python hash(), whose seed changes per process.
+    import subprocess
+    import sys
+
+    code = ("from dipnet.experiments import report_style; "
+            "print(report_style.method_colour('my_method'))")
+    colours = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+                              ).stdout.strip() for seed in ("1", "2")}
+    assert colours == {report_style.method_colour("my_method")}
+    assert report_style.method_colour("my_method") in report_style._PALETTE
 
 
 def test_dipnet_has_its_colour_in_every_per_method_figure(big):

@@ -19,6 +19,7 @@ import yaml
 from dipnet.cli import main
 from dipnet.errors import UserError
 from dipnet.experiments.sweep import SweepConfig, expand_grid, load_sweep_config, plan_sweep
+from test_protocol import _accuracies, _garbage_test_set  # the tests folder is on sys.path
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None,
                                 reason="the tune extra (optuna) is not installed")
@@ -93,7 +94,10 @@ def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monk
 
     monkeypatch.setattr(train, "_final_metrics", no_test)
     out = tmp_path / "t"
-    assert _tune(out, methods="standard", budget=2, epochs=2) == 0
+    # A data set whose test split is its validation inputs with every label wrong: a value
+    # read from the test split would differ from the validation accuracy checked below.
+    garbage = _garbage_test_set(tmp_path / "garbage_test.npz")
+    assert _tune(out, "--dataset", str(garbage), methods="standard", budget=2, epochs=2) == 0
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
     trials = optuna.load_study(study_name="standard", storage=storage).trials
@@ -105,6 +109,9 @@ def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monk
         assert trial.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in history}
         assert sorted(trial.intermediate_values) == [1, 2]
         assert trial.value == history[-1]["val_accuracy"]
+        # ... which is the validation accuracy of the trial's model, recomputed here
+        val, test = _accuracies(folder)
+        assert trial.value == val != test
         assert not (folder / "metrics.json").exists()
         assert not (folder / "model.safetensors").exists()
 

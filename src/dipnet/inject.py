@@ -6,14 +6,15 @@ import contextlib
 import itertools
 import json
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .config import DIPConfig
-from .fileio import atomic_path
+from .fileio import atomic_write_safetensors
 from .misuse import Guard
+from .parameterization import VarianceMap
 from .projection import ATTR, GaussianProjection
 from .targeting import resolve_targets
 
@@ -30,6 +31,109 @@ class NotProjectedError(RuntimeError):
 
 class ProjectionFileError(ValueError):
     """A projections file is missing, corrupt, or does not fit the model."""
+
+
+VARIANCE_KEY = f"{ATTR}.raw_variance"
+
+
+def require_module(obj: Any, caller: str) -> None:
+    """Refuse anything but a ``torch.nn.Module`` as the model of ``caller``.
+
+    Raises:
+        TypeError: one line naming what was given and what is expected.
+    """
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"{caller}: the model must be a torch.nn.Module, got "
+                        f"{type(obj).__name__} {_short(obj)}; build the model first "
+                        "(e.g. torchvision.models.resnet18()) and pass the module itself.")
+
+
+def require_state_dict(obj: Any, caller: str) -> None:
+    """Refuse anything but a mapping of names to tensors as the state_dict of ``caller``.
+
+    Raises:
+        TypeError: one line naming what was given (or the first entry that is no tensor).
+    """
+    if isinstance(obj, nn.Module):
+        raise TypeError(f"{caller}: got a model where a state_dict is expected; pass "
+                        "model.state_dict() instead.")
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{caller}: the state_dict must be a mapping of names to tensors "
+                        f"(model.state_dict() or torch.load(file)), got {type(obj).__name__} "
+                        f"{_short(obj)}.")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{caller}: state_dict entry {key!r} is a {type(value).__name__}, "
+                            "not a tensor; pass model.state_dict() (or torch.load(file)).")
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj).replace("\n", " ")
+    return f"({text[:60]}...)" if len(text) > 60 else f"({text})"
+
+
+def _variance_rule(key: str, model: nn.Module | None, config: DIPConfig | None
+                   ) -> tuple[str, float]:
+    """(parameterization, floor) that turn the raw variances under ``key`` into variances."""
+    host = key[: -len(VARIANCE_KEY)].rstrip(".")
+    proj = projections(model).get(host) if model is not None else None
+    if proj is not None:
+        return proj.parameterization, proj.variance_floor
+    config = config or (get_config(model) if model is not None else None) or DIPConfig()
+    return config.parameterization, config.variance_floor
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor], model: nn.Module | None = None,
+                      config: DIPConfig | None = None) -> list[str]:
+    """The finiteness rule of every file that enters or leaves dipnet (weights and variances).
+
+    A floating-point tensor must hold only finite values; a DIPNet raw variance (a key ending in
+    ``dip_projection.raw_variance``) must also give a finite variance under its projection's
+    parameterization (an ``exp`` raw value of 200 is finite, its variance is not). Integer
+    tensors (step counters) cannot hold NaN and are not checked.
+
+    Args:
+        tensors: name -> tensor (a state_dict, or the tensors of a file).
+        model: where the projections' parameterization is read from, when it holds them.
+        config: the parameterization for variances the model does not (yet) hold; default the
+            model's config, else ``DIPConfig()``.
+    Returns:
+        One ``"key (n of N)"`` entry per tensor that breaks the rule; empty if none does.
+    """
+    bad = []
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
+            continue
+        t = t.detach()
+        wrong = ~torch.isfinite(t)
+        if key == VARIANCE_KEY or key.endswith("." + VARIANCE_KEY):
+            parameterization, floor = _variance_rule(key, model, config)
+            # The variance the projection would compute (the one raw -> lambda map), so an
+            # exp-parameterised raw value of 200 (e^200 = inf in float32) is refused too.
+            variance = VarianceMap.of(parameterization, floor).variance(t.to(torch.float32))
+            wrong = wrong | ~torch.isfinite(variance)
+        count = int(wrong.sum())
+        if count:
+            bad.append(f"{key} ({count} of {t.numel()})")
+    return bad
+
+
+def refuse_nonfinite(tensors: Mapping[str, torch.Tensor], where: str, fix: str,
+                     model: nn.Module | None = None, config: DIPConfig | None = None) -> None:
+    """Raise if `nonfinite_tensors` finds anything: the one message of the finiteness rule.
+
+    Args:
+        tensors, model, config: as `nonfinite_tensors`.
+        where: the file or call the tensors belong to, for the message.
+        fix: what the user can do.
+    Raises:
+        ProjectionFileError: naming up to three tensors, with their counts of NaN / Inf.
+    """
+    bad = nonfinite_tensors(tensors, model, config)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ProjectionFileError(f"{where}: non-finite values (NaN or Inf) in {len(bad)} "
+                                  f"tensor(s): {', '.join(bad[:3])}{more}; {fix}.")
 
 
 def projections(model: nn.Module) -> dict[str, GaussianProjection]:
@@ -66,7 +170,9 @@ def project(model: nn.Module, config: DIPConfig | None = None) -> nn.Module:
     Raises:
         AlreadyProjectedError: if ``model`` already holds projections.
         TargetError: if the config's targets match nothing usable (names candidates).
+        TypeError: ``model`` is not an ``nn.Module`` or ``config`` not a `DIPConfig`.
     """
+    require_module(model, "dipnet.project")
     config = config if config is not None else DIPConfig()
     if not isinstance(config, DIPConfig):
         raise TypeError(f"config must be a dipnet.DIPConfig, got {type(config).__name__}")
@@ -269,9 +375,9 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
 
     Raises:
         NotProjectedError: if the model has no projections.
+        ProjectionFileError: a variance is NaN or Inf (`nonfinite_tensors`); nothing is written.
+        OSError: the file cannot be written (naming it; ENOSPC on a full disk).
     """
-    from safetensors.torch import save_file
-
     projs = projections(model)
     if not projs:
         raise NotProjectedError("model has no DIPNet projections to save.")
@@ -281,6 +387,9 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
             p.raw_variance.detach().cpu().contiguous()
         for name, p in projs.items()
     }
+    refuse_nonfinite(tensors, f"not saving {os.fspath(path)}", "the run diverged (lower the "
+                     "learning rate or variance_lr) or the variances were set by hand; "
+                     "nothing was written", model)
     layout = {
         # init_variance: where training started, so that a loaded model's summary can still
         # say how far its variances moved.
@@ -293,23 +402,13 @@ def save_projections(model: nn.Module, path: str | os.PathLike) -> None:
         "config": json.dumps(config.to_dict()),
         "layout": json.dumps(layout),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    atomic_write_safetensors(tensors, path, metadata)
 
 
-def _bad_values(key: str, raw: torch.Tensor, proj: GaussianProjection) -> list[str]:
-    """Why a saved raw-variance tensor cannot be loaded (empty if it can)."""
+def _bad_dtype(key: str, raw: torch.Tensor) -> list[str]:
+    """Why a saved raw-variance tensor cannot be loaded for its dtype (empty if it can)."""
     if not raw.is_floating_point():
         return [f"{key}: dtype {raw.dtype}, expected a floating-point tensor"]
-    raw = raw.detach().to(torch.float32)
-    # The variance the projection would compute, so an exp-parameterised
-    # raw value of 200 (variance e^200 = inf in float32) is refused too.
-    variance = proj.variance_map.variance(raw)
-    bad = int((~torch.isfinite(raw)).sum()) + int(
-        (torch.isfinite(raw) & ~torch.isfinite(variance)).sum())
-    if bad:
-        return [f"{key}: {bad} non-finite variance(s) of {raw.numel()}; the file is damaged or "
-                "was saved from a diverged run"]
     return []
 
 
@@ -328,6 +427,7 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     from safetensors import safe_open
 
+    require_module(model, "dipnet.load_projections")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ProjectionFileError(f"projections file not found: {path}")
@@ -365,11 +465,16 @@ def load_projections(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                 problems.append(f"{key}: file {tuple(tensors[key].shape)} vs model "
                                 f"{tuple(p.raw_variance.shape)}")
             else:
-                problems += _bad_values(key, tensors[key], p)
-    if problems:
+                problems += _bad_dtype(key, tensors[key])
+    try:
+        if problems:
+            raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
+        refuse_nonfinite(tensors, path, "the file is damaged or was saved from a diverged run",
+                         model)
+    except ProjectionFileError:
         if not was_projected:
             remove(model)
-        raise ProjectionFileError(f"{path} does not fit this model: " + "; ".join(problems))
+        raise
     starts = _saved_starts(metadata)
     with torch.no_grad():
         for (key, p), name in zip(expected.items(), projs):

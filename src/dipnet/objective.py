@@ -97,6 +97,19 @@ def check_copies_fit(inputs: Any, copies: int, what: str,
         )
 
 
+def check_trajectories_fit(inputs: Any, config: DIPConfig) -> None:
+    """`check_copies_fit` for the copies one `DIPLoss` pass stacks (m / chunks of them).
+
+    Raises:
+        BatchTooLargeError: naming m (and chunks) and how to lower them.
+    """
+    per_pass = max(chunk_sizes(config.m, config.chunks))
+    check_copies_fit(inputs, per_pass, f"DIPLoss with m={config.m}"
+                     + (f", chunks={config.chunks}" if config.chunks > 1 else ""),
+                     "set DIPConfig.chunks (runs the m trajectories in that many passes, "
+                     "m/chunks copies each), lower DIPConfig.m or the batch size")
+
+
 @dataclass
 class LossParts:
     """The DIPNet loss and its parts, for one mini-batch.
@@ -372,6 +385,8 @@ class DIPLoss(nn.Module):
         ValueError: at construction if ``barrier_scaling="elbo"`` and ``num_train`` is missing.
         BatchTooLargeError: at call time, if m copies of the batch's inputs alone exceed the
             memory free on their device (before anything is allocated).
+        NonFiniteInputError: at call time, inputs holding NaN or Inf (count and example named).
+        ValueError: at call time, targets that do not fit (`check_targets`).
     Warns:
         DIPLossWarning: once per `DIPLoss`, if gamma > 0 and m > 1 but no projection samples
             (the model is in eval mode): the stability term is then identically 0. A warning,
@@ -427,6 +442,8 @@ class DIPLoss(nn.Module):
             forward_kwargs: extra keyword arguments for the model, not repeated.
         """
         config = self.resolve_config(model)
+        if not torch.compiler.is_compiling():
+            _check_finite_inputs(inputs)  # before the calibration would turn NaN into variances
         if config.relative_init and model not in self._calibration_checked:
             # The first training batch sets the initial variances relative to each layer's
             # activation scale (DIPConfig.init_scale), unless that already happened.
@@ -438,11 +455,7 @@ class DIPLoss(nn.Module):
         chunks = config.chunks
         b = batch_size_of(inputs)
         if not torch.compiler.is_compiling():  # reads /proc: not traceable
-            per_pass = max(chunk_sizes(m, chunks))
-            check_copies_fit(inputs, per_pass,
-                             f"DIPLoss with m={m}" + (f", chunks={chunks}" if chunks > 1 else ""),
-                             "set DIPConfig.chunks (runs the m trajectories in that many passes, "
-                             "m/chunks copies each), lower DIPConfig.m or the batch size")
+            check_trajectories_fit(inputs, config)
         if config.gamma > 0 and m > 1:
             self._warn_if_not_sampling(model)
         # chunks > 1: passes of m/chunks copies under activation checkpointing (trajectories.py)
@@ -461,6 +474,8 @@ class DIPLoss(nn.Module):
         else:
             if targets is None:
                 raise ValueError("a criterion was given but no targets")
+            if not torch.compiler.is_compiling():
+                check_targets(targets, b, outputs, default_criterion=self.criterion is None)
             rep_targets = repeat_batch(targets, m, b)
             crit = self.criterion or _cross_entropy
             nll = crit(out, rep_targets)
@@ -492,6 +507,87 @@ class DIPLoss(nn.Module):
                 "dipnet.deterministic), so the m trajectories are identical and the stability "
                 "term is 0; call model.train() before computing the training loss.",
                 DIPLossWarning, stacklevel=3)
+
+
+def _check_finite_inputs(inputs: Batch) -> None:
+    from .inputs import check_finite_inputs
+
+    check_finite_inputs(inputs, "DIPLoss")
+
+
+def check_targets(targets: Any, batch_size: int, outputs: torch.Tensor,
+                  default_criterion: bool = True) -> None:
+    """Refuse targets `DIPLoss` cannot use, in the user's terms (their batch size, not m x B).
+
+    Every criterion needs one target per example (axis 0 = the batch). The default
+    cross-entropy also needs class indices (an integer tensor of the outputs' shape without
+    the class axis, values in 0..C-1 or -100 = ignored) or class probabilities (a float tensor
+    of the outputs' shape, finite, >= 0, each row summing to 1).
+
+    Args:
+        targets: what was passed as targets.
+        batch_size: B, the examples in the batch.
+        outputs: the model outputs, shape (m, B, ..., C).
+        default_criterion: whether the default cross-entropy is in use.
+    Raises:
+        ValueError: one line naming the problem and how to fix it.
+    """
+    if not isinstance(targets, torch.Tensor):
+        if default_criterion:
+            raise ValueError(f"DIPLoss: targets must be a tensor of class indices or class "
+                             f"probabilities, got {type(targets).__name__}.")
+        return
+    count = targets.shape[0] if targets.dim() else None
+    if count != batch_size:
+        held = f"{count} examples" if count is not None else "a single 0-d value"
+        raise ValueError(f"DIPLoss: the targets hold {held} but the batch has {batch_size}; "
+                         "pass one target per example (targets[i] for inputs[i]).")
+    if not default_criterion:
+        return
+    classes, positions = outputs.shape[-1], tuple(outputs.shape[1:-1])
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise ValueError(f"DIPLoss: targets are {str(targets.dtype).replace('torch.', '')}; "
+                         "class indices must be an integer tensor (targets.long()).")
+    if targets.is_floating_point():
+        _check_soft_targets(targets, positions, tuple(outputs.shape[1:]))
+        return
+    if tuple(targets.shape) != positions:
+        raise ValueError(f"DIPLoss: targets of shape {tuple(targets.shape)} do not fit the "
+                         f"outputs: class indices need shape {tuple(positions)} (one per "
+                         f"example{' and position' if len(positions) > 1 else ''}).")
+    wrong = (targets != -100) & ((targets < 0) | (targets >= classes))
+    if bool(wrong.any()):
+        label = int(targets[wrong].reshape(-1)[0])
+        raise ValueError(f"DIPLoss: label {label} is outside 0..{classes - 1} (the model has "
+                         f"{classes} classes; -100 marks a target to ignore); check the labels "
+                         "or the model's number of outputs.")
+
+
+def _check_soft_targets(targets: torch.Tensor, positions: tuple[int, ...],
+                        expected: tuple[int, ...]) -> None:
+    if tuple(targets.shape) == positions:
+        raise ValueError(f"DIPLoss: targets of shape {tuple(targets.shape)} are "
+                         f"{str(targets.dtype).replace('torch.', '')}: class indices must be "
+                         f"integers (targets.long()); class probabilities need shape "
+                         f"{tuple(expected)}.")
+    if tuple(targets.shape) != expected:
+        raise ValueError(f"DIPLoss: soft targets of shape {tuple(targets.shape)} do not fit the "
+                         f"outputs: class probabilities need shape {tuple(expected)}.")
+    t = targets.detach().float()
+    finite = torch.isfinite(t)
+    # One host sync for the three checks.
+    nonfinite, negative, off = torch.stack([
+        (~finite).any(), (t < 0).any(),
+        ((t.where(finite, 0).sum(-1) - 1).abs() > 1e-3).any()]).tolist()
+    if nonfinite:
+        raise ValueError("DIPLoss: the soft targets hold NaN or Inf; clean or drop those "
+                         "examples first.")
+    if negative:
+        raise ValueError("DIPLoss: the soft targets hold negative values; class probabilities "
+                         "must be >= 0 and sum to 1 over the classes.")
+    if off:
+        raise ValueError("DIPLoss: the soft targets do not sum to 1 over the classes (beyond "
+                         "1e-3); normalise them (targets / targets.sum(-1, keepdim=True)).")
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

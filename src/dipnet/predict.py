@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -11,15 +13,16 @@ import torch
 from torch import nn
 
 from .inject import _mode, get_config, projections, sampling, variance_parameters
-from .objective import _default_output, batch_size_of, check_copies_fit, repeat_batch
-
-
-class PredictInputError(ValueError):
-    """`predict` got inputs it cannot use (non-finite values, a dtype the model does not take)."""
-
-
-class NonFiniteInputError(PredictInputError):
-    """The inputs hold NaN or infinite values; the message says how many and where."""
+from .objective import (
+    BatchTooLargeError,
+    _batch_tensors,
+    _default_output,
+    available_bytes,
+    batch_size_of,
+    check_copies_fit,
+    repeat_batch,
+)
+from .inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
 
 
 @dataclass
@@ -59,15 +62,19 @@ def entropy(log_p: torch.Tensor) -> torch.Tensor:
 _entropy_from_log = entropy  # the name `predict` calls it by
 
 
-def average_log_probs(log_ps: torch.Tensor) -> torch.Tensor:
+def average_log_probs(log_ps: torch.Tensor, count: int | None = None) -> torch.Tensor:
     """The Monte Carlo predictive in log space: log of the mean over axis 0 of the trajectories'
     probabilities, from their log-probabilities ``log_ps`` of shape (k, ..., C).
 
     The one averaging rule of dipnet (`predict`, the evaluation's `Predictor`, the harness's
     `Method.predictive_probs`): probabilities, not logits, are averaged. Computed as
     ``logsumexp(log_ps, 0) - log k``, exact where a probability underflows float32.
+    ``count`` (default ``log_ps.shape[0]``) is k when ``log_ps`` holds partial log-sums of
+    passes over the trajectories (`predict` runs large k in passes and passes the running
+    ``logsumexp`` as one row).
     """
-    return torch.logsumexp(log_ps, 0) - math.log(log_ps.shape[0])
+    k = log_ps.shape[0] if count is None else count
+    return torch.logsumexp(log_ps, 0) - math.log(k)
 
 
 def average_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -78,20 +85,6 @@ def average_probs(logits: torch.Tensor) -> torch.Tensor:
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
-
-
-def _float_tensors(inputs: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(inputs, torch.Tensor):
-        if inputs.is_floating_point() or inputs.is_complex():
-            yield name, inputs
-    elif isinstance(inputs, Mapping):
-        for key, value in inputs.items():
-            # Additive attention masks legitimately hold -inf.
-            if "mask" not in str(key).lower():
-                yield from _float_tensors(value, f"input {key!r}")
-    elif isinstance(inputs, (list, tuple)):
-        for i, value in enumerate(inputs):
-            yield from _float_tensors(value, f"{name}[{i}]")
 
 
 def check_inputs(model: nn.Module, inputs: Any) -> None:
@@ -107,15 +100,7 @@ def check_inputs(model: nn.Module, inputs: Any) -> None:
             example that holds one.
         PredictInputError: a floating-point dtype the model's weights do not have.
     """
-    for where, t in _float_tensors(inputs, "the input tensor"):
-        bad = ~torch.isfinite(t)
-        count = int(bad.sum())
-        if count:
-            first = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0, 0]) if t.dim() else 0
-            raise NonFiniteInputError(
-                f"dipnet.predict: {count} non-finite value(s) (NaN or Inf) of {t.numel()} in "
-                f"{where}, the first in example {first}; clean or drop those examples first."
-            )
+    check_finite_inputs(inputs)
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         if torch.is_autocast_enabled(inputs.device.type):
             return
@@ -156,6 +141,67 @@ def mc_logits(model: nn.Module, inputs: Any, k: int, chunk: int | None = None,
     return torch.cat(outs, 0)
 
 
+#: A prediction's passes may use at most this fraction of the memory `available_bytes` reports:
+#: the log-softmax temporaries, the running average and whatever else runs meanwhile need the
+#: rest. A safety margin, not a tuned figure.
+MEMORY_FRACTION = 0.25
+
+# Bytes a sampling pass needs per byte of its inputs, measured once per model (`copy_bytes`).
+_BYTES_PER_INPUT_BYTE: "weakref.WeakKeyDictionary[nn.Module, float]" = weakref.WeakKeyDictionary()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def copy_bytes(model: nn.Module, inputs: Any,
+               output_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Bytes one copy of the batch ``inputs`` needs in a sampling pass of ``model``.
+
+    Counts the inputs and the output of every module in one forward pass (an upper bound on the
+    activations alive at once: a module's output is counted again by its parent). Measured on
+    the first call for a model, with the RNG forked (the caller's noise stream is untouched),
+    and scaled by the inputs' size afterwards.
+    """
+    own = _tensor_bytes(_batch_tensors(inputs, batch_size_of(inputs)))
+    ratio = _BYTES_PER_INPUT_BYTE.get(model)
+    if ratio is None:
+        seen = [own]
+        handles = [m.register_forward_hook(lambda mod, args, out: seen.__setitem__(
+            0, seen[0] + _tensor_bytes(out))) for m in model.modules()]
+        tensors = _batch_tensors(inputs, batch_size_of(inputs))
+        devices = [t.device.index or 0 for t in tensors[:1] if t.is_cuda]
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), sampling(model):
+                raw = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+                seen[0] += _tensor_bytes((output_fn or _default_output)(raw))
+        finally:
+            for h in handles:
+                h.remove()
+        ratio = seen[0] / max(own, 1)
+        _BYTES_PER_INPUT_BYTE[model] = ratio
+    return int(ratio * max(own, 1))
+
+
+def auto_chunk(model: nn.Module, inputs: Any, k: int,
+               output_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Trajectories per pass for ``k`` trajectories of ``inputs``: all k if they fit in
+    `MEMORY_FRACTION` of the free memory with their activations (`copy_bytes`), fewer if not
+    (at least 1). k where the free memory cannot be told."""
+    tensors = _batch_tensors(inputs, batch_size_of(inputs))
+    free = available_bytes(tensors[0].device) if tensors else None
+    if k <= 1 or free is None:
+        return k
+    return max(1, min(k, int(free * MEMORY_FRACTION) // max(1, copy_bytes(model, inputs,
+                                                                            output_fn))))
+
+
 def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None = None,
             keep_samples: bool = False,
             output_fn: Callable[[Any], torch.Tensor] | None = None) -> Prediction:
@@ -170,22 +216,27 @@ def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None 
         inputs: a tensor or a mapping of keyword inputs.
         k: 0 for the deterministic pass (projections off), >= 1 for Monte Carlo with k
             trajectories; None uses the config's k.
-        chunk: trajectories per forward pass (memory bound); default all at once.
+        chunk: trajectories per forward pass (memory bound); default `auto_chunk`: all at
+            once if they fit in memory with their activations, else as many as fit. The
+            average is accumulated pass by pass, so without ``keep_samples`` memory does not
+            grow with k.
         keep_samples: keep the k trajectories' logits in the result.
         output_fn: picks the logits from the model output.
     Raises:
-        ValueError: if k < 0.
+        ValueError: k not a whole number >= 0, or chunk not one >= 1 (``k=1.5``, ``k=True``).
         NonFiniteInputError: the inputs hold NaN or Inf (count and first example named).
         PredictInputError: a floating-point input whose dtype the model's weights do not have.
         ProjectionShapeError: an input the projections cannot take (integer where floats are
             expected, wrong feature count); the same error for k = 0 and k > 0.
-        BatchTooLargeError: k (or chunk) copies of the inputs cannot fit in memory.
+        BatchTooLargeError: ``chunk`` copies of the inputs cannot fit in memory, or the k
+            trajectories' logits that ``keep_samples`` keeps cannot.
     """
     if k is None:
         config = get_config(model)
         k = config.k if config is not None else 8
-    if k < 0:
-        raise ValueError(f"k must be >= 0 (0 = deterministic), got {k}")
+    k = check_count(k, "dipnet.predict: k", 0)
+    if chunk is not None:
+        chunk = check_count(chunk, "dipnet.predict: chunk", 1)
     check_inputs(model, inputs)
     output_fn = output_fn or _default_output
     was_training = model.training
@@ -204,12 +255,42 @@ def predict(model: nn.Module, inputs: Any, k: int | None = 0, chunk: int | None 
                 ent = _entropy_from_log(log_p)
                 return Prediction(log_p.exp(), log_p, ent, torch.zeros_like(ent),
                                   logits.unsqueeze(0) if keep_samples else None)
-            logits = mc_logits(model, inputs, k, chunk, output_fn).float()
-            log_ps = torch.log_softmax(logits, -1)  # (k, B, ..., C)
-            log_p = average_log_probs(log_ps)
+            chunk = chunk or auto_chunk(model, inputs, k, output_fn)
+            # Pass by pass: log sum_j p_j and sum_j H[p_j] (memory does not grow with k).
+            lse: torch.Tensor | None = None
+            ent_sum: torch.Tensor | None = None
+            kept: list[torch.Tensor] = []
+            done = 0
+            while done < k:
+                n = min(chunk, k - done)
+                logits = mc_logits(model, inputs, n, n, output_fn).float()
+                if keep_samples:
+                    _check_kept(logits, k, n)
+                    kept.append(logits)
+                log_ps = torch.log_softmax(logits, -1)  # (n, B, ..., C)
+                part, ents = torch.logsumexp(log_ps, 0), _entropy_from_log(log_ps).sum(0)
+                lse = part if lse is None else torch.logaddexp(lse, part)
+                ent_sum = ents if ent_sum is None else ent_sum + ents
+                done += n
+            assert lse is not None and ent_sum is not None
+            # the one averaging rule, over every pass's trajectories at once
+            log_p = average_log_probs(lse.unsqueeze(0), count=k)
             ent = _entropy_from_log(log_p)
-            mean_ent = _entropy_from_log(log_ps).mean(0)
-            mi = (ent - mean_ent).clamp_min(0.0)
-            return Prediction(log_p.exp(), log_p, ent, mi, logits if keep_samples else None)
+            mi = (ent - ent_sum / k).clamp_min(0.0)
+            return Prediction(log_p.exp(), log_p, ent, mi,
+                              torch.cat(kept, 0) if keep_samples else None)
     finally:
         model.train(was_training)
+
+
+def _check_kept(first: torch.Tensor, k: int, n: int) -> None:
+    # keep_samples holds all k trajectories' logits: refuse before the first pass makes more.
+    if n == k:
+        return
+    need = first.numel() * first.element_size() * k // n
+    free = available_bytes(first.device)
+    if free is not None and need > free * MEMORY_FRACTION:
+        raise BatchTooLargeError(
+            f"dipnet.predict: keep_samples=True keeps the logits of k={k} trajectories, "
+            f"{need / 1e9:.3g} GB, more than a quarter of the {free / 1e9:.3g} GB available on "
+            f"{first.device}; lower k or pass keep_samples=False.")

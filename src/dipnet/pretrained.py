@@ -26,21 +26,25 @@ from torch import nn
 
 from ._version import __version__
 from .config import DIPConfig, DIPConfigError
-from .fileio import atomic_path, atomic_write_json
+from .fileio import atomic_path, atomic_write_json, atomic_write_safetensors
 from .inject import (
     _CONFIG_ATTR,
+    VARIANCE_KEY,
     NotProjectedError,
     ProjectionFileError,
     get_config,
     load_projections,
     project,
     projections,
+    refuse_nonfinite,
     remove,
+    require_module,
+    require_state_dict,
     save_projections,
 )
 from .misuse import missing_projections
 from .monitor import variance_stats
-from .projection import ATTR, ProjectionShapeError
+from .projection import ProjectionShapeError
 from .targeting import TargetError
 
 CONFIG_FILE = "dipnet_config.json"
@@ -48,7 +52,7 @@ PROJECTIONS_FILE = "dip_projections.safetensors"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "dipnet-pretrained-v1"
 
-_VARIANCE_SUFFIX = f"{ATTR}.raw_variance"
+_VARIANCE_SUFFIX = VARIANCE_KEY
 ProjectFn = Callable[[nn.Module, DIPConfig], nn.Module]
 
 
@@ -143,8 +147,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
         The folder, as a ``Path``.
     Raises:
         NotProjectedError: if the model has no projections.
-        ProjectionFileError: if ``directory`` exists and is not a folder.
+        ProjectionFileError: if ``directory`` exists and is not a folder, or a saved tensor
+            (a variance, or a weight with ``save_weights``) holds NaN or Inf; nothing is
+            written then.
     """
+    require_module(model, "dipnet.save_pretrained")
     if not projections(model):
         raise NotProjectedError("model has no DIPNet projections to save; call "
                                 "dipnet.project(model, config) and train it first.")
@@ -152,6 +159,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
     if directory.exists() and not directory.is_dir():
         raise ProjectionFileError(f"{directory} exists and is not a folder; save_pretrained "
                                   "writes a folder (choose another path).")
+    # The finiteness rule for every tensor of the save, before anything touches the disk.
+    refuse_nonfinite(model.state_dict() if save_weights else
+                     {k: v for k, v in model.state_dict().items() if _is_projection_key(k)},
+                     f"not saving {directory}", "the run diverged (lower the learning rate) "
+                     "or a value was set by hand; nothing was written", model)
     directory.mkdir(parents=True, exist_ok=True)
     config = get_config(model) or DIPConfig()
     # Every file is first written under a temporary name and only renamed into place once all
@@ -162,13 +174,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
         save_projections(model, projections_tmp)
         weights_file = None
         if save_weights:
-            from safetensors.torch import save_file
-
             weights_tmp = staged.enter_context(
                 atomic_path(directory / WEIGHTS_FILE, suffix=".staged"))
             tensors, aliases = _dedupe_shared(_host_state_dict(model))
-            save_file(tensors, str(weights_tmp),
-                      metadata={"format": "pt", "dipnet_aliases": json.dumps(aliases)})
+            atomic_write_safetensors(tensors, weights_tmp,
+                                     {"format": "pt", "dipnet_aliases": json.dumps(aliases)})
             weights_file = WEIGHTS_FILE
     atomic_write_json(directory / CONFIG_FILE, {
         "format": FORMAT,
@@ -259,6 +269,7 @@ def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
         ]))
         raise ProjectionFileError(f"the weights in {path} do not fit this model ({detail}); "
                                   "pass the architecture that was saved.")
+    refuse_nonfinite(tensors, str(path), "the file is damaged or was saved from a diverged run")
     return tensors
 
 
@@ -296,9 +307,13 @@ def from_pretrained(model: nn.Module, directory: str | os.PathLike, load_weights
     Returns:
         ``model``.
     Raises:
-        ProjectionFileError: the folder or a file is missing or damaged, or the save does not
-            fit the model (the message says what differs).
+        ProjectionFileError: the folder or a file is missing or damaged, holds NaN / Inf
+            (`dipnet.inject.nonfinite_tensors`), or the save does not fit the model (the
+            message says what differs); also when ``load_weights`` is True and the folder
+            holds weights but no ``dipnet_config.json`` (nothing is loaded in part).
+        TypeError: ``model`` is not an ``nn.Module``.
     """
+    require_module(model, "dipnet.from_pretrained")
     directory = Path(directory)
     if not directory.is_dir():
         hint = (" (a single projections file loads with dipnet.load_projections)"
@@ -307,6 +322,13 @@ def from_pretrained(model: nn.Module, directory: str | os.PathLike, load_weights
                                   "one with dipnet.save_pretrained(model, folder).")
     meta = _read_config(directory)
     config_path = directory / CONFIG_FILE
+    if meta is None and load_weights and (directory / WEIGHTS_FILE).is_file():
+        # The weights were asked for and lie there, but without the config nothing says they
+        # belong to this save: load all that was asked, or nothing.
+        raise ProjectionFileError(
+            f"{config_path} is missing, so the weights in {directory / WEIGHTS_FILE} cannot be "
+            "loaded; restore it (save again with dipnet.save_pretrained(..., save_weights=True))"
+            " or pass load_weights=False to load only the projections.")
     proj_name = PROJECTIONS_FILE if meta is None else _plain_file_name(
         meta.get("projections_file"), "projections_file", config_path)
     proj_path = directory / proj_name
@@ -374,9 +396,15 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         ``LoadResult(missing_keys, unexpected_keys)``.
     Raises:
         ProjectionFileError: the state_dict's projections do not fit the model (named layers
-            missing, other sizes, or ``config`` projects other layers).
+            missing, other sizes, or ``config`` projects other layers), or a tensor holds NaN
+            or Inf (`dipnet.inject.nonfinite_tensors`); the model is left as it was.
+        TypeError: ``model`` is not an ``nn.Module`` or ``state_dict`` not a mapping of tensors.
         RuntimeError: torch's error for a mismatch of the model's own weights (strict).
     """
+    require_module(model, "dipnet.load_state_dict")
+    require_state_dict(state_dict, "dipnet.load_state_dict")
+    refuse_nonfinite(state_dict, "dipnet.load_state_dict", "the state_dict is damaged or comes "
+                     "from a diverged run; nothing was loaded", model, config)
     saved_hosts = sorted(_host_of(k) for k in state_dict if _is_projection_key(k))
     was_projected = bool(projections(model))
     projected_here = False

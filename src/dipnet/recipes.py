@@ -41,7 +41,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "docs/results/variance_study/ (tuned20: Fashion-MNIST MLP, 20 trials per arm, 8 seeds: "
         "frozen beat learned by 0.43 pp with Gaussian-perturbed training data, p 0.008, and "
         "by 0.15 pp on clean data, p 0.007; the tuned frozen level was init_scale 0.14) and "
-        "docs/results/dose_response/ (learned vs frozen on a shared grid of levels)"),
+        "docs/results/dose_response/ (MLP, 3 seeds: frozen at 0.1 is within 0.1 pp of "
+        "standard on clean data; learned variances reach the same accuracy-robustness "
+        "trade-off as frozen ones, so learning adds nothing beyond the level; replicated "
+        "tuning flips the sign of learned minus frozen, docs/results/tune_replicates/)"),
     Recipe(
         "finetune",
         {"placement": "layers", "learn_variance": True, "init_scale": 0.1, "variance_lr": 0.1},
@@ -58,7 +61,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "with dipnet tune --objective mix",
         "docs/results/variance_study/ (tuned20 robustness: on clean-trained MLPs the "
         "projections added 10-11 pp under PGD L-inf 0.05 and 4 pp under corruptions) and "
-        "docs/results/dose_response/ (robustness against the level)"),
+        "docs/results/dose_response/ (frozen at 0.3: +7.0 pp PGD L-inf 0.05, +3.1 pp on "
+        "corruptions, -0.22 pp clean, and 72 % certified at L2 0.25; at 1.0: +11.5 pp PGD "
+        "for -0.94 pp clean)"),
 )}
 
 

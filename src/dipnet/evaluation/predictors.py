@@ -90,8 +90,9 @@ class Predictor:
     _row_elements: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        from ..predict import check_count  # the core; imported here to keep this module torch-only
+
+        self.k = check_count(self.k, "k", 1)
         if not self.stochastic:
             self.k = 1
 

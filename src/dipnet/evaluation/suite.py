@@ -27,6 +27,8 @@ import torch
 
 from .. import fileio
 from ..errors import UserError
+from ..objective import available_bytes
+from ..predict import check_count
 from .attacks import robust_accuracy_curve
 from .calibration import calibration_metrics
 from .corruptions import available_corruptions, corruption_accuracy, is_image_shape
@@ -381,6 +383,26 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise UserError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N.") from None
 
 
+def check_k_memory(k: int, rows: int, classes: int, device: torch.device) -> None:
+    """Refuse a k whose trajectories' logits cannot fit in memory, before any work.
+
+    The sampled prediction holds the k trajectories' logits of one batch of ``rows`` examples
+    (``SuiteSettings.batch_size``) at once, three such float32 tensors with their log-softmax
+    and probabilities; the forward passes themselves are bounded by the row budget of
+    `Predictor.chunk`.
+
+    Raises:
+        UserError: naming k, the memory it needs and what is available.
+    """
+    need = 3 * k * rows * classes * 4
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise UserError(
+            f"k={k}: the sampled prediction holds {k} x {rows} x {classes} logits per batch, "
+            f"{need / 1e9:.3g} GB, more than the {free / 1e9:.3g} GB available on {device}; "
+            f"lower --k (or --set batch_size=N with a smaller N).")
+
+
 def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None = None,
                  device: str | torch.device | None = None, data_dir: str | None = None,
                  progress: bool = True, write: bool = True, out: str | os.PathLike | None = None,
@@ -404,7 +426,8 @@ def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None
     Returns:
         the evaluation dict, as written.
     Raises:
-        UserError: the folder is not a finished run, bad suite / settings, or k < 1.
+        UserError: the folder is not a finished run, bad suite / settings, k not a whole
+            number >= 1, or k trajectories' logits that cannot fit in memory (`check_k_memory`).
     """
     # Loading builds the model (random init) and the suite seeds the RNG per part: fork it so
     # that the caller's RNG stream (a sweep that trains next) is left as it was.
@@ -427,9 +450,12 @@ def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
     t0 = time.perf_counter()
     run = load_run(run_dir, data_dir=data_dir)
     load_s = time.perf_counter() - t0
-    k = int(k if k is not None else getattr(run.config, "mc_samples", 8))
-    if k < 1:
-        raise UserError(f"k={k} must be >= 1 (trajectories of the sampled prediction).")
+    try:
+        k = check_count(k if k is not None else getattr(run.config, "mc_samples", 8), "k", 1)
+    except ValueError as err:
+        raise UserError(f"{err} (trajectories of the sampled prediction).") from None
+    if getattr(run.method, "has_sampling", False):
+        check_k_memory(k, settings.batch_size, run.data.num_classes, dev)
     run.model.to(dev)
     notes: list[str] = []
     d = run.data

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -612,7 +613,23 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 def _from_factory(ref: str) -> dict[str, np.ndarray]:
     from ..trust import load_factory
 
-    made = load_factory(ref, "data set")()
+    factory = load_factory(ref, "data set")
+    try:
+        required = [p.name for p in inspect.signature(factory).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # a builtin without a signature: call it and see
+        required = []
+    if required:
+        raise UserError(f"data set factory {ref!r} needs arguments ({', '.join(required)}); "
+                        "a data set factory is called with no arguments: give their values "
+                        "defaults or wrap it in a function that takes none.")
+    try:
+        made = factory()
+    except Exception as err:  # noqa: BLE001 (the user's code: any failure is one line)
+        text = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(f"data set factory {ref!r} failed: {type(err).__name__}: {text[:300]}; "
+                        "fix the factory (run it in Python to see the traceback).") from None
     if not isinstance(made, dict):
         raise UserError(f"data set factory {ref!r} returned {type(made).__name__}; it must "
                         f"return a dict of arrays with keys {', '.join(OWN_REQUIRED)} (optional "

@@ -158,6 +158,14 @@ class Method:
         """Extra numbers for metrics.json at the end of training (dipnet: variance histograms)."""
         return {}
 
+    def check_memory(self, x: torch.Tensor) -> None:
+        """Refuse, before anything is written, a setting whose training step cannot fit in
+        memory on a batch like ``x`` (dipnet: m copies of it). Default: nothing.
+
+        Raises:
+            UserError: naming the setting and how to lower it.
+        """
+
     def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
         """Set data-dependent initial state from a batch of training inputs, after
         `prepare_model` and before any checkpoint is loaded (dipnet: the variances relative to
@@ -260,6 +268,15 @@ class DIPNetMethod(Method):
     def learn_variance(self) -> bool:
         """Whether the variances are trained (`DIPConfig.learn_variance`)."""
         return self.dip_config.learn_variance
+
+    def check_memory(self, x: torch.Tensor) -> None:
+        from ..objective import BatchTooLargeError, check_trajectories_fit
+
+        try:
+            check_trajectories_fit(x, self.dip_config)
+        except BatchTooLargeError as err:
+            raise UserError(f"{err} (in a run: --set dip.m=N, --set dip.chunks=N or "
+                            "--batch-size N)") from None
 
     def calibrate(self, model: nn.Module, x: torch.Tensor) -> None:
         if self.dip_config.relative_init:

@@ -67,6 +67,7 @@ class RunRecord:
     config: dict[str, Any]
     metrics: dict[str, Any]
     evaluation: dict[str, Any] | None = None
+    evaluation_error: str = ""  # why an evaluation.json that is there could not be read
 
     @property
     def method(self) -> str:
@@ -90,11 +91,20 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    return _read_json_why(path)[0]
+
+
+def _read_json_why(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object in ``path``, "") or (None, why it could not be read; "" if missing)."""
+    if not path.exists():
+        return None, ""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    except OSError as err:
+        return None, f"cannot be read: {err.strerror}"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return None, f"not valid JSON: {err}"
+    return (data, "") if isinstance(data, dict) else (None, "not a JSON object")
 
 
 def load_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
@@ -122,17 +132,40 @@ def load_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
                 config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
             except yaml.YAMLError:
                 config = {}
-        evaluation = _read_json(d / "evaluation.json")
+        evaluation, problem = _read_json_why(d / "evaluation.json")
         certified = _read_json(d / "certify.json")  # `dipnet certify`: the report's panel
         if evaluation is not None and certified is not None:
             evaluation["certified"] = {k: certified.get(k) for k in (
                 "certified_accuracy", "abstention_rate", "mean_radius", "points")}
-        records.append(RunRecord(d.name, d, config, metrics, evaluation))
+        records.append(RunRecord(d.name, d, config, metrics, evaluation, problem))
     if not records and not unfinished:
         raise UserError(f"no runs found under {runs_dir}: run dipnet compare --out {root} "
                         f"first")
     records.sort(key=lambda r: (r.group, _method_order(r.method), r.seed))
     return records, unfinished
+
+
+def _outside_the_sweep(records: list[RunRecord], sweep_cfg: Any
+                       ) -> tuple[list[RunRecord], list[str]]:
+    """Split off the runs whose data set or model is not the sweep's (``sweep.yaml``): a run
+    copied or trained into the folder by hand is not part of the comparison. Returns (kept,
+    ``"name (dataset / model)"`` of each run left out); everything is kept without a
+    readable sweep.yaml."""
+    if not isinstance(sweep_cfg, dict) or not sweep_cfg.get("dataset"):
+        return records, []
+    want = (str(sweep_cfg["dataset"]), str(sweep_cfg.get("model") or "mlp"))
+    kept = [r for r in records if r.group[:2] == want]
+    strays = [f"{r.name} ({r.group[0]} / {r.group[1]})" for r in records if r.group[:2] != want]
+    return kept, strays
+
+
+def _figure_name(kind: str, *parts: str) -> str:
+    """A figure's file name from its kind and the data set / model / condition it shows: a
+    path keeps only its last part (``/data/good.npz`` -> ``good.npz``), and every character
+    that does not belong in a file name becomes ``-`` (``pkg.mod:make`` -> ``pkg.mod-make``)."""
+    clean = [re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(p)).name if "/" in str(p) else str(p))
+             for p in parts]
+    return "_".join([kind, *clean]) + ".png"
 
 
 def _method_order(method: str) -> int:
@@ -230,6 +263,8 @@ def _run_row(r: RunRecord) -> dict[str, Any]:
         "wall_clock_s": _num(m.get("wall_clock_s")),
         "num_params": m.get("num_params"), "extra_params": m.get("extra_params"),
         "evaluated": r.evaluation is not None,
+        # "not evaluated" and "evaluated, but its evaluation.json cannot be read" differ
+        "evaluation_error": r.evaluation_error or None,
     }
     for k, v in flatten_evaluation(r.evaluation).items():
         row[f"eval/{k}"] = v
@@ -746,7 +781,6 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
         for r in evald:
             if r.perturbation == pert and r.evaluation is not None:
                 evs[r.method].append(r.evaluation)
-        tag = f"{ds}_{model}_{pert}"
         title = f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}"
         lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}"]
         plots = [
@@ -761,7 +795,8 @@ def _evaluation_section(records: Sequence[RunRecord], results: dict[str, Any], d
         ]
         for fn, name, alt in plots:
             try:
-                fp = fn(dict(evs), title, fig_dir / f"eval_{name}_{tag}.png", order)
+                fp = fn(dict(evs), title,
+                        fig_dir / _figure_name(f"eval_{name}", ds, model, pert), order)
             except Exception as err:  # one odd evaluation.json must not lose the report
                 lines += ["", f"(figure '{alt}' could not be drawn: {err})"]
                 continue
@@ -814,7 +849,6 @@ def _variance_section(records: Sequence[RunRecord], results: dict[str, Any], ds:
     order = list(METHODS)
     for pert in sorted({r.perturbation for r, _ in vruns}, key=_pert_order):
         group = [(r, v) for r, v in vruns if r.perturbation == pert]
-        tag = f"{ds}_{model}_{pert}"
         title = f"{ds} / {model}, train input {_PERT_LABEL.get(pert, pert)}"
         lines += ["", f"### Train input: {_PERT_LABEL.get(pert, pert)}", ""]
         for r, v in sorted(group, key=lambda rv: (_method_order(rv[0].method), rv[0].seed)):
@@ -828,7 +862,7 @@ def _variance_section(records: Sequence[RunRecord], results: dict[str, Any], ds:
                  "final per-feature histogram of λ"),
                 (report_variance.plot_gradients, "gradient",
                  "gradient of the data term and of the barrier w.r.t. λ")):
-            fp = fn(runs, title, fig_dir / f"variance_{name}_{tag}.png", order)
+            fp = fn(runs, title, fig_dir / _figure_name(f"variance_{name}", ds, model, pert), order)
             if fp is not None:
                 figs.append(fp)
                 lines += ["", f"![{alt}]({fp.relative_to(out_dir).as_posix()})"]
@@ -857,15 +891,23 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     prov = _read_json(sweep_dir / "provenance.json")
     sweep_cfg = None
+    unreadable = [f"runs/{r.name}/evaluation.json ({r.evaluation_error})" for r in records
+                  if r.evaluation_error]
     if (sweep_dir / "sweep.yaml").is_file():
         try:
             sweep_cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+        except (OSError, yaml.YAMLError) as err:
+            unreadable.append(f"sweep.yaml ({str(err).splitlines()[0]})")
+        if sweep_cfg is not None and not isinstance(sweep_cfg, dict):
+            unreadable.append("sweep.yaml (not a mapping of sweep settings)")
             sweep_cfg = None
+    records, strays = _outside_the_sweep(records, sweep_cfg)
     results = build_results(records, prov, sweep_cfg)
     results["unfinished_runs"] = unfinished
     results["scorecards"] = [scorecard.build(results, ds, m, _cost_key(results, ds, m)) for ds, m
                              in sorted({(a["dataset"], a["model"]) for a in results["aggregates"]})]
+    results["unreadable_files"] = unreadable
+    results["left_out_runs"] = strays
     jpath, cpath = write_results(results, out)
 
     fig_dir = out / "figures"
@@ -892,6 +934,15 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         md += ["", f"**{len(unfinished)} run(s) not finished** (running, interrupted or failed) "
                f"and left out: {', '.join(unfinished[:10])}"
                f"{' …' if len(unfinished) > 10 else ''}."]
+    if unreadable:
+        md += ["", f"**{len(unreadable)} file(s) could not be read**, so what they hold is not "
+               f"in this report (fix or delete them, then run `dipnet report` again): "
+               f"{'; '.join(unreadable[:10])}{' …' if len(unreadable) > 10 else ''}."]
+    if strays:
+        md += ["", f"**{len(strays)} run(s) of another data set or model** than the sweep's "
+               f"({sweep_cfg.get('dataset')} / {sweep_cfg.get('model', 'mlp')}) are in its "
+               f"folder and left out: {', '.join(strays[:10])}"
+               f"{' …' if len(strays) > 10 else ''}."]
     for note in results["notes"]:
         md += ["", f"> {note}"]
 
@@ -915,11 +966,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         md += [summary_table(results, ds, model), ""]
         sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
         p = report_plots.plot_accuracy(sub, sub_methods, sub_conds, f"{ds} / {model}",
-                                       fig_dir / f"accuracy_{ds}_{model}.png")
+                                       fig_dir / _figure_name("accuracy", ds, model))
         figs.append(p)
         md += [f"![test accuracy per method]({rel(p)})", ""]
         p = report_plots.plot_forest(_forest_panels(results, ds, model), f"{ds} / {model}",
-                                     fig_dir / f"forest_{ds}_{model}.png")
+                                     fig_dir / _figure_name("forest", ds, model))
         if p:
             figs.append(p)
             md += [f"![difference from standard with 95% confidence intervals]({rel(p)})", ""]
@@ -936,7 +987,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             p2 = report_plots.plot_curves(
                 hist, sorted(hist, key=_method_order),
                 f"{ds} / {model}, train input {_PERT_LABEL.get(c, c)}",
-                fig_dir / f"curves_{ds}_{model}_{c}.png")
+                fig_dir / _figure_name("curves", ds, model, c))
             if p2:
                 figs.append(p2)
                 md += [f"![learning curves, train input {c}]({rel(p2)})", ""]
@@ -970,7 +1021,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         p4 = report_plots.plot_cost(
             sub, sub_methods, sub_conds, ck,
             "training " + ("CPU" if ck.startswith("train_cpu") else "wall") + " time per epoch",
-            f"{ds} / {model}", fig_dir / f"cost_{ds}_{model}.png", BASELINE)
+            f"{ds} / {model}", fig_dir / _figure_name("cost", ds, model), BASELINE)
         if p4:
             figs.append(p4)
             md += ["", f"![compute cost]({rel(p4)})"]

@@ -8,12 +8,18 @@ written. `inspect_run_folder` compares a run folder with the run about to be mad
     finished  the same run, finished: reuse its metrics
     different another run (the differing fields are listed): refuse
     damaged   a config.yaml / metrics.json that cannot be read: refuse, never reuse
+
+It also holds the one mechanism that replaces a run (``--overwrite``): `set_aside` moves the
+old run's files into a hidden folder inside the run folder, `restore_aside` puts them back when
+the new run fails for any reason, and `drop_aside` deletes them once the new run has finished.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,11 @@ from ..errors import UserError
 from .config import RunConfig
 
 CHECKPOINT_DIR = "checkpoint"
-#: What a run writes (and ``--overwrite`` removes); the ``.lock`` file is not among them.
+#: What a run writes; the ``.lock`` file is not among them (``--overwrite`` sets aside all but it).
 RESULT_FILES = ("config.yaml", "metrics.json", "train.log", "model.safetensors", CHECKPOINT_DIR)
+#: The hidden folder inside a run folder that holds the run being replaced (`set_aside`).
+ASIDE_PREFIX = ".previous-run-"
+_KEPT = (".lock",)
 
 
 def check_out_path(out: str | os.PathLike, option: str = "--out") -> None:
@@ -67,10 +76,7 @@ class FolderState:
 
     def diff_text(self, there: str = "", now: str = "", limit: int = 6) -> str:
         """``"method: 'dipnet' vs 'standard'; seed: 0 vs 7"`` (saved first)."""
-        parts = [f"{k}: {a!r}{there} vs {b!r}{now}" for k, a, b in self.diff[:limit]]
-        if len(self.diff) > limit:
-            parts.append(f"and {len(self.diff) - limit} more")
-        return "; ".join(parts)
+        return diff_text(self.diff, there, now, limit)
 
     def refusal(self) -> UserError:
         """The one-line error of `dipnet train` for a ``different`` / ``damaged`` folder."""
@@ -80,6 +86,27 @@ class FolderState:
                              "to replace it.")
         return UserError(f"{self.out} holds a run whose {self.damage}; it is not reused. Pass "
                          "--overwrite to replace it, or choose another --out.")
+
+
+def diff_text(diff: list[tuple[str, Any, Any]], there: str = "", now: str = "",
+              limit: int = 6) -> str:
+    """``[(key, saved, requested)]`` as ``"method: 'dipnet' vs 'standard'; seed: 0 vs 7"``."""
+    parts = [f"{k}: {a!r}{there} vs {b!r}{now}" for k, a, b in diff[:limit]]
+    if len(diff) > limit:
+        parts.append(f"and {len(diff) - limit} more")
+    return "; ".join(parts)
+
+
+def nested_diff(saved: Any, requested: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved, requested)`` for every setting that differs, walking nested
+    mappings (``sweep.run.epochs``); a value that is not a mapping on both sides is compared
+    whole."""
+    if not (isinstance(saved, dict) and isinstance(requested, dict)):
+        return [] if saved == requested else [(prefix.rstrip(".") or "(all)", saved, requested)]
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(saved) | set(requested), key=str):
+        out += nested_diff(saved.get(key), requested.get(key), f"{prefix}{key}.")
+    return out
 
 
 def _load_saved_config(path: Path) -> tuple[RunConfig | None, str]:
@@ -153,3 +180,91 @@ def read_metrics(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
     metrics, _ = _load_saved_metrics(path)
     return metrics
+
+
+# ---------------------------------------------------------------------- replacing a run
+def find_aside(out: str | os.PathLike) -> Path | None:
+    """The folder `set_aside` made in ``out`` and nobody restored or dropped (a run that
+    replaced it was killed), or None."""
+    out = Path(out)
+    found = sorted(p for p in out.glob(ASIDE_PREFIX + "*") if p.is_dir()) if out.is_dir() else []
+    return found[0] if found else None
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def _entries(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.name not in _KEPT and not p.name.startswith(
+        ASIDE_PREFIX)]
+
+
+def set_aside(out: str | os.PathLike) -> Path | None:
+    """Move what the run folder ``out`` holds (bar its lock) into a hidden folder inside it.
+
+    Renames only, in the same folder: nothing is copied or deleted, so a full disk cannot stop
+    it. If a folder set aside earlier is still there (the run that replaced it was killed), it
+    is the old run: what ``out`` holds now is that killed run's partial output, which is
+    deleted instead. Returns the folder set aside, or None when ``out`` held nothing.
+
+    Raises:
+        OSError: the folder cannot be made or an entry cannot be moved (those moved so far are
+            moved back first).
+    """
+    out = Path(out)
+    earlier = find_aside(out)
+    if earlier is not None:
+        for p in _entries(out):
+            _remove(p)
+        return earlier
+    entries = _entries(out) if out.is_dir() else []
+    if not entries:
+        return None
+    aside = Path(tempfile.mkdtemp(dir=out, prefix=ASIDE_PREFIX))
+    moved: list[Path] = []
+    try:
+        for p in entries:
+            os.replace(p, aside / p.name)
+            moved.append(p)
+    except BaseException:
+        for p in moved:
+            os.replace(aside / p.name, p)
+        aside.rmdir()
+        raise
+    return aside
+
+
+def restore_aside(out: str | os.PathLike, aside: Path | None) -> None:
+    """Undo `set_aside`: delete what the new run wrote in ``out`` and move the old run back.
+
+    Best effort on every entry (a restore runs while another error is being raised); an entry
+    that cannot be moved back stays in ``aside``, which is then kept.
+    """
+    if aside is None or not aside.is_dir():
+        return
+    out = Path(out)
+    for p in _entries(out):
+        try:
+            _remove(p)
+        except OSError:
+            pass
+    for p in list(aside.iterdir()):
+        try:
+            os.replace(p, out / p.name)
+        except OSError:
+            pass
+    try:
+        aside.rmdir()
+    except OSError:
+        pass
+
+
+def drop_aside(out: str | os.PathLike) -> None:
+    """Delete the run that `set_aside` kept in ``out``: the run replacing it has finished."""
+    aside = find_aside(out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)

@@ -35,8 +35,8 @@ import yaml
 
 from .. import trust
 from ..commands.overrides import set_nested
-from ..errors import UserError
-from ..fileio import atomic_write_text
+from ..errors import UserError, describe_os_error
+from ..fileio import atomic_write_text, is_disk_error
 from . import backends
 from .config import dip_methods, takes_dip_settings
 from .locks import FolderLock
@@ -369,7 +369,19 @@ def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]
     except UserError:
         raise
     except Exception as err:  # a crashed run must not kill the other 161
-        return run_dir, f"{type(err).__name__}: {err}"
+        return run_dir, _failure(err)
+
+
+def _failure(err: Exception) -> str:
+    """A task's failure as one line; a full or read-only disk, which every other task would
+    meet too, stops the sweep instead.
+
+    Raises:
+        UserError: for `dipnet.fileio.is_disk_error` errors (naming the path).
+    """
+    if is_disk_error(err):
+        raise UserError(describe_os_error(err)) from None  # type: ignore[arg-type]
+    return f"{type(err).__name__}: {err}"
 
 
 def _git_commit() -> str | None:
@@ -421,7 +433,7 @@ def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[
     except UserError:
         raise
     except Exception as err:  # keep the other evaluations; the report marks the gap
-        return run_dir, f"{type(err).__name__}: {err}"
+        return run_dir, _failure(err)
 
 
 def _tuples(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,16 @@ Where it goes:
 
 A run that starts from scratch (no checkpoint, or ``--overwrite``) clears its old tensorboard
 folder and mlflow link first, so the curves never mix two trainings. The packages are an extra:
-``pip install 'dipnet[track]'``; a missing one stops the run at its plan, before anything is
-written (`check_trackers`).
+``pip install 'dipnet[track]'``.
+
+The failure policy: a tracker never costs a run its results.
+
+- What can be checked is checked at the plan, before anything is written, and refused in one
+  line: a missing package (`check_trackers`), a tensorboard folder or a file store that cannot
+  be made (under a file, not writable), an MLflow server that does not answer
+  (`check_tracker_targets`).
+- Anything else (a store that fails mid-run, a full disk under the tracker) is one warning on
+  stderr; that tracker is dropped and the run finishes, writing metrics.json and its weights.
 """
 
 from __future__ import annotations
@@ -28,17 +36,20 @@ import math
 import os
 import re
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+from urllib.parse import urlparse
 
 from ..commands import module_installed
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from .config import REPORT_TO, RunConfig
 
-__all__ = ["REPORT_TO", "check_trackers", "open_trackers", "scalars", "final_scalars",
-           "Trackers"]
+__all__ = ["REPORT_TO", "check_trackers", "check_tracker_targets", "open_trackers", "scalars",
+           "final_scalars", "Trackers"]
 
 TENSORBOARD_DIR = "tensorboard"
 STATE_FILE = "tracking.json"
@@ -61,6 +72,44 @@ def check_trackers(names: Iterable[str]) -> None:
         if not module_installed(package):
             raise UserError(f"--report-to {name} needs the {package} package, which is not "
                             "installed: pip install 'dipnet[track]' (or drop --report-to)")
+
+
+def _mlflow_uri(out: Path) -> str:
+    """The store a run in ``out`` reports to: ``MLFLOW_TRACKING_URI``, else ``../mlruns``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (out.resolve().parent / "mlruns").as_uri()
+
+
+def check_tracker_targets(cfg: RunConfig, out: str | os.PathLike) -> None:
+    """Check, writing nothing, that each tracker of ``cfg.report_to`` can start for ``out``.
+
+    tensorboard: ``out/tensorboard`` can be made. mlflow: a file store (``file:`` URI or a
+    path) can be made; an ``http(s)`` server accepts a connection within 3 s. Other stores
+    (databricks, a database) cannot be checked here.
+
+    Raises:
+        UserError: one line naming the tracker, the place and the fix.
+    """
+    from .rundir import check_out_path
+
+    out = Path(out)
+    for name in cfg.report_to:
+        if name == "tensorboard":
+            check_out_path(out / TENSORBOARD_DIR, "--report-to tensorboard folder")
+            continue
+        uri = _mlflow_uri(out)
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            check_out_path(Path(parsed.path if parsed.scheme else uri),
+                           "--report-to mlflow store (MLFLOW_TRACKING_URI)")
+        elif parsed.scheme in ("http", "https"):
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            try:
+                socket.create_connection((parsed.hostname or "localhost", port), 3).close()
+            except OSError as err:
+                raise UserError(f"--report-to mlflow: the tracking server {uri} does not answer "
+                                f"({err.strerror or err}); start it, or set "
+                                "MLFLOW_TRACKING_URI to a reachable one (unset: a file store "
+                                "beside the run).") from None
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -109,6 +158,8 @@ def _flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class _TensorBoard:
     """Scalars into ``<run>/tensorboard`` with torch's SummaryWriter."""
 
+    name = "tensorboard"
+
     def __init__(self, cfg: RunConfig, out: Path, fresh: bool) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -136,15 +187,16 @@ class _MLflow:
     """Metrics into an MLflow run, through `mlflow.tracking.MlflowClient` (no global state:
     the runs of a sweep in one process never share an active run)."""
 
+    name = "mlflow"
+
     def __init__(self, cfg: RunConfig, out: Path, fresh: bool) -> None:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
             check_trackers(["mlflow"])
             raise
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            uri = (out.resolve().parent / "mlruns").as_uri()
+        uri = _mlflow_uri(out)
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
             # MLflow 3 keeps its file store only on request; a plain folder needs no server.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
@@ -205,25 +257,44 @@ def _read_state(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _warn(name: str, err: BaseException) -> None:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    print(f"dipnet: warning: --report-to {name} failed ({type(err).__name__}: {text[:200]}); "
+          "the run goes on without it (its results are in metrics.json).", file=sys.stderr)
+
+
 class Trackers:
-    """The trackers of one run (none, one or both); every call goes to each of them."""
+    """The trackers of one run (none, one or both); every call goes to each of them.
+
+    A tracker that raises is dropped after one warning (the module's failure policy): the run
+    and its own results never depend on it.
+    """
 
     def __init__(self, trackers: list[Any]) -> None:
         self.trackers = trackers
         self.finished = False
 
+    def _each(self, call: Callable[[Any], None]) -> None:
+        for t in list(self.trackers):
+            try:
+                call(t)
+            except Exception as err:  # noqa: BLE001 (the policy: warn once, drop, go on)
+                self.trackers.remove(t)
+                _warn(t.name, err)
+                try:
+                    t.finish(False)
+                except Exception:  # noqa: BLE001 (already reported)
+                    pass
+
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Log one history row at step ``row["epoch"]``."""
         values = scalars(row)
-        for t in self.trackers:
-            t.log(values, int(row["epoch"]))
+        self._each(lambda t: t.log(values, int(row["epoch"])))
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """Log the end-of-run numbers and close the trackers."""
         values = final_scalars(metrics)
-        for t in self.trackers:
-            t.log(values, int(metrics.get("epochs") or 0))
-            t.finish(True)
+        self._each(lambda t: (t.log(values, int(metrics.get("epochs") or 0)), t.finish(True)))
         self.finished = True
 
     def close(self) -> None:
@@ -244,8 +315,15 @@ def open_trackers(cfg: RunConfig, out: str | os.PathLike, fresh: bool) -> Tracke
         cfg: the run's config (``report_to``; the whole config is logged as parameters).
         out: the run folder.
         fresh: the run starts from scratch (its old tracking output is cleared).
-    Raises:
-        UserError: a tracker package is missing.
+    Returns:
+        The trackers that started; one that fails to start is one warning and left out (the
+        module's failure policy).
     """
     kinds = {"tensorboard": _TensorBoard, "mlflow": _MLflow}
-    return Trackers([kinds[name](cfg, Path(out), fresh) for name in cfg.report_to])
+    started = []
+    for name in cfg.report_to:
+        try:
+            started.append(kinds[name](cfg, Path(out), fresh))
+        except Exception as err:  # noqa: BLE001 (the policy: warn once, go on without it)
+            _warn(name, err)
+    return Trackers(started)

@@ -47,12 +47,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..errors import UserError, describe_os_error
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
 from .config import RunConfig
 from .data import DatasetSplits, Split, check_dataset_name, load_dataset
 from .fixed import fixed_training_inputs
@@ -60,8 +60,8 @@ from .locks import FolderLock
 from .methods import Method, compile_for_training, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
-from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path,
-                     inspect_run_folder, read_metrics)
+from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
+                     inspect_run_folder, read_metrics, restore_aside, set_aside)
 
 __all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan",
            "Prepared", "read_metrics", "evaluate_split", "save_checkpoint", "load_checkpoint",
@@ -225,14 +225,26 @@ def save_checkpoint(out: Path, model: nn.Module, state: dict[str, Any]) -> Path:
 
     The pointer is replaced atomically after both files are complete, so a kill at any moment
     leaves either the previous or the new checkpoint, never a mix. Older epochs are removed.
+
+    Raises:
+        OSError: a file cannot be written (ENOSPC on a full disk); the new epoch's folder is
+            removed and the previous checkpoint stays.
     """
     root = out / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{state['epoch']:04d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
+    try:
+        # fileio's writers turn a full disk into one OSError naming the file
+        atomic_write_safetensors({k: v.detach().contiguous().cpu()
+                                  for k, v in model.state_dict().items()},
+                                 tmp / "model.safetensors")
+        atomic_torch_save(state, tmp / "state.pt")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint holding space
+        if isinstance(err, OSError) and err.errno is not None:  # name the checkpoint, not a temp
+            raise type(err)(err.errno, err.strerror, str(root / name)) from None
+        raise
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -273,13 +285,21 @@ def _hardware(device: torch.device) -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+class _StrictFileHandler(logging.FileHandler):
+    """train.log's handler: a failed write (a full disk) stops the run with that OSError,
+    instead of logging's traceback on stderr and a run that goes on without its log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # noqa: PLE0704 (called by emit() inside its except block: re-raises its error)
+
+
 def _make_logger(out: Path, enabled: bool) -> logging.Logger:
     logger = logging.getLogger(f"dipnet.train.{out.resolve()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     _close_logger(logger)
     if enabled:
-        handler = logging.FileHandler(out / "train.log", mode="a")
+        handler = _StrictFileHandler(out / "train.log", mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     else:
@@ -330,6 +350,7 @@ class RunPlan:
     overwrite: bool
     device: torch.device
     state: FolderState
+    aside: Path | None = None  # the run being replaced, while this one trains (--overwrite)
 
     @property
     def finished(self) -> dict[str, Any] | None:
@@ -402,6 +423,9 @@ def plan_run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
     out = Path(out_dir)
     device = validate_run(cfg, local_rank)
     check_out_path(out)
+    from .tracking import check_tracker_targets
+
+    check_tracker_targets(cfg, out)  # a tracker that cannot start stops here, nothing written
     state = inspect_run_folder(out, cfg)
     if not overwrite and not state.usable:
         raise state.refusal()
@@ -471,6 +495,7 @@ def prepare_model_and_data(cfg: RunConfig, device: torch.device) -> Prepared:
     model, base_params = build_model(cfg, method, data.input_shape, data.num_classes,
                                      len(train), normalize)
     model = model.to(device)
+    method.check_memory(train.x[:cfg.batch_size])  # m copies of a batch: refused before any write
     # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
     # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
     method.calibrate(model, train.x[:512])
@@ -496,12 +521,9 @@ def _take_folder(plan: RunPlan, info: DistInfo, wait: bool) -> tuple[FolderLock 
                                       "which another dipnet process is training")
             state = inspect_run_folder(out, cfg)  # it may have changed since the plan
             if plan.overwrite:
-                for name in RESULT_FILES:
-                    p = out / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
+                # Moved aside, not deleted: deleted once the new run finished, put back if
+                # it fails (train_run).
+                plan.aside = set_aside(out)
             elif state.kind == "finished":
                 decision = ("finished", state.metrics)
             elif not state.usable:
@@ -510,6 +532,8 @@ def _take_folder(plan: RunPlan, info: DistInfo, wait: bool) -> tuple[FolderLock 
                 cfg.save(out / "config.yaml")
         except (UserError, OSError) as err:
             decision = ("error", _describe(err))
+            restore_aside(out, plan.aside)
+            plan.aside = None
         if decision[0] != "go" and lock is not None:
             lock.release(tidy=True)
             lock = None
@@ -574,6 +598,10 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
             return finished if info.is_main else {}
         try:
             return _train_and_finish(plan, prep, info, progress, command, on_epoch)
+        except BaseException:
+            if info.is_main:  # any failure, Ctrl-C included: the replaced run comes back
+                restore_aside(plan.out, plan.aside)
+            raise
         finally:
             if lock is not None:
                 lock.release()
@@ -743,10 +771,11 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
         metrics = _final_metrics(cfg, method, model, prep.data, val, test, history, elapsed,
                                  device, prep.base_params, extra, info, command, rss_reset,
                                  fixed_info)
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                      str(tmp))
+        atomic_write_safetensors({k: v.detach().contiguous().cpu()
+                                  for k, v in model.state_dict().items()},
+                                 out / "model.safetensors")
         atomic_write_json(out / "metrics.json", metrics)
+        drop_aside(out)  # the run this one replaced (--overwrite) may go now, not before
         trackers.finish(metrics)
         say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
             f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")

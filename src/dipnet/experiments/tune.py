@@ -392,10 +392,14 @@ def _plan(cfg: TuneConfig, out: Path) -> dict[str, dict[str, tuple[float, float,
             before = yaml.safe_load(settings.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             before = None
-        if not isinstance(before, dict) or before.get("identity") != json.loads(
-                json.dumps(cfg.identity())):
-            raise UserError(f"{out} holds a tune with other settings (see {settings}): use "
-                            f"another --out, or delete that folder to start again")
+        now = json.loads(json.dumps(cfg.identity()))
+        if not isinstance(before, dict) or before.get("identity") != now:
+            from .rundir import diff_text, nested_diff
+
+            diff = nested_diff(before.get("identity"), now) if isinstance(before, dict) else []
+            what = f"saved vs requested: {diff_text(diff)}" if diff else f"see {settings}"
+            raise UserError(f"{out} holds a tune with other settings ({what}): use another "
+                            f"--out, or delete that folder to start again")
     journal = out / STUDY_FILE
     if journal.is_file():
         optuna = _optuna()
