@@ -49,9 +49,24 @@ def _rel(path: Path) -> str:
 
 def tuned20_rows() -> list[dict[str, Any]]:
     """The 20-trial tuned variance study: test accuracy of every arm, each condition."""
+    return compare_rows("variance_study_tuned20", [
+        (condition, RESULTS / "variance_study" / "tuned20" / condition / "compare_results.json")
+        for condition in ("none", "gaussian")])
+
+
+def tune_objective_rows() -> list[dict[str, Any]]:
+    """Every arm tuned for accuracy, then for the accuracy-robustness mix (clean data)."""
+    return compare_rows("tune_objective", [
+        (objective, RESULTS / "tune_objective" / objective / "results.json")
+        for objective in ("accuracy", "mix")], condition_is_objective=True)
+
+
+def compare_rows(study: str, sources: list[tuple[str, Path]],
+                 condition_is_objective: bool = False) -> list[dict[str, Any]]:
+    """Test accuracy of every arm of `dipnet compare` results (``results.json``), paired with
+    standard, plus learned minus frozen paired by seed."""
     rows: list[dict[str, Any]] = []
-    for condition in ("none", "gaussian"):
-        path = RESULTS / "variance_study" / "tuned20" / condition / "compare_results.json"
+    for condition, path in sources:
         if not path.is_file():
             continue
         d = json.loads(path.read_text())
@@ -62,8 +77,10 @@ def tuned20_rows() -> list[dict[str, Any]]:
             arm, s = agg["method"], agg["test_accuracy"]
             t = tests.get(arm)
             rows.append({
-                "study": "variance_study_tuned20", "architecture": "mlp", "pretrained": False,
-                "condition": "clean" if condition == "none" else "gaussian_fixed",
+                "study": study, "architecture": "mlp", "pretrained": False,
+                "condition": ("clean" if condition_is_objective or condition == "none"
+                              else "gaussian_fixed"),
+                **({"tuning_objective": condition} if condition_is_objective else {}),
                 "arm": arm, "metric": "test_accuracy", "mean": _num(s["mean"]),
                 "ci_low": _num(s["ci_low"]), "ci_high": _num(s["ci_high"]),
                 "n_seeds": int(s["n"]),
@@ -77,9 +94,12 @@ def tuned20_rows() -> list[dict[str, Any]]:
               for m in ("dipnet", "fixed_noise")}
         seeds = sorted(set(by["dipnet"]) & set(by["fixed_noise"]))
         t = paired_test([by["dipnet"][k] for k in seeds], [by["fixed_noise"][k] for k in seeds])
-        rows.append(_lmf_row("variance_study_tuned20", "mlp", condition, "test_accuracy",
-                             t.to_dict(), {"tuned": True}, 0, inv.get("git_commit"),
-                             inv.get("command"), [_rel(path)]))
+        row = _lmf_row(study, "mlp", "none" if condition_is_objective else condition,
+                       "test_accuracy", t.to_dict(), {"tuned": True}, 0, inv.get("git_commit"),
+                       inv.get("command"), [_rel(path)])
+        if condition_is_objective:
+            row["tuning_objective"] = condition
+        rows.append(row)
     return rows
 
 
@@ -177,7 +197,7 @@ def replicate_rows() -> list[dict[str, Any]]:
 
 def build() -> list[dict[str, Any]]:
     """Every row, with Holm-corrected p-values per study."""
-    rows = tuned20_rows() + dose_rows() + replicate_rows()
+    rows = tuned20_rows() + tune_objective_rows() + dose_rows() + replicate_rows()
     def raw_p(r: dict[str, Any]) -> float | None:
         return r["p_vs_standard"] if r["arm"] != LMF else r.get("p_learned_vs_frozen")
 
@@ -205,6 +225,8 @@ def _pp(r: dict[str, Any] | None, key: str = "diff_vs_standard") -> str:
 
 
 def _level(r: dict[str, Any]) -> str:
+    if r.get("tuning_objective"):
+        return f"tuned for {r['tuning_objective']}"
     if r["replicate"] is not None and r["study"] == "tune_replicates":
         return f"tuned, replicate {r['replicate']}"
     if "init_scale" in r["recipe"] and "barrier_temperature" not in r["recipe"] and \
@@ -225,13 +247,14 @@ def table(rows: list[dict[str, Any]]) -> str:
              "95% CI) | fixed_noise - standard | learned - frozen | n seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     keep = [r for r in rows if r["metric"] in HEADLINE_METRICS and r["arm"] != "standard"
-            and "barrier_temperature" not in r["recipe"]]
+            and not (r["study"] == "dose_response" and "barrier_temperature" in r["recipe"])]
     keys: list[tuple[str, str, str, str, str]] = []
     for r in keep:
         k = (r["study"], r["architecture"], r["condition"], r["metric"], _level(r))
         if k not in keys:
             keys.append(k)
-    order = {"dose_response": 0, "tune_replicates": 1, "variance_study_tuned20": 2}
+    order = {"dose_response": 0, "tune_objective": 1, "tune_replicates": 2,
+             "variance_study_tuned20": 3}
     keys.sort(key=lambda k: (order.get(k[0], 9), k[1], k[2], HEADLINE_METRICS.index(k[3])))
     for key in keys:
         mine = {r["arm"]: r for r in keep
