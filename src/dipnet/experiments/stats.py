@@ -294,11 +294,16 @@ def detectable_difference(p: float, n: int, alpha: float = 0.05, power: float = 
     Raises:
         ValueError: p outside (0, 1), n < 1, alpha or power outside (0, 1).
     """
-    if not 0 < p < 1 or n < 1 or not 0 < alpha < 1 or not 0 < power < 1:
-        raise ValueError(f"need 0 < p < 1, n >= 1, 0 < alpha, power < 1; got {p}, {n}, "
-                         f"{alpha}, {power}")
-    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
-    return float(z * math.sqrt(2 * p * (1 - p) / n))
+    if not 0 < p < 1 or n < 1:
+        raise ValueError(f"need 0 < p < 1 and n >= 1; got {p}, {n}")
+    return float(_power_z(alpha, power) * math.sqrt(2 * p * (1 - p) / n))
+
+
+def _power_z(alpha: float, power: float) -> float:
+    """z_(1 - alpha/2) + z_power, the normal quantiles of a two-sided test's power formula."""
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need 0 < alpha, power < 1; got {alpha}, {power}")
+    return float(_st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power))
 
 
 def required_items(p: float, difference: float, alpha: float = 0.05, power: float = 0.8) -> int:
@@ -307,8 +312,6 @@ def required_items(p: float, difference: float, alpha: float = 0.05, power: floa
     Raises:
         ValueError: as `detectable_difference`, or a difference that is not > 0.
     """
-    if not difference > 0:
-        raise ValueError(f"difference must be > 0, got {difference}")
-    detectable_difference(p, 1, alpha, power)  # validates the rest
-    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
-    return int(math.ceil(2 * p * (1 - p) * (z / difference) ** 2))
+    if not difference > 0 or not 0 < p < 1:
+        raise ValueError(f"need difference > 0 and 0 < p < 1; got {difference}, {p}")
+    return int(math.ceil(2 * p * (1 - p) * (_power_z(alpha, power) / difference) ** 2))

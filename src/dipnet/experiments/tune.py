@@ -532,11 +532,8 @@ def _tune_method(cfg: TuneConfig, method: str, space: dict[str, tuple[float, flo
 
 
 def _last_value(frozen: Any) -> float:
-    if frozen.value is not None:
-        return float(frozen.value)
-    if frozen.intermediate_values:
-        return float(frozen.intermediate_values[max(frozen.intermediate_values)])
-    return float("nan")
+    """The objective of a finished trial, else its last reported validation accuracy."""
+    return float(frozen.value) if frozen.value is not None else _last_clean(frozen)
 
 
 def _last_clean(frozen: Any) -> float:

@@ -121,8 +121,7 @@ def robust_validation_accuracy(cfg_dict: dict[str, Any], run_dir: str | Path,
     import torch
 
     from ..evaluation.attacks import run_attack
-    from ..evaluation.predictors import Predictor
-    from ..evaluation.suite import _bounds
+    from ..evaluation.suite import _bounds, run_predictors
     from .config import RunConfig
     from .train import load_checkpoint, prepare_model_and_data, resolve_device
 
@@ -134,19 +133,15 @@ def robust_validation_accuracy(cfg_dict: dict[str, Any], run_dir: str | Path,
     with torch.random.fork_rng():
         prep = prepare_model_and_data(cfg, device)
         prep.model.load_state_dict(ckpt[0])
-        prep.model.eval()
         val = prep.val
         if not len(val):
             raise UserError("the robust objective attacks the validation split, which is empty")
         g = torch.Generator().manual_seed(int(settings["subset_seed"]))
         idx = torch.randperm(len(val), generator=g)[:settings["points"]].to(val.x.device)
         x, y = val.x[idx], val.y[idx]
-        method, model = prep.method, prep.model
-        if method.default_prediction == "sampled" and method.has_sampling:
-            pred = Predictor("sampled", lambda t: method.sample_logits(model, t),
-                             stochastic=True, k=settings["eot_samples"])
-        else:
-            pred = Predictor("deterministic", lambda t: method.predict_logits(model, t))
+        # the evaluation suite's predictors (eval mode); the method's default one is attacked
+        preds = run_predictors(prep, settings["eot_samples"])
+        pred = next((p for p in preds if p.name == prep.method.default_prediction), preds[0])
         torch.manual_seed(int(settings["subset_seed"]))
         ok = run_attack(pred, x, y, "pgd", settings["norm"], settings["eps"],
                         steps=settings["steps"], eot_samples=settings["eot_samples"],
