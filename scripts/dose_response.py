@@ -39,6 +39,7 @@ from typing import Any
 from dipnet.experiments.config import RunConfig
 from dipnet.experiments.rundir import read_metrics
 from dipnet.experiments.stats import holm, paired_test, summarize
+from dipnet.experiments.sweep import git_commit
 from dipnet.experiments.train import run_training
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
@@ -107,16 +108,15 @@ def make_config(arch: str, condition: str, method: str, params: dict[str, Any], 
 
 
 def commit() -> str:
-    """The commit of the checkout this script runs from (recorded with every result)."""
-    try:
-        here = Path(__file__).resolve().parent
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The commit of the checkout this script runs from (recorded with every result), marked
+    ``-dirty`` when tracked files differ from it."""
+    sha = git_commit()
+    if sha is None:
         return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=Path(__file__).resolve().parent, capture_output=True,
+                           text=True).stdout.strip()
+    return sha + ("-dirty" if dirty else "")
 
 
 def _job(job: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -211,9 +211,6 @@ def collect(out: Path, arch: str, seeds: int) -> dict[str, Any]:
                     for point in cert["certified_accuracy"]:
                         if point["radius"] in CERT_RADII:
                             row[f"certified_l2_{point['radius']:g}"] = float(point["accuracy"])
-                var = (metrics.get("variance") or {})
-                if var:
-                    row["variance_mean"] = float(sum(v["mean"] for v in var.values()) / len(var))
                 table.setdefault(condition, {}).setdefault(arm, {})[seed] = row
                 stamp = path / "study_commit.txt"
                 if stamp.is_file():

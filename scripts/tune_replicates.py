@@ -64,18 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _test_accuracy(compare_dir: Path) -> dict[str, dict[int, float]]:
-    """{method: {seed: test accuracy}} of a compare folder's finished runs."""
-    out: dict[str, dict[int, float]] = {}
-    for metrics in sorted((compare_dir / "runs").glob("*/metrics.json")):
-        m = json.loads(metrics.read_text())
-        cfg = m.get("config") or {}
-        method, seed = cfg.get("method"), cfg.get("seed")
-        if method is None:
-            import yaml
+    """{method: {seed: test accuracy}} of a compare folder's finished runs (the report's
+    own reader, `load_runs`)."""
+    from dipnet.experiments.report import load_runs
 
-            c = yaml.safe_load((metrics.parent / "config.yaml").read_text())
-            method, seed = c["method"], c["seed"]
-        out.setdefault(method, {})[int(seed)] = float(m["test_accuracy"])
+    out: dict[str, dict[int, float]] = {}
+    for rec in load_runs(compare_dir)[0]:
+        out.setdefault(rec.method, {})[int(rec.config["seed"])] = float(
+            rec.metrics["test_accuracy"])
     return out
 
 

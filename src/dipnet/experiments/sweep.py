@@ -384,7 +384,8 @@ def _failure(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """HEAD of the checkout the running dipnet was imported from, or None outside git."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
@@ -420,7 +421,7 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "dipnet": getattr(dipnet, "__version__", "?"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
