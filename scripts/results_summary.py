@@ -39,6 +39,11 @@ TABLE_START = "<!-- summary table: scripts/results_summary.py -->"
 TABLE_END = "<!-- end summary table -->"
 
 
+def _condition(name: str) -> str:
+    """The summary's name of a training condition: ``clean`` or ``gaussian_fixed``."""
+    return "clean" if name in ("none", "clean") else "gaussian_fixed"
+
+
 def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
@@ -78,8 +83,7 @@ def compare_rows(study: str, sources: list[tuple[str, Path]],
             t = tests.get(arm)
             rows.append({
                 "study": study, "architecture": "mlp", "pretrained": False,
-                "condition": ("clean" if condition_is_objective or condition == "none"
-                              else "gaussian_fixed"),
+                "condition": "clean" if condition_is_objective else _condition(condition),
                 **({"tuning_objective": condition} if condition_is_objective else {}),
                 "arm": arm, "metric": "test_accuracy", "mean": _num(s["mean"]),
                 "ci_low": _num(s["ci_low"]), "ci_high": _num(s["ci_high"]),
@@ -134,7 +138,7 @@ def dose_rows() -> list[dict[str, Any]]:
                             recipe["barrier_temperature"] = float(temp)
                     rows.append({
                         "study": "dose_response", "architecture": arch, "pretrained": False,
-                        "condition": "clean" if condition == "none" else "gaussian_fixed",
+                        "condition": _condition(condition),
                         "arm": base, "metric": name, "mean": _num(s["mean"]),
                         "ci_low": _num(s["ci_low"]), "ci_high": _num(s["ci_high"]),
                         "n_seeds": int(s["n"]),
@@ -162,7 +166,7 @@ def _lmf_row(study: str, arch: str, condition: str, metric: str, t: dict[str, An
     """A learned-minus-frozen row: ``mean`` is the paired difference, ``p_learned_vs_frozen``
     its paired test (no standard arm is involved: ``p_vs_standard`` is None)."""
     return {"study": study, "architecture": arch, "pretrained": False,
-            "condition": "clean" if condition in ("none", "clean") else "gaussian_fixed",
+            "condition": _condition(condition),
             "arm": LMF, "metric": metric, "mean": _num(t.get("diff", t.get("mean_diff"))),
             "ci_low": _num(t["ci_low"]), "ci_high": _num(t["ci_high"]), "n_seeds": int(t["n"]),
             "p_vs_standard": None, "p_learned_vs_frozen": _num(t.get("p", t.get("t_p"))),
