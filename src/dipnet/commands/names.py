@@ -12,7 +12,7 @@ from __future__ import annotations
 #: `dipnet.experiments.data.list_datasets()`
 DATASETS = ("animal_mnist", "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "mnist1d")
 #: `dipnet.experiments.models.list_models()`
-MODELS = ("ccexam_cnn", "mlp", "resnet", "resnet20", "resnet8", "vit")
+MODELS = ("ccexam_cnn", "hf_vit", "mlp", "resnet", "resnet20", "resnet8", "vit")
 #: `dipnet.experiments.sweep.METHODS` (report order; the registry's sorted list is the same set)
 METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
            "cutout", "fixed_noise")

@@ -1,4 +1,4 @@
-"""A small plain-torch model zoo (MLP, CIFAR-style ResNet, ViT) behind a timm-style registry.
+"""A small model zoo (MLP, CIFAR-style ResNet, ViT, a Hugging Face ViT) behind a timm-style registry.
 
 Every factory takes ``input_shape`` (one example, e.g. (1, 28, 28) or (40,)), ``num_classes``
 and its own keyword parameters, and returns an ``nn.Module`` mapping (B, *input_shape) to
@@ -277,6 +277,76 @@ def vit(input_shape: Sequence[int], num_classes: int, patch_size: int | None = N
     if patch_size is None:
         patch_size = 4 if min(shape[1:]) >= 16 and shape[1] % 4 == 0 and shape[2] % 4 == 0 else 2
     return ViT(shape, num_classes, int(patch_size), dim, depth, heads, mlp_ratio)
+
+
+# ---------------------------------------------------------------------- Hugging Face ViT
+class HFViT(nn.Module):
+    """`transformers`' ViTForImageClassification, built from a ViTConfig (no download), taking
+    (B, C, H, W) images and returning logits, optionally starting from weights a previous run
+    saved (its ``model.safetensors``): the paper's fine-tuning setting with a real
+    Hugging Face architecture. Dropout is off, so the only noise is the method's."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, patch_size: int,
+                 hidden: int, depth: int, heads: int, mlp_ratio: float,
+                 weights: str | None, new_head: bool) -> None:
+        super().__init__()
+        try:
+            from transformers import ViTConfig, ViTForImageClassification
+        except ImportError:
+            raise UserError("model 'hf_vit' needs transformers: run scripts/setup.sh.") from None
+        c, h, w = image_shape
+        if h != w or h % patch_size:
+            raise ValueError(f"patch_size {patch_size} must divide the square image size {h}x{w}")
+        if hidden % heads:
+            raise ValueError(f"hidden {hidden} is not divisible by heads {heads}")
+        config = ViTConfig(image_size=h, patch_size=patch_size, num_channels=c,
+                           hidden_size=hidden, num_hidden_layers=depth,
+                           num_attention_heads=heads, intermediate_size=int(hidden * mlp_ratio),
+                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                           num_labels=num_classes)
+        self.net = ViTForImageClassification(config)
+        if weights:
+            self._load(weights, new_head)
+
+    def _load(self, path: str, new_head: bool) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path)  # safetensors: tensors only, no code runs on load
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"cannot read ViT weights {path}: {err}; give the "
+                            "model.safetensors of a finished hf_vit run.") from None
+        # A run saves the whole model, so its keys start with "net."; variances of a projected
+        # run (".variance"-like extras) are not ViT weights and are left out.
+        own = self.net.state_dict()
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+        head = [k for k in own if k.startswith("classifier.")]
+        wanted = [k for k in own if not (new_head and k in head)]
+        missing = [k for k in wanted if k not in state]
+        wrong = [k for k in wanted if k in state and state[k].shape != own[k].shape]
+        if missing or wrong:
+            raise UserError(f"ViT weights {path} do not fit this hf_vit: "
+                            f"{len(missing)} missing (e.g. {missing[:2]}), {len(wrong)} of another "
+                            f"shape (e.g. {wrong[:2]}); build it with the pretraining run's "
+                            "patch_size / hidden / depth / heads / mlp_ratio.")
+        self.net.load_state_dict({k: state[k] for k in wanted}, strict=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).logits                          # (B, num_classes)
+
+
+@register_model
+def hf_vit(input_shape: Sequence[int], num_classes: int, patch_size: int = 7, hidden: int = 64,
+           depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, weights: str | None = None,
+           new_head: bool = True) -> HFViT:
+    """A Hugging Face ViTForImageClassification from a config (hidden 64, depth 4, 4 heads,
+    patch 7: 0.15M parameters at 28 px). ``weights``: a ``model.safetensors`` of a finished
+    hf_vit run to start from (fine-tuning); ``new_head`` (default) then starts the classifier
+    afresh, as when fine-tuning on another data set."""
+    shape = _image_shape(tuple(input_shape), "hf_vit")
+    return HFViT(shape, num_classes, int(patch_size), int(hidden), int(depth), int(heads),
+                 float(mlp_ratio), weights, bool(new_head))
 
 
 # ---------------------------------------------------------------------- pretrained (fine-tuning)
