@@ -51,6 +51,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet": dict(dataset="fashion_mnist", model="resnet8", model_params={"width": 8},
                    max_train=4000, epochs=4, batch_size=128, lr=3e-3, lr_schedule="cosine",
                    mc_samples=8, eval_mc=False, num_threads=1, device="cpu"),
+    # The ViT study's fine-tuning (configs/vit_finetune.yaml): a Hugging Face ViT pretrained on
+    # MNIST by configs/vit_pretrain.yaml (run that first, from the same folder).
+    "vit": dict(dataset="fashion_mnist", model="hf_vit",
+                model_params={"patch_size": 7, "hidden": 64, "depth": 4, "heads": 4,
+                              "mlp_ratio": 2.0,
+                              "weights": "runs/pretrained/hf_vit_mnist/model.safetensors"},
+                max_train=5000, epochs=8, batch_size=128, lr=1e-3, lr_schedule="cosine",
+                mc_samples=8, eval_mc=False, num_threads=1, device="cpu"),
     # A seconds-long smoke preset for the script's own test (tests/test_script_dose_response.py).
     "digits": dict(dataset="digits", model="mlp", model_params={"hidden": [32]}, epochs=2,
                    batch_size=64, lr=3e-3, mc_samples=4, eval_mc=False, num_threads=1,

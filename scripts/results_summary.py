@@ -6,6 +6,10 @@ Sources (each row names its files):
                            (MLP from scratch, every arm tuned with 20 trials, 8 seeds)
   dose_response            docs/results/dose_response/<arch>.json (scripts/dose_response.py:
                            learned vs frozen variances on a shared grid of starting levels)
+  vit_finetune             docs/results/vit/results.json (`dipnet compare` of the pretrained
+                           Hugging Face ViT fine-tuned on Fashion-MNIST; the scorecard's
+                           columns: clean and perturbed-training accuracy, PGD with EOT for
+                           sampled predictions, corruptions, ECE)
 
 Holm correction: within each study, over the study's headline tests (every arm against
 standard, for every condition and metric of the study), shown beside the raw p.
@@ -23,7 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dipnet.experiments.stats import holm, paired_test
+from dipnet import DIPConfig
+from dipnet.experiments.scorecard import BASELINE, CLEAN, COLUMNS
+from dipnet.experiments.stats import holm, paired_test, summarize
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +40,7 @@ FIELDS = ("study", "architecture", "pretrained", "condition", "arm", "metric", "
           "ci_high", "n_seeds", "p_vs_standard", "p_holm", "recipe", "replicate", "commit",
           "command", "files")
 ARCH_OF_MODEL = {"mlp": "mlp", "resnet8": "resnet", "resnet20": "resnet", "resnet": "resnet",
-                 "vit": "vit"}
+                 "vit": "vit", "hf_vit": "vit"}
 TABLE_START = "<!-- summary table: scripts/results_summary.py -->"
 TABLE_END = "<!-- end summary table -->"
 
@@ -119,6 +125,7 @@ def dose_rows() -> list[dict[str, Any]]:
     for path in sorted((RESULTS / "dose_response").glob("*.json")):
         d = json.loads(path.read_text())
         arch = ARCH_OF_MODEL.get(d["preset"]["model"])
+        pretrained = "weights" in d["preset"].get("model_params", {})
         if arch is None or d["preset"]["dataset"] == "digits":
             continue
         for condition, by_metric in d["analysis"].items():
@@ -137,7 +144,8 @@ def dose_rows() -> list[dict[str, Any]]:
                         if temp:
                             recipe["barrier_temperature"] = float(temp)
                     rows.append({
-                        "study": "dose_response", "architecture": arch, "pretrained": False,
+                        "study": "dose_response", "architecture": arch,
+                        "pretrained": pretrained,
                         "condition": _condition(condition),
                         "arm": base, "metric": name, "mean": _num(s["mean"]),
                         "ci_low": _num(s["ci_low"]), "ci_high": _num(s["ci_high"]),
@@ -153,7 +161,68 @@ def dose_rows() -> list[dict[str, Any]]:
                     rows.append(_lmf_row("dose_response", arch, condition, name, t,
                                          {"init_scale": float(level)}, None,
                                          ",".join(d.get("commits") or []) or None,
-                                         d.get("command"), [_rel(path)]))
+                                         d.get("command"), [_rel(path)], pretrained))
+    return rows
+
+#: The summary's metric name of each scorecard column (the perturbed-training column is test
+#: accuracy under the perturbed condition).
+SCORECARD_METRICS = {"clean": "test_accuracy", "perturbed": "test_accuracy",
+                     "pgd": "pgd_eot_linf_0.05", "corruptions": "corruption_accuracy",
+                     "ece": "ece"}
+
+
+def vit_rows() -> list[dict[str, Any]]:
+    """The pretrained Hugging Face ViT fine-tuned on Fashion-MNIST (configs/vit_finetune.yaml)."""
+    return scorecard_rows("vit_finetune", "vit", True, RESULTS / "vit" / "results.json")
+
+
+def scorecard_rows(study: str, arch: str, pretrained: bool, path: Path) -> list[dict[str, Any]]:
+    """Every arm of a `dipnet compare` results.json on the scorecard's questions, read the way
+    the scorecard reads them (`scorecard.COLUMNS`: each run's own prediction, so robustness of
+    a sampled prediction is the EOT attack's): the arm's mean and CI over seeds, its paired
+    test against standard, and learned minus frozen paired by seed."""
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    inv = d["provenance"]["invocations"][0]
+    conds = sorted({r["train_perturbation"] for r in d["runs"]})
+    perturbed = next((c for c in conds if c != CLEAN), None)
+    rows: list[dict[str, Any]] = []
+    for col in COLUMNS:
+        cond = perturbed if col.condition == "perturbed" else CLEAN
+        if cond is None or col.id not in SCORECARD_METRICS:
+            continue
+        by: dict[str, dict[int, float]] = {}
+        for r in d["runs"]:
+            key = col.key(r)
+            if r["train_perturbation"] == cond and key and isinstance(r.get(key), (int, float)):
+                by.setdefault(r["method"], {})[int(r["seed"])] = float(r[key])
+        common = {"study": study, "architecture": arch, "pretrained": pretrained,
+                  "condition": _condition(cond),
+                  "metric": SCORECARD_METRICS[col.id], "replicate": None,
+                  "commit": inv.get("git_commit"), "command": inv.get("command"),
+                  "files": [_rel(path)]}
+        base = by.get(BASELINE, {})
+        for arm, vals in sorted(by.items()):
+            s = summarize(list(vals.values()))
+            seeds = sorted(set(vals) & set(base))
+            t = None if arm == BASELINE or len(seeds) < 2 else paired_test(
+                [vals[k] for k in seeds], [base[k] for k in seeds])
+            rows.append({**common, "arm": arm, "mean": _num(s.mean), "ci_low": _num(s.ci_low),
+                         "ci_high": _num(s.ci_high), "n_seeds": s.n,
+                         "p_vs_standard": None if t is None else _num(t.t_p),
+                         "diff_vs_standard": None if t is None else _num(t.mean_diff),
+                         "diff_ci": None if t is None else [_num(t.ci_low), _num(t.ci_high)],
+                         "recipe": dict(d["sweep"].get("method_params", {}).get(arm, {}))})
+        if "dipnet" in by and "fixed_noise" in by:
+            seeds = sorted(set(by["dipnet"]) & set(by["fixed_noise"]))
+            t = paired_test([by["dipnet"][k] for k in seeds],
+                            [by["fixed_noise"][k] for k in seeds])
+            row = _lmf_row(study, arch, common["condition"], common["metric"], t.to_dict(),
+                           {"init_scale": DIPConfig().init_scale,
+                            **d["sweep"].get("method_params", {}).get("dipnet", {})}, None, common["commit"],
+                           common["command"], common["files"], pretrained)
+            rows.append(row)
     return rows
 
 
@@ -162,10 +231,10 @@ LMF = "dipnet-fixed_noise"
 
 def _lmf_row(study: str, arch: str, condition: str, metric: str, t: dict[str, Any],
              recipe: dict[str, Any], replicate: int | None, commit: str | None,
-             command: str | None, files: list[str]) -> dict[str, Any]:
+             command: str | None, files: list[str], pretrained: bool = False) -> dict[str, Any]:
     """A learned-minus-frozen row: ``mean`` is the paired difference, ``p_learned_vs_frozen``
     its paired test (no standard arm is involved: ``p_vs_standard`` is None)."""
-    return {"study": study, "architecture": arch, "pretrained": False,
+    return {"study": study, "architecture": arch, "pretrained": pretrained,
             "condition": _condition(condition),
             "arm": LMF, "metric": metric, "mean": _num(t.get("diff", t.get("mean_diff"))),
             "ci_low": _num(t["ci_low"]), "ci_high": _num(t["ci_high"]), "n_seeds": int(t["n"]),
@@ -201,7 +270,8 @@ def replicate_rows() -> list[dict[str, Any]]:
 
 def build() -> list[dict[str, Any]]:
     """Every row, with Holm-corrected p-values per study."""
-    rows = tuned20_rows() + tune_objective_rows() + dose_rows() + replicate_rows()
+    rows = (tuned20_rows() + tune_objective_rows() + dose_rows() + replicate_rows()
+            + vit_rows())
     def raw_p(r: dict[str, Any]) -> float | None:
         return r["p_vs_standard"] if r["arm"] != LMF else r.get("p_learned_vs_frozen")
 
