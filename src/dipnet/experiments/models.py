@@ -337,14 +337,18 @@ class HFViT(nn.Module):
 
 
 @register_model
-def hf_vit(input_shape: Sequence[int], num_classes: int, patch_size: int = 7, hidden: int = 64,
+def hf_vit(input_shape: Sequence[int], num_classes: int, patch_size: int | None = None,
+           hidden: int = 64,
            depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, weights: str | None = None,
            new_head: bool = True) -> HFViT:
     """A Hugging Face ViTForImageClassification from a config (hidden 64, depth 4, 4 heads,
-    patch 7: 0.15M parameters at 28 px). ``weights``: a ``model.safetensors`` of a finished
-    hf_vit run to start from (fine-tuning); ``new_head`` (default) then starts the classifier
-    afresh, as when fine-tuning on another data set."""
+    0.14M parameters at 28 px). ``patch_size`` defaults to the largest of 7, 4 and 2 that
+    divides the image side (7 at 28 px, 4 at 32 px, 2 at 8 px). ``weights``: a
+    ``model.safetensors`` of a finished hf_vit run to start from (fine-tuning); ``new_head``
+    (default) then starts the classifier afresh, as when fine-tuning on another data set."""
     shape = _image_shape(tuple(input_shape), "hf_vit")
+    if patch_size is None:
+        patch_size = next((p for p in (7, 4, 2) if shape[1] % p == 0), 1)
     return HFViT(shape, num_classes, int(patch_size), int(hidden), int(depth), int(heads),
                  float(mlp_ratio), weights, bool(new_head))
 
