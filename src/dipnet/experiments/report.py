@@ -748,10 +748,10 @@ def _forest_panels(results: dict[str, Any], ds: str, model: str
 
 
 def _eval_tables(evs: dict[str, list[dict[str, Any]]]) -> str:
-    """The per-part tables of dipnet.evaluation.report, without its figures (the report draws
+    """The per-part tables of `report_eval_tables`, without its figures (the report draws
     its own, in the fixed method colours and at page width)."""
     try:
-        from ..evaluation.report import render_section
+        from .report_eval_tables import render_section
     except ImportError:
         return ""
     try:

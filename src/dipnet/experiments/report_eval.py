@@ -4,7 +4,7 @@ Takes, per method, the evaluation.json dicts of its seeds (layout in docs/evalua
 draws with the report's fixed method colours and page-width panel grids: accuracy under attack,
 reliability diagrams (when evaluation.json holds the bins), accuracy against test-time Gaussian
 noise, OOD AUROC, calibration error, smoothness and the corruption heat map. The tables of the
-section come from :mod:`dipnet.evaluation.report`.
+section come from `dipnet.experiments.report_eval_tables`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..evaluation.report import annotate_percent_cells
+from .report_eval_tables import annotate_percent_cells
 from .report_style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
                            method_marker, panel_grid, prediction_style, save_figure)
 from .stats import summarize

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import trust
 from .seeds import parse_seeds
-from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
+from .._util.nested import set_nested
+from ..commands.overrides import Override, parse_overrides, unknown_scope
 from ..commands.sweep import DEFAULT_DEMO_OUT
 from ..errors import UserError
 from .data import require_dataset_code_allowed

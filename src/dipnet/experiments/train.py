@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import platform
-import random
 import resource
 import shutil
 import sys
@@ -55,11 +54,12 @@ from ..errors import UserError, describe_os_error
 from ..fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
 from .config import RunConfig
 from .data import DatasetSplits, Split, check_dataset_name, load_dataset
-from .fixed import fixed_training_inputs
+from .fixed import fixed_training_inputs, reference_config, reference_dir
 from .locks import FolderLock
 from .methods import Method, compile_for_training, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
+from .rng import get_rng_state, kept_rng, noise_seed, seed_everything, set_rng_state
 from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
                      inspect_run_folder, read_metrics, restore_aside, set_aside)
 
@@ -123,44 +123,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
-
-
-# ---------------------------------------------------------------------- RNG state
-def noise_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s noise stream: distinct per (seed, rank) pair."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and python's random."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """All RNG states as weights_only-loadable values (tensors, ints, floats, tuples)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                  float(gauss)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `get_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---------------------------------------------------------------------- memory
@@ -609,6 +571,46 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
         info.close()
 
 
+# ---------------------------------------------------------------------- fixed training sets
+def ensure_reference(cfg: RunConfig, out_dir: str | os.PathLike,
+                     progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train the fixed-FGSM reference of ``cfg`` (`fixed.reference_config`) into its cache
+    folder (`fixed.reference_dir`), or reuse it there.
+
+    Returns (its folder, its metrics). Waits (with a message) while another process trains it.
+    Raises:
+        UserError: the cache folder holds something else or is damaged (names the fix).
+    """
+    ref_dir = reference_dir(cfg, out_dir)
+    ref_cfg = reference_config(cfg)
+    if not (ref_dir / "metrics.json").is_file():
+        print(f"dipnet: training the clean standard reference model for fixed FGSM into "
+              f"{ref_dir}", file=sys.stderr)
+    with kept_rng():  # training the reference reseeds every RNG; the run must not notice
+        metrics = train_run(ref_cfg, ref_dir, progress=progress, wait_for_lock=True,
+                            command=f"reference model of {Path(out_dir).name}")
+    return ref_dir, metrics
+
+
+def fixed_training_set(cfg: RunConfig, train: Split, out_dir: str | os.PathLike,
+                       device: torch.device,
+                       progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`fixed.fixed_training_inputs` of ``cfg``, its FGSM reference trained (or reused) first.
+
+    Args:
+        cfg: the run (``perturbation_mode: fixed``, train_perturbation gaussian or fgsm).
+        train: its training split.
+        out_dir: the run's folder (the FGSM reference is cached beside it).
+        device: where to compute and return the inputs.
+        progress: progress bars while a reference is trained.
+    Returns:
+        (the perturbed inputs on ``device``, their record for metrics.json).
+    """
+    reference = (ensure_reference(cfg, out_dir, progress) if cfg.train_perturbation == "fgsm"
+                 else None)
+    return fixed_training_inputs(cfg, train, device, reference)
+
+
 # ---------------------------------------------------------------------- phases 4-5: train, finish
 def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: bool,
                       command: str | None,
@@ -621,7 +623,7 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
     num_train = len(train_y)
     fixed_info = None
     if cfg.perturbation_mode == "fixed" and cfg.train_perturbation != "none":
-        train_x, fixed_info = fixed_training_inputs(cfg, prep.train, out, device, progress)
+        train_x, fixed_info = fixed_training_set(cfg, prep.train, out, device, progress)
 
     log = _make_logger(out, main)
     say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
