@@ -17,7 +17,7 @@ here instead of being edges of the graph:
 - an *alias module*: nothing but ``sys.modules[__name__] = <the module it moved to>``
   (``dipnet.evaluation.report`` is ``dipnet.experiments.report_eval_tables``);
 - a *moved name*: a module's ``_MOVED = {"name": "new.module"}`` table, read by its PEP 562
-  ``__getattr__`` (``dipnet.evaluation.suite.evaluate_run``).
+  ``__getattr__`` (`dipnet._util.moved.forward_moved`; ``dipnet.evaluation.suite.evaluate_run``).
 Nothing in src/dipnet may import through either: they are for code outside the package.
 
 Violations would be listed in ``ALLOWED_CYCLE_EDGES`` and ``ALLOWED_LAYER_EDGES``; both are

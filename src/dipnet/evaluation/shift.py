@@ -7,11 +7,11 @@ the set's own name. `dipnet.experiments.evaluate.load_extra_sets` loads and chec
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Sequence
 
 import torch
 
+from .._util.moved import forward_moved
 from .calibration import calibration_metrics
 from .predictors import Predictor, accuracy, nll, predict_summary
 
@@ -44,10 +44,4 @@ def shift_accuracy(predictors: Sequence[Predictor],
 #: `load_extra_sets` moved up to the harness (it loads registered data sets), importable from
 #: here as before; nothing in src/dipnet imports it from here.
 _MOVED = {"load_extra_sets": "dipnet.experiments.evaluate"}
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: the old import path of a moved name, resolved when it is first asked for
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_moved(__name__, _MOVED)

@@ -14,7 +14,6 @@ random subset of the test set (the same subset for every method and seed: it dep
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import fileio
+from .._util.moved import forward_moved
 from ..errors import UserError
 from ..objective import available_bytes
 from .attacks import robust_accuracy_curve
@@ -469,10 +469,4 @@ def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
 #: src/dipnet imports them from here (tests/test_import_graph.py checks).
 _MOVED = {"evaluate_run": "dipnet.experiments.evaluate",
           "ood_sets_for": "dipnet.experiments.evaluate"}
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: the old import path of a moved name, resolved when it is first asked for
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_moved(__name__, _MOVED)

@@ -34,7 +34,6 @@ budget), ``OUT/trials.csv`` (every trial, its parameters and outcome) and ``OUT/
 from __future__ import annotations
 
 import copy
-import importlib
 import csv
 import io
 import json
@@ -49,6 +48,7 @@ from typing import Any
 import yaml
 
 from .. import trust
+from .._util.moved import forward_moved
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from . import backends
@@ -698,10 +698,4 @@ def _summary(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, dict[s
 #: importable from here as before; nothing in src/dipnet imports it from here.
 _MOVED = {"tune_command": "dipnet.experiments.tune_cli",
           "default_out": "dipnet.experiments.tune_cli"}
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: the old import path of a moved name, resolved when it is first asked for
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_moved(__name__, _MOVED)
