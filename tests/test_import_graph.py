@@ -15,7 +15,7 @@ layer and the layers below it.
 Two kinds of old import paths are kept for users when code moves up a layer, and are checked
 here instead of being edges of the graph:
 - an *alias module*: nothing but ``sys.modules[__name__] = <the module it moved to>``
-  (``dipnet.evaluation.report`` is ``dipnet.experiments.report_eval_tables``);
+  (``dipnet.evaluation.report`` is ``dipnet.experiments.report.eval_tables``);
 - a *moved name*: a module's ``_MOVED = {"name": "new.module"}`` table, read by its PEP 562
   ``__getattr__`` (`dipnet._util.moved.forward_moved`; ``dipnet.evaluation.suite.evaluate_run``).
 Nothing in src/dipnet may import through either: they are for code outside the package.
@@ -40,7 +40,7 @@ ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 # Edges (importer, imported) from a lower layer into a higher one today: none (issue 21 moved the
 # shared pieces down: `_util`, the row budget to `batching`, DEFAULT_RADII to
 # `evaluation.settings`; and the run-folder pieces up: `experiments.evaluate`,
-# `experiments.certified`, `experiments.report_eval_tables`, `experiments.tune_cli`).
+# `experiments.certified`, `experiments.report.eval_tables`, `experiments.tune_cli`).
 ALLOWED_LAYER_EDGES: set[tuple[str, str]] = set()
 
 LAYERS = ("core", "evaluation", "harness", "cli")
@@ -273,7 +273,7 @@ def test_the_layers_are_named_by_folder() -> None:
 
 def test_the_reader_tells_alias_modules_and_moved_names() -> None:
     alias = SRC / PACKAGE / "evaluation" / "report.py"
-    assert alias_target(alias) == "dipnet.experiments.report_eval_tables"
+    assert alias_target(alias) == "dipnet.experiments.report.eval_tables"
     assert alias_target(SRC / PACKAGE / "evaluation" / "suite.py") is None
     assert moved_names(SRC / PACKAGE / "evaluation" / "suite.py")["evaluate_run"] \
         == "dipnet.experiments.evaluate"
@@ -293,6 +293,9 @@ def test_old_import_paths_are_only_for_code_outside() -> None:
         tree = ast.parse(files[new].read_text(encoding="utf-8"))
         defined = {node.name for node in tree.body
                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)}
         assert name in defined, f"{old}._MOVED names {name} in {new}, which does not define it"
     graph = {n: imports_of(n, p, set(files)) for n, p in files.items()}
     through_alias = {(a, b) for a, targets in graph.items() for b in targets if b in aliases}

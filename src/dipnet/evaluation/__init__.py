@@ -3,7 +3,7 @@
 Every measure takes a `Predictor` (a deterministic or sampled prediction), so it applies to
 DIPNet and to every baseline alike. `dipnet.evaluation.suite.evaluate_run(run_dir)` runs the
 whole suite on a trained run and writes ``evaluation.json``; the report's tables and plots of
-many of those are the harness's (`dipnet.experiments.report_eval_tables`). Submodules are
+many of those are the harness's (`dipnet.experiments.report.eval_tables`). Submodules are
 imported on demand (the corruption backend pulls OpenCV).
 """
 

@@ -1,8 +1,8 @@
-"""Moved to `dipnet.experiments.report_eval_tables` (issue 21: the report is the harness's, and
+"""Moved to `dipnet.experiments.report.eval_tables` (issue 21: the report is the harness's, and
 the evaluation library imports no harness). This old import path names that same module."""
 
 import sys
 
-from ..experiments import report_eval_tables as _moved
+from ..experiments.report import eval_tables as _moved
 
 sys.modules[__name__] = _moved
