@@ -110,13 +110,13 @@ def test_fixed_fgsm_resumes_identically_and_trains_its_reference_once(tmp_path, 
 
 
 def test_fixed_fgsm_set_is_fgsm_of_the_reference(tmp_path):
-    from dipnet.experiments.fixed import fixed_training_inputs
+    from dipnet.experiments.train import fixed_training_set
 
     cfg = RunConfig(method="standard", train_perturbation="fgsm", perturbation_mode="fixed",
                     seed=0, perturbation_strength=0.1, **FAST)
     out = tmp_path / "runs" / "a"
     train = load_dataset("digits").train
-    x_fixed, info = fixed_training_inputs(cfg, train, out, torch.device("cpu"), progress=False)
+    x_fixed, info = fixed_training_set(cfg, train, out, torch.device("cpu"), progress=False)
     reference = load_run(info["reference_run"], load_data=False)
     expected = fgsm(reference.model, train.x, train.y, 0.1)
     # the run attacks in batches of eval_batch_size, here all at once: the gradient's sign is
@@ -154,14 +154,14 @@ def test_sweep_config_accepts_perturbation_mode_and_shares_one_reference(tmp_pat
 
 
 def test_reference_cache_shares_one_reference_across_parent_folders(tmp_path):
-    from dipnet.experiments.fixed import fixed_training_inputs
+    from dipnet.experiments.train import fixed_training_set
 
     cache = tmp_path / "refs"
     cfg = RunConfig(method="standard", train_perturbation="fgsm", perturbation_mode="fixed",
                     seed=0, reference_cache=str(cache), **{**FAST, "epochs": 1})
     train = load_dataset("digits").train
-    xa, a = fixed_training_inputs(cfg, train, tmp_path / "study-a" / "run", torch.device("cpu"))
-    xb, b = fixed_training_inputs(cfg, train, tmp_path / "study-b" / "run", torch.device("cpu"))
+    xa, a = fixed_training_set(cfg, train, tmp_path / "study-a" / "run", torch.device("cpu"))
+    xb, b = fixed_training_set(cfg, train, tmp_path / "study-b" / "run", torch.device("cpu"))
     assert a == b and Path(a["reference_run"]).parent == cache
     assert len(list(cache.iterdir())) == 1 and torch.equal(xa, xb)
     assert not (tmp_path / "study-a" / "_reference").exists()

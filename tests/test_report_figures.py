@@ -9,7 +9,8 @@ import os
 import pytest
 
 from dipnet.experiments import report_plots, report_style
-from dipnet.experiments.report import _forest_panels, build_report, build_results, load_runs
+from dipnet.experiments.report import build_report, build_results, load_runs
+from dipnet.experiments.report.build import _forest_panels
 from dipnet.experiments.report_eval import noise_source, readable_metric
 from report_synthetic import evaluation_for, write_sweep
 

@@ -38,7 +38,7 @@ def test_the_tables_alone_are_the_drawn_section_without_its_figures(tmp_path: Pa
 def test_the_sweep_report_draws_no_evaluation_figure_for_its_tables(tmp_path: Path,
                                                                     monkeypatch) -> None:
     from dipnet.evaluation import report as evaluation_report
-    from dipnet.experiments import report
+    from dipnet.experiments.report import build as report
 
     seen: list[object] = []
     real = evaluation_report.render_section

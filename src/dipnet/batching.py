@@ -1,4 +1,5 @@
-"""Batches of any shape the models take: their size, and m copies stacked trajectory-major.
+"""Batches of any shape the models take: their size, m copies stacked trajectory-major, and how
+many rows one stacked forward pass may hold on a device (`default_rows`, `activation_size`).
 
 A batch is a tensor (passed positionally) or a mapping of keyword inputs (a Hugging Face
 tokenizer's output); `dipnet.objective`, `dipnet.trajectories`, `dipnet.monitor` and
@@ -7,7 +8,7 @@ tokenizer's output); `dipnet.objective`, `dipnet.trajectories`, `dipnet.monitor`
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -50,3 +51,44 @@ def repeat_batch(inputs: Any, m: int, batch_size: int | None = None) -> Any:
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(repeat_batch(v, m, batch_size) for v in inputs)
     return inputs
+
+
+# How many rows one stacked forward pass may hold. Measured with benchmarks/bench_evaluation.py
+# and by hand (1 CPU thread): on a CPU one pass over k * B rows is slower than k passes over B
+# rows once the activations leave the caches (0.7x for an MLP 784-256-256 and 0.5x for a
+# ResNet-8 at k * B = 4,000 rows; the best pass holds about a million elements in its largest
+# activation: 1,000 rows of the MLP, one batch of 100-200 images of the ResNet, 4,000 rows of
+# a 64-256-256 MLP). So on a CPU a pass holds up to CPU_ELEMENTS in the largest activation
+# per row found by `activation_size`; a GPU runs up to GPU_ROWS rows in one pass.
+CPU_ELEMENTS = 1_000_000
+GPU_ROWS = 65536
+
+
+def default_rows(device: torch.device | str, row_elements: int = 1) -> int:
+    """The default row budget of one stacked forward pass on ``device``, for a model whose
+    largest activation holds ``row_elements`` elements per row (see CPU_ELEMENTS)."""
+    if torch.device(device).type == "cpu":
+        return max(1, CPU_ELEMENTS // max(1, int(row_elements)))
+    return GPU_ROWS
+
+
+def activation_size(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """Elements per row of the largest tensor ``fn`` saves for backward on inputs like ``x``.
+
+    One forward pass on 7 copies of ``x[0]`` with the global RNG forked (the caller's noise
+    stream is untouched) and gradients on; the input's own size if ``fn`` saves nothing.
+    """
+    rows = 7  # a batch size no layer width is likely to equal
+    probe = x[:1].detach().expand(rows, *x.shape[1:]).clone().requires_grad_(True)
+    largest = [x[0].numel()]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() > 0 and t.shape[0] == rows:
+            largest[0] = max(largest[0], t[0].numel())
+        return t
+
+    devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(probe)
+    return largest[0]

@@ -32,6 +32,7 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
+from .batching import activation_size, default_rows
 from .errors import UserError
 from .inject import intercepted, projections, sampling, variances
 from .predict import PredictInputError, check_inputs
@@ -354,8 +355,6 @@ def _base_classifier(model: nn.Module, noise: _Noise, internal: str) -> Iterator
 
 def _default_batch_size(model: nn.Module, x: torch.Tensor) -> int:
     # the row budget the evaluation suite measured for one stacked pass on this device
-    from .evaluation.predictors import activation_size, default_rows
-
     return default_rows(x.device, activation_size(model, x[:1]))
 
 

@@ -20,7 +20,8 @@ import sys
 from typing import Any, Sequence
 
 from . import trust
-from .commands import COMMAND_MODULES, module_installed
+from ._util.modules import module_installed
+from .commands import COMMAND_MODULES
 from .commands.grammar import NOTICES
 from .errors import UserError, describe_os_error
 from .threads import limit_openmp_spinning

@@ -138,13 +138,20 @@ class DIPConfig:
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> DIPConfigError:
-            return DIPConfigError(
-                f"DIPConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}."
-            )
+        # Checked in this order; the first bad field is the one the error names.
+        self._check_targets()
+        self._check_variances()
+        self._check_objective()
 
+    def _bad(self, name: str, expected: str) -> DIPConfigError:
+        return DIPConfigError(
+            f"DIPConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}."
+        )
+
+    def _check_targets(self) -> None:
+        """placement, target_modules / exclude_modules (normalised to lists), target_types."""
         if self.placement not in PLACEMENTS:
-            raise bad("placement", f"one of {PLACEMENTS}")
+            raise self._bad("placement", f"one of {PLACEMENTS}")
         if self.placement == "custom" and not (self.target_modules or self.target_types):
             raise DIPConfigError(
                 "DIPConfig.placement='custom' needs target_modules or target_types; "
@@ -158,17 +165,20 @@ class DIPConfig:
                 try:
                     re.compile(value)
                 except re.error as err:
-                    raise bad(name, f"a valid regular expression ({err})") from None
+                    raise self._bad(name, f"a valid regular expression ({err})") from None
             elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
                 setattr(self, name, list(value))
             else:
-                raise bad(name, "a regex string or a list of module names / suffixes")
+                raise self._bad(name, "a regex string or a list of module names / suffixes")
         if self.target_types is not None:
             if isinstance(self.target_types, (str, type)):
                 self.target_types = [self.target_types]
             if not all(isinstance(t, (str, type)) for t in self.target_types):
-                raise bad("target_types", "a list of classes or class names")
+                raise self._bad("target_types", "a list of classes or class names")
             self.target_types = list(self.target_types)
+
+    def _check_variances(self) -> None:
+        """init_variance / init_scale, alpha, beta, variance_floor, gamma."""
         if self.init_variance is None and self.init_scale is None:
             raise DIPConfigError("DIPConfig needs init_variance (an absolute starting variance) "
                                  "or init_scale (relative to each layer's activations); both "
@@ -177,48 +187,51 @@ class DIPConfig:
                 "alpha", "beta"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
-                raise bad(name, "a finite number > 0")
+                raise self._bad(name, "a finite number > 0")
         # variance_floor > 0 is what keeps ln(variance) finite.
         for name in ("variance_floor",):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0 or not math.isfinite(value):
-                raise bad(name, "a finite number > 0 (it keeps ln(variance) finite)")
+                raise self._bad(name, "a finite number > 0 (it keeps ln(variance) finite)")
         for name in ("gamma",):
             value = getattr(self, name)
             if not _is_number(value) or not value >= 0 or not math.isfinite(value):
-                raise bad(name, "a finite number >= 0")
+                raise self._bad(name, "a finite number >= 0")
         if self.start_variance <= self.variance_floor:
             raise DIPConfigError(
                 f"DIPConfig.init_variance={self.start_variance} must exceed "
                 f"variance_floor={self.variance_floor}."
             )
+
+    def _check_objective(self) -> None:
+        """The variance map, the barrier, learning the variance, the trajectories."""
         if self.parameterization not in PARAMETERIZATIONS:
-            raise bad("parameterization", "'softplus' or 'exp'")
+            raise self._bad("parameterization", "'softplus' or 'exp'")
         if self.barrier_scaling not in ("elbo", "unscaled"):
-            raise bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
+            raise self._bad("barrier_scaling", "'elbo' (divide by the training-set size) or 'unscaled'")
         if self.barrier_reduction not in ("sum", "mean"):
-            raise bad("barrier_reduction", "'sum' (over every feature) or 'mean' (per layer)")
+            raise self._bad("barrier_reduction", "'sum' (over every feature) or 'mean' (per layer)")
         if not isinstance(self.learn_variance, bool):
-            raise bad("learn_variance", "True or False")
+            raise self._bad("learn_variance", "True or False")
         if self.variance_lr is not None and (not _is_number(self.variance_lr)
                                              or not self.variance_lr > 0
                                              or not math.isfinite(self.variance_lr)):
-            raise bad("variance_lr", "None or a finite number > 0")
+            raise self._bad("variance_lr", "None or a finite number > 0")
         if (not _is_number(self.barrier_temperature) or not self.barrier_temperature > 0
                 or not math.isfinite(self.barrier_temperature)):
-            raise bad("barrier_temperature", "a finite number > 0")
+            raise self._bad("barrier_temperature", "a finite number > 0")
         if self.init_scale is not None and (not _is_number(self.init_scale)
                                             or not self.init_scale > 0
                                             or not math.isfinite(self.init_scale)):
-            raise bad("init_scale", "None or a finite number > 0")
+            raise self._bad("init_scale", "None or a finite number > 0")
         if self.stability_on not in ("logits", "probs"):
-            raise bad("stability_on", "'logits' or 'probs'")
+            raise self._bad("stability_on", "'logits' or 'probs'")
         for name in ("m", "k", "chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "an integer >= 1")
+                raise self._bad(name, "an integer >= 1")
         if self.chunks > self.m:
-            raise bad("chunks", f"an integer from 1 to m={self.m} (passes the m trajectories run "
+            raise self._bad("chunks", f"an integer from 1 to m={self.m} (passes the m trajectories run "
                                 "in)")
         if self.gamma > 0 and self.m < 2:
             raise DIPConfigError(

@@ -194,58 +194,12 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
     chosen: dict[str, Target] = {}
 
     def add(name: str, on: str = "input") -> None:
-        module = modules[name]
-        if _matches(name, config.exclude_modules):
-            return
-        if on == "input" and isinstance(module, nn.Embedding):
-            raise TargetError(
-                f"module '{name}' is an nn.Embedding: its input is token ids, which cannot be "
-                "projected. Use placement='input' (projects the embedding output) or 'blocks'."
-            )
-        if on == "output":
-            emb = module
-            found = (-1, emb.embedding_dim) if isinstance(emb, nn.Embedding) else None
-        else:
-            found = input_features(module)
-        if found is None:
-            raise TargetError(
-                f"cannot tell the input size of module '{name}' ({type(module).__name__}); "
-                f"target a Linear/Conv layer or a block that contains one, e.g. {_candidates(model)}"
-            )
-        chosen[name] = Target(name=name, feature_dim=found[0], num_features=found[1], on=on,
-                              batched_ndim=batched_ndim(module) if on == "input" else None)
+        target = _target_of(model, modules[name], name, on, config.exclude_modules)
+        if target is not None:
+            chosen[name] = target
 
-    if config.placement == "layers":
-        opaque: list[str] = []
-        for name, module in modules.items():
-            if any(o == "" or name.startswith(o + ".") for o in opaque):
-                continue
-            if isinstance(module, _OPAQUE_TYPES):
-                opaque.append(name)
-            if is_layer(module):
-                add(name)
-    elif config.placement == "blocks":
-        blocks = _find_blocks(model)
-        if not blocks:
-            raise TargetError(
-                "placement='blocks' found no repeated blocks (a ModuleList/Sequential of >= 2 "
-                "modules of one class). Use placement='layers', or name the blocks with "
-                f"placement='custom', target_modules=[...]; layers here: {_candidates(model)}"
-            )
-        for name in blocks:
-            add(name)
-    elif config.placement == "input":
-        emb_name = find_input_embedding(model)
-        if emb_name is not None:
-            add(emb_name, on="output")
-        else:
-            first = next((n for n, m in modules.items() if is_layer(m)), None)
-            if first is None:
-                raise TargetError(
-                    "placement='input' found no Linear/Conv/recurrent/attention layer to project "
-                    "the input of; name one with placement='custom', target_modules=[...]."
-                )
-            add(first)
+    for name, on in _placement_names(model, modules, config.placement):
+        add(name, on)
 
     explicit_hits = 0
     if config.target_modules is not None or config.target_types:
@@ -268,6 +222,77 @@ def resolve_targets(model: nn.Module, config: DIPConfig) -> list[Target]:
         )
     order = {name: i for i, name in enumerate(modules)}
     return sorted(chosen.values(), key=lambda t: order[t.name])
+
+
+def _target_of(model: nn.Module, module: nn.Module, name: str, on: str,
+               exclude: str | list[str] | None) -> Target | None:
+    """The projection of module ``name`` (at its ``on``: input or output), None if
+    ``exclude`` (`DIPConfig.exclude_modules`) names it.
+
+    Raises:
+        TargetError: an embedding's input (token ids), or an input size that cannot be told.
+    """
+    if _matches(name, exclude):
+        return None
+    if on == "input" and isinstance(module, nn.Embedding):
+        raise TargetError(
+            f"module '{name}' is an nn.Embedding: its input is token ids, which cannot be "
+            "projected. Use placement='input' (projects the embedding output) or 'blocks'."
+        )
+    if on == "output":
+        emb = module
+        found = (-1, emb.embedding_dim) if isinstance(emb, nn.Embedding) else None
+    else:
+        found = input_features(module)
+    if found is None:
+        raise TargetError(
+            f"cannot tell the input size of module '{name}' ({type(module).__name__}); "
+            f"target a Linear/Conv layer or a block that contains one, e.g. {_candidates(model)}"
+        )
+    return Target(name=name, feature_dim=found[0], num_features=found[1], on=on,
+                  batched_ndim=batched_ndim(module) if on == "input" else None)
+
+
+def _placement_names(model: nn.Module, modules: dict[str, nn.Module],
+                     placement: str) -> list[tuple[str, str]]:
+    """(module name, "input" or "output") of every projection ``placement`` asks for
+    (none for ``"custom"``: the explicit targets name them).
+
+    Raises:
+        TargetError: ``"blocks"`` without repeated blocks, ``"input"`` without a layer.
+    """
+    if placement == "layers":
+        names: list[tuple[str, str]] = []
+        opaque: list[str] = []
+        for name, module in modules.items():
+            if any(o == "" or name.startswith(o + ".") for o in opaque):
+                continue
+            if isinstance(module, _OPAQUE_TYPES):
+                opaque.append(name)
+            if is_layer(module):
+                names.append((name, "input"))
+        return names
+    if placement == "blocks":
+        blocks = _find_blocks(model)
+        if not blocks:
+            raise TargetError(
+                "placement='blocks' found no repeated blocks (a ModuleList/Sequential of >= 2 "
+                "modules of one class). Use placement='layers', or name the blocks with "
+                f"placement='custom', target_modules=[...]; layers here: {_candidates(model)}"
+            )
+        return [(name, "input") for name in blocks]
+    if placement == "input":
+        emb_name = find_input_embedding(model)
+        if emb_name is not None:
+            return [(emb_name, "output")]
+        first = next((n for n, m in modules.items() if is_layer(m)), None)
+        if first is None:
+            raise TargetError(
+                "placement='input' found no Linear/Conv/recurrent/attention layer to project "
+                "the input of; name one with placement='custom', target_modules=[...]."
+            )
+        return [(first, "input")]
+    return []
 
 
 def iter_names(targets: Iterable[Target]) -> list[str]:

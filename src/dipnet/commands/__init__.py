@@ -13,9 +13,9 @@ train           dipnet.experiments.cli:run_train_command              experiment
 compare         dipnet.experiments.sweep_cli:compare_command          experiments
 report          dipnet.experiments.sweep_cli:report_command           experiments
 demo            dipnet.experiments.sweep_cli:demo_command             experiments
-tune            dipnet.experiments.tune:tune_command                  tune
+tune            dipnet.experiments.tune_cli:tune_command              tune
 evaluate        dipnet.evaluation.cli:run_evaluate_command            eval
-certify         dipnet.evaluation.certified:run_certify_command       eval
+certify         dipnet.experiments.certified:run_certify_command      eval
 text-classify   dipnet.hf_experiments.cli:text_command                text
 math            dipnet.hf_experiments.cli:math_command                math
 ==============  ====================================================  ===========
@@ -27,16 +27,9 @@ the names shown in ``--help`` (data sets, models, methods) in `dipnet.commands.n
 
 from __future__ import annotations
 
-import importlib.util
+from .._util.modules import module_installed
 
-
-def module_installed(name: str) -> bool:
-    """Whether the module ``name`` can be imported, found without importing it."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a broken __spec__
-        return False
-
+__all__ = ["COMMAND_MODULES", "module_installed"]
 
 #: The modules that register subcommands, in the order ``dipnet --help`` lists them.
 COMMAND_MODULES = (

@@ -1,5 +1,5 @@
 """``dipnet certify``: its options (the command itself is
-`dipnet.evaluation.certified.run_certify_command`)."""
+`dipnet.experiments.certified.run_certify_command`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import math
 from typing import Callable
 
 from ..evaluation.cli import _floats
+from ..evaluation.settings import DEFAULT_RADII
 from . import grammar
 
-RUN = "dipnet.evaluation.certified:run_certify_command"
+RUN = "dipnet.experiments.certified:run_certify_command"
 EXTRA = "eval"
-
-#: The L2 radii at which certify.json reports certified accuracy (model-input units); they
-#: include every PGD L2 epsilon of the quick and full suites, for the report's check.
-DEFAULT_RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 def _number(expected: str, ok: Callable[[float], bool]) -> Callable[[str], float]:

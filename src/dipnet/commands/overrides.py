@@ -3,7 +3,7 @@
 Each command decides what its keys mean (`dipnet.experiments.cli` for train, `sweep_cli` for
 compare, `dipnet.evaluation.cli` for evaluate, `dipnet.hf_experiments.cli` for the Hugging Face
 experiments); this module only splits and parses, with one-line errors, and offers the helpers
-they share (`set_nested`, `suite_settings`).
+they share (`suite_settings`; dotted keys are set with `dipnet._util.nested.set_nested`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from ..errors import UserError
 from .grammar import OVERRIDES
@@ -104,17 +104,6 @@ def parse_overrides(args: argparse.Namespace) -> list[Override]:
         UserError: a malformed item (see `parse_item`).
     """
     return [parse_item(*item) for item in getattr(args, OVERRIDES, None) or []]
-
-
-def set_nested(target: dict[str, Any], keys: Sequence[str], value: Any) -> None:
-    """``target[k1][k2]... = value``, creating (or replacing non-dict) levels on the way."""
-    for k in keys[:-1]:
-        nxt = target.get(k)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            target[k] = nxt
-        target = nxt
-    target[keys[-1]] = value
 
 
 def unknown_scope(ov: Override, command: str, scopes: Iterable[str]) -> UserError:

@@ -1,4 +1,5 @@
-"""``dipnet tune``: its options (the command itself is `dipnet.experiments.tune.tune_command`)."""
+"""``dipnet tune``: its options (the command itself is
+`dipnet.experiments.tune_cli.tune_command`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from . import grammar
 from .names import METHODS, PERTURBATION_MODES, PERTURBATIONS
 from .train import DATASET_HELP, MODEL_HELP
 
-RUN = "dipnet.experiments.tune:tune_command"
+RUN = "dipnet.experiments.tune_cli:tune_command"
 EXTRA = "tune"
 
 

@@ -216,6 +216,16 @@ def pgd(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, norm
         active = clean_correct if skip is None else clean_correct & ~skip
         return _pgd_deterministic(predictor, x, y, eps, norm, steps, alpha, random_start, runs,
                                   bounds, generator, active)
+    return _pgd_stochastic(predictor, x, y, eps, norm, steps, alpha, random_start, runs, bounds,
+                           generator, eot_samples)
+
+
+def _pgd_stochastic(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    norm: str, steps: int, alpha: float, random_start: bool, runs: list[str],
+                    bounds: Bounds, generator: torch.Generator | None,
+                    eot_samples: int | None) -> torch.Tensor:
+    """`pgd` of a stochastic predictor: each run's final iterate, scored with a fresh k-sample
+    loss; the highest-loss run per point is kept (the only run, unscored, if there is one)."""
     best = x.clone()
     best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
     for loss_name in runs:

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._util.cache import cache_dir
 from ..errors import UserError
 from ..fileio import atomic_path
 from .predictors import Predictor, accuracy, predict_log_probs
@@ -207,7 +208,7 @@ def corrupt_images(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> 
 CACHE_BYTES = 256 * 2**20
 _CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 # Corrupted images are also kept on disk, in $DIPNET_CACHE/corruptions (~/.cache/dipnet by
-# default; see dipnet.experiments.data.cache_dir), so that a fresh process (`dipnet evaluate`,
+# default; see dipnet._util.cache.cache_dir), so that a fresh process (`dipnet evaluate`,
 # each worker of a sweep) neither imports the corruption package nor corrupts again. The file
 # name hashes the in-process key, this module's source and the versions of the packages the
 # corruptions come from, so a changed formula or package never reads a stale copy. Oldest
@@ -241,8 +242,6 @@ def _code_stamp() -> str:
 def _disk_path(key: tuple) -> Path | None:
     if DISK_CACHE_BYTES <= 0:
         return None
-    from ..experiments.data import cache_dir
-
     digest = hashlib.sha1(repr((key, _code_stamp())).encode()).hexdigest()
     return cache_dir() / "corruptions" / f"{key[0]}-{key[1]}-{digest[:24]}.pt"
 

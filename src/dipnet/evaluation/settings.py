@@ -16,6 +16,9 @@ from ..errors import UserError
 PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
 STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # dipnet.evaluation.strong_attacks (ART)
 ATTACK_NAMES = ("fgsm", "pgd") + STRONG_ATTACKS
+#: The L2 radii at which certify.json reports certified accuracy (model-input units); they
+#: include every PGD L2 epsilon of the quick and full suites, for the report's check.
+DEFAULT_RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The evaluation suite: every measure of this package on one trained model, as one JSON file.
 
 `evaluate_predictions` runs the suite on any predictors and data (the library entry point);
-`evaluate_run` loads a run written by ``dipnet train`` and writes ``evaluation.json`` into its
-folder (the entry point of ``dipnet evaluate`` and of the sweep).
+`dipnet.experiments.evaluate.evaluate_run` loads a run written by ``dipnet train`` and writes
+``evaluation.json`` into its folder (the entry point of ``dipnet evaluate`` and of the sweep;
+still importable from here).
 
 Two suites, differing only in sizes (`SuiteSettings`): ``quick`` (about a minute for an MLP on
 Fashion-MNIST on 2 CPU cores) and ``full``. Attacks, corruptions and smoothness run on a fixed
@@ -13,26 +14,24 @@ random subset of the test set (the same subset for every method and seed: it dep
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .. import fileio
+from .._util.moved import forward_moved
 from ..errors import UserError
 from ..objective import available_bytes
-from ..predict import check_count
 from .attacks import robust_accuracy_curve
 from .calibration import calibration_metrics
 from .corruptions import available_corruptions, corruption_accuracy, is_image_shape
-from .ood import OOD_PAIRS, ood_detection
+from .ood import ood_detection
 from .predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
 from .settings import ATTACK_NAMES, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
 from .smoothness import measure_smoothness
@@ -105,203 +104,258 @@ def evaluate_predictions(predictors: Sequence[Predictor], data: EvalData,
     Returns:
         the evaluation dict (keys: clean, calibration, attacks, corruptions, ood, smoothness,
         timing, settings, notes, n_points).
+    Raises:
+        UserError: ``settings.corruptions`` names a corruption that does not apply to the
+            inputs (checked before the long parts run, not after).
     """
     settings = settings or SUITES["quick"]
     notes = notes if notes is not None else []
-    timing: dict[str, float] = {}
-    out: dict[str, Any] = {"clean": {}, "calibration": {}, "attacks": [], "corruptions": [],
-                           "ood": [], "smoothness": {}}
-    x, y = data.x_test, data.y_test
-    bounds = _bounds(x)
     if settings.corruptions and "corruptions" in settings.parts:
-        # Fail before the long parts run, not after.
-        allowed = available_corruptions(tuple(x.shape[1:]), quick=False)
+        shape = tuple(data.x_test.shape[1:])
+        allowed = available_corruptions(shape, quick=False)
         bad = [c for c in settings.corruptions if c not in allowed]
         if bad:
             raise UserError(f"corruption(s) {bad} do not apply to inputs of shape "
-                            f"{tuple(x.shape[1:])}; choose from {', '.join(allowed)}.")
-    n_points: dict[str, int] = {}
-
-    def timed(part: str, fn: Callable[[], None]) -> None:
-        if part not in settings.parts:
-            notes.append(f"{part}: skipped (not in the requested parts)")
-            return
-        t0 = time.perf_counter()
-        fn()
-        timing[part] = round(time.perf_counter() - t0, 3)
-
+                            f"{shape}; choose from {', '.join(allowed)}.")
     if settings.mc_max_rows is not None:
         predictors = [dataclasses.replace(p, chunk=settings.mc_max_rows) for p in predictors]
-    # The clean pass: every prediction once on the clean points, shared by every part that
-    # needs the prediction at unperturbed inputs (see `_shared`).
-    summaries: dict[str, PredictionSummary] = {}
-    clean_idx = _subset_index(len(y), settings.clean_points, settings.subset_seed)
-    xcl, ycl = _subset(x, y, settings.clean_points, settings.subset_seed)
-    clean_pos = None
-    if clean_idx is not None:
-        clean_pos = torch.full((len(y),), -1, dtype=torch.long)
-        clean_pos[clean_idx] = torch.arange(len(clean_idx))
-
-    def _shared(p: Predictor, n: int | None) -> PredictionSummary:
-        """The clean-pass summary of ``p`` on the subset of ``n`` points (computed if the
-        clean pass did not run or did not cover them)."""
-        idx = _subset_index(len(y), n, settings.subset_seed)
-        have = summaries.get(p.name)
-        if have is not None:
-            if idx is None and clean_idx is None:
-                return have
-            if idx is not None:
-                pos = idx if clean_pos is None else clean_pos[idx]
-                if bool((pos >= 0).all()):
-                    return have.take(pos.to(have.log_probs.device))
-        xs, _ = _subset(x, y, n, settings.subset_seed)
-        return predict_summary(p, xs, settings.batch_size)
-
-    def clean() -> None:
-        for p in predictors:
-            torch.manual_seed(settings.subset_seed)
-            summary = predict_summary(p, xcl, settings.batch_size)
-            summaries[p.name] = summary
-            lp = summary.log_probs
-            out["clean"][p.name] = {"accuracy": accuracy(lp, ycl), "nll": nll(lp, ycl),
-                                    "n_points": int(len(ycl)), "k": p.k}
-        n_points["clean"] = int(len(ycl))
-
-    def calibration() -> None:
-        for p in predictors:
-            if p.name not in summaries:
-                torch.manual_seed(settings.subset_seed)
-            out["calibration"][p.name] = calibration_metrics(_shared(p, settings.clean_points).log_probs, ycl)
-        n_points["calibration"] = int(len(ycl))
-
-    def attacks() -> None:
-        xa, ya = _subset(x, y, settings.attack_points, settings.subset_seed)
-        n_points["attacks"] = int(len(ya))
-        pgd_kw = dict(steps=settings.pgd_steps, restarts=settings.restarts, bounds=bounds,
-                      losses=settings.pgd_losses, batch_size=settings.batch_size)
-        plan = [("fgsm", "linf", settings.linf_eps)]
-        if settings.fgsm_l2:
-            plan.append(("fgsm", "l2", settings.l2_eps))
-        plan += [("pgd", "linf", settings.linf_eps), ("pgd", "l2", settings.l2_eps)]
-        plan = [step for step in plan if step[0] in settings.attacks and step[2]]
-        strong = [(a, norm, eps) for a in settings.attacks if a in STRONG_ATTACKS
-                  for norm, eps in (("linf", settings.strong_linf_eps), ("l2", settings.strong_l2_eps))
-                  if eps]
-        if "square" in settings.attacks and not is_image_shape(tuple(x.shape[1:])):
-            notes.append(f"attacks: square skipped (it needs images; inputs have shape {tuple(x.shape[1:])})")
-            strong = [s for s in strong if s[0] != "square"]
-        # The first strong_points attacked points: the same points as
-        # _subset(x, y, strong_points), since fixed subsets are prefixes of one permutation.
-        n_strong = min(settings.strong_points, len(ya))
-        xs_, ys_ = xa[:n_strong], ya[:n_strong]
-        if strong:
-            n_points["strong_attacks"] = n_strong
-        for p in predictors:
-            torch.manual_seed(settings.subset_seed)
-            clean_lp = _shared(p, settings.attack_points).log_probs
-            for attack, norm, eps in plan:
-                torch.manual_seed(settings.subset_seed)
-                gen = torch.Generator(device=xa.device).manual_seed(settings.subset_seed)
-                kw: dict[str, Any] = {"bounds": bounds, "batch_size": settings.batch_size}
-                if attack == "pgd":
-                    kw = {**pgd_kw, "generator": gen}
-                if p.stochastic:
-                    kw["eot_samples"] = settings.eot_samples or p.k
-                out["attacks"].extend(robust_accuracy_curve(p, xa, ya, attack, norm, eps,
-                                                            progress=progress,
-                                                            clean_log_probs=clean_lp, **kw))
-            num_classes = int(clean_lp.shape[-1])
-            for attack, norm, eps in strong:
-                if attack == "apgd-dlr" and num_classes < 3:
-                    notes.append("attacks: apgd-dlr skipped (it needs at least 3 classes)")
-                    continue
-                from .strong_attacks import strong_accuracy_curve  # ART: imported on demand
-
-                torch.manual_seed(settings.subset_seed)
-                out["attacks"].extend(strong_accuracy_curve(
-                    p, xs_, ys_, attack, norm, eps, num_classes=num_classes, bounds=bounds,
-                    steps=settings.apgd_steps, queries=settings.square_queries,
-                    eot_samples=(settings.strong_eot_samples or settings.eot_samples or p.k)
-                    if p.stochastic else None,
-                    batch_size=settings.batch_size, seed=settings.subset_seed,
-                    clean_log_probs=clean_lp[:n_strong], progress=progress))
-
-    def corruptions() -> None:
-        shape = tuple(x.shape[1:])
-        names = settings.corruptions or available_corruptions(shape, quick=settings.quick_corruptions)
-        if not is_image_shape(shape):
-            notes.append(f"corruptions: inputs of shape {shape} are not images; only the noise "
-                         f"corruptions {', '.join(names)} apply")
-        xc, yc = _subset(x, y, settings.corruption_points, settings.subset_seed)
-        n_points["corruptions"] = int(len(yc))
-        torch.manual_seed(settings.subset_seed)
-        out["corruptions"] = corruption_accuracy(predictors, xc, yc, names, settings.severities,
-                                                 seed=settings.subset_seed, progress=progress)
-
-    def ood() -> None:
-        if not data.ood_sets:
-            notes.append(f"ood: no out-of-distribution data set for {data.name!r}; skipped")
-            return
-        xi, _ = _subset(x, y, settings.ood_points, settings.subset_seed)
-        sets = {}
-        for name, xo in data.ood_sets.items():
-            sets[name], _ = _subset(xo, torch.zeros(len(xo), dtype=torch.long), settings.ood_points,
-                                    settings.subset_seed)
-        torch.manual_seed(settings.subset_seed)
-        in_summaries = {p.name: _shared(p, settings.ood_points) for p in predictors}
-        out["ood"] = ood_detection(predictors, data.name, xi, sets, settings.batch_size,
-                                   in_summaries=in_summaries)
-        n_points["ood"] = int(len(xi))
-
-    def smoothness() -> None:
-        xs, ys = _subset(x, y, settings.smoothness_points, settings.subset_seed)
-        n_points["smoothness"] = int(len(xs))
-        weight_batch = None
-        if params is not None and data.x_train is not None and data.y_train is not None:
-            weight_batch = _subset(data.x_train, data.y_train, settings.weight_points, settings.subset_seed)
-        elif params is None:
-            notes.append("smoothness: no parameters given; weight-Hessian measures skipped")
-        for p in predictors:
-            variances = _shared(p, settings.smoothness_points).output_variance if p.stochastic else None
-            out["smoothness"][p.name] = measure_smoothness(
-                p, xs, ys, n_random=settings.lipschitz_random, adv_steps=settings.lipschitz_steps,
-                hessian_iters=settings.hessian_iters, bounds=bounds, params=params,
-                weight_batch=weight_batch, trace_probes=settings.trace_probes,
-                power_iters=settings.power_iters, batch_size=min(settings.batch_size, 100),
-                seed=settings.subset_seed, output_variances=variances)
-
-    def noise() -> None:
-        # One draw of standard normal noise, scaled by each sigma: every predictor and every
-        # sigma sees the same directions, so the curves differ only by the strength.
-        xn, yn = _subset(x, y, settings.corruption_points, settings.subset_seed)
-        n_points["noise"] = int(len(yn))
-        gen = torch.Generator(device=xn.device).manual_seed(settings.subset_seed)
-        draws = torch.randn(xn.shape, generator=gen, device=xn.device, dtype=xn.dtype)
-        rows = out.setdefault("gaussian_noise", [])
-        for sigma in settings.noise_sigmas:
-            xs = xn + float(sigma) * draws
-            if bounds is not None:
-                xs = xs.clamp(*bounds)
-            for p in predictors:
-                torch.manual_seed(settings.subset_seed)
-                lp = predict_summary(p, xs, settings.batch_size).log_probs
-                rows.append({"sigma": float(sigma), "prediction": p.name,
-                             "accuracy": accuracy(lp, yn), "n_points": int(len(yn))})
-
+    suite = _SuiteRun(list(predictors), data, settings, params, progress, notes)
+    timing: dict[str, float] = {}
     t_all = time.perf_counter()
     # The suite seeds torch's global RNG per part (reproducible noise); fork it so that the
     # caller's RNG stream (e.g. a sweep that trains next) is left as it was.
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        for part, fn in (("clean", clean), ("calibration", calibration), ("attacks", attacks),
-                         ("corruptions", corruptions), ("noise", noise), ("ood", ood),
-                         ("smoothness", smoothness)):
-            timed(part, fn)
+        for part in _PART_ORDER:
+            if part not in settings.parts:
+                notes.append(f"{part}: skipped (not in the requested parts)")
+                continue
+            t0 = time.perf_counter()
+            getattr(suite, part)()
+            timing[part] = round(time.perf_counter() - t0, 3)
     timing["total"] = round(time.perf_counter() - t_all, 3)
-    out.update({"timing": timing, "n_points": n_points, "settings": settings.to_dict(),
-                "notes": notes, "predictions": [p.name for p in predictors],
-                "k": max(p.k for p in predictors)})
+    out = suite.out
+    out.update({"timing": timing, "n_points": suite.n_points, "settings": settings.to_dict(),
+                "notes": notes, "predictions": [p.name for p in suite.predictors],
+                "k": max(p.k for p in suite.predictors)})
     return out
+
+
+#: The suite's parts in the order they run (each a method of `_SuiteRun`).
+_PART_ORDER = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
+
+
+class _SuiteRun:
+    """One run of the suite: the inputs every part reads, the results they fill in, and one
+    method per part. Each part reseeds torch's global RNG with ``settings.subset_seed``
+    (`reseed`) where its noise starts, so a part's numbers do not depend on the parts before
+    it."""
+
+    def __init__(self, predictors: list[Predictor], data: EvalData, settings: SuiteSettings,
+                 params: Sequence[torch.Tensor] | None, progress: bool,
+                 notes: list[str]) -> None:
+        self.predictors, self.data, self.settings = predictors, data, settings
+        self.params, self.progress, self.notes = params, progress, notes
+        self.x, self.y = data.x_test, data.y_test
+        self.bounds = _bounds(self.x)
+        self.out: dict[str, Any] = {"clean": {}, "calibration": {}, "attacks": [],
+                                    "corruptions": [], "ood": [], "smoothness": {}}
+        self.n_points: dict[str, int] = {}
+        # The clean pass: every prediction once on the clean points, shared by every part
+        # that needs the prediction at unperturbed inputs (see `shared`).
+        self.summaries: dict[str, PredictionSummary] = {}
+        self.clean_idx = _subset_index(len(self.y), settings.clean_points, settings.subset_seed)
+        self.clean_pos = None
+        if self.clean_idx is not None:
+            self.clean_pos = torch.full((len(self.y),), -1, dtype=torch.long)
+            self.clean_pos[self.clean_idx] = torch.arange(len(self.clean_idx))
+
+    def reseed(self) -> None:
+        torch.manual_seed(self.settings.subset_seed)
+
+    def subset(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed subset of ``n`` test points (all of them for None)."""
+        return _subset(self.x, self.y, n, self.settings.subset_seed)
+
+    def shared(self, p: Predictor, n: int | None) -> PredictionSummary:
+        """The clean-pass summary of ``p`` on the subset of ``n`` points (computed if the
+        clean pass did not run or did not cover them)."""
+        idx = _subset_index(len(self.y), n, self.settings.subset_seed)
+        have = self.summaries.get(p.name)
+        if have is not None:
+            if idx is None and self.clean_idx is None:
+                return have
+            if idx is not None:
+                pos = idx if self.clean_pos is None else self.clean_pos[idx]
+                if bool((pos >= 0).all()):
+                    return have.take(pos.to(have.log_probs.device))
+        xs, _ = self.subset(n)
+        return predict_summary(p, xs, self.settings.batch_size)
+
+    # ------------------------------------------------------------ clean, calibration
+    def clean(self) -> None:
+        xcl, ycl = self.subset(self.settings.clean_points)
+        for p in self.predictors:
+            self.reseed()
+            summary = predict_summary(p, xcl, self.settings.batch_size)
+            self.summaries[p.name] = summary
+            lp = summary.log_probs
+            self.out["clean"][p.name] = {"accuracy": accuracy(lp, ycl), "nll": nll(lp, ycl),
+                                         "n_points": int(len(ycl)), "k": p.k}
+        self.n_points["clean"] = int(len(ycl))
+
+    def calibration(self) -> None:
+        _, ycl = self.subset(self.settings.clean_points)
+        for p in self.predictors:
+            if p.name not in self.summaries:
+                self.reseed()
+            lp = self.shared(p, self.settings.clean_points).log_probs
+            self.out["calibration"][p.name] = calibration_metrics(lp, ycl)
+        self.n_points["calibration"] = int(len(ycl))
+
+    # ------------------------------------------------------------ attacks
+    def _attack_plan(self) -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any]]]:
+        """(FGSM / PGD steps, strong ART attacks) as (attack, norm, epsilons), those that run."""
+        st = self.settings
+        plan = [("fgsm", "linf", st.linf_eps)]
+        if st.fgsm_l2:
+            plan.append(("fgsm", "l2", st.l2_eps))
+        plan += [("pgd", "linf", st.linf_eps), ("pgd", "l2", st.l2_eps)]
+        plan = [step for step in plan if step[0] in st.attacks and step[2]]
+        strong = [(a, norm, eps) for a in st.attacks if a in STRONG_ATTACKS
+                  for norm, eps in (("linf", st.strong_linf_eps), ("l2", st.strong_l2_eps))
+                  if eps]
+        shape = tuple(self.x.shape[1:])
+        if "square" in st.attacks and not is_image_shape(shape):
+            self.notes.append(f"attacks: square skipped (it needs images; inputs have shape {shape})")
+            strong = [s for s in strong if s[0] != "square"]
+        return plan, strong
+
+    def attacks(self) -> None:
+        st = self.settings
+        xa, ya = self.subset(st.attack_points)
+        self.n_points["attacks"] = int(len(ya))
+        plan, strong = self._attack_plan()
+        # The first strong_points attacked points: the same points as
+        # _subset(x, y, strong_points), since fixed subsets are prefixes of one permutation.
+        n_strong = min(st.strong_points, len(ya))
+        if strong:
+            self.n_points["strong_attacks"] = n_strong
+        for p in self.predictors:
+            self.reseed()
+            clean_lp = self.shared(p, st.attack_points).log_probs
+            for attack, norm, eps in plan:
+                self.out["attacks"].extend(self._gradient_attack(p, xa, ya, attack, norm, eps,
+                                                                 clean_lp))
+            num_classes = int(clean_lp.shape[-1])
+            for attack, norm, eps in strong:
+                if attack == "apgd-dlr" and num_classes < 3:
+                    self.notes.append("attacks: apgd-dlr skipped (it needs at least 3 classes)")
+                    continue
+                self.out["attacks"].extend(self._strong_attack(
+                    p, xa[:n_strong], ya[:n_strong], attack, norm, eps, num_classes,
+                    clean_lp[:n_strong]))
+
+    def _gradient_attack(self, p: Predictor, xa: torch.Tensor, ya: torch.Tensor, attack: str,
+                         norm: str, eps: Any, clean_lp: torch.Tensor) -> list[dict[str, Any]]:
+        # FGSM or PGD over every epsilon of one norm
+        st = self.settings
+        self.reseed()
+        gen = torch.Generator(device=xa.device).manual_seed(st.subset_seed)
+        kw: dict[str, Any] = {"bounds": self.bounds, "batch_size": st.batch_size}
+        if attack == "pgd":
+            kw = dict(steps=st.pgd_steps, restarts=st.restarts, bounds=self.bounds,
+                      losses=st.pgd_losses, batch_size=st.batch_size, generator=gen)
+        if p.stochastic:
+            kw["eot_samples"] = st.eot_samples or p.k
+        return robust_accuracy_curve(p, xa, ya, attack, norm, eps, progress=self.progress,
+                                     clean_log_probs=clean_lp, **kw)
+
+    def _strong_attack(self, p: Predictor, xs: torch.Tensor, ys: torch.Tensor, attack: str,
+                       norm: str, eps: Any, num_classes: int,
+                       clean_lp: torch.Tensor) -> list[dict[str, Any]]:
+        # APGD-CE / APGD-DLR / Square through the Adversarial Robustness Toolbox
+        from .strong_attacks import strong_accuracy_curve  # ART: imported on demand
+
+        st = self.settings
+        self.reseed()
+        return strong_accuracy_curve(
+            p, xs, ys, attack, norm, eps, num_classes=num_classes, bounds=self.bounds,
+            steps=st.apgd_steps, queries=st.square_queries,
+            eot_samples=(st.strong_eot_samples or st.eot_samples or p.k)
+            if p.stochastic else None,
+            batch_size=st.batch_size, seed=st.subset_seed,
+            clean_log_probs=clean_lp, progress=self.progress)
+
+    # ------------------------------------------------------------ corruptions, noise
+    def corruptions(self) -> None:
+        st = self.settings
+        shape = tuple(self.x.shape[1:])
+        names = st.corruptions or available_corruptions(shape, quick=st.quick_corruptions)
+        if not is_image_shape(shape):
+            self.notes.append(f"corruptions: inputs of shape {shape} are not images; only the "
+                              f"noise corruptions {', '.join(names)} apply")
+        xc, yc = self.subset(st.corruption_points)
+        self.n_points["corruptions"] = int(len(yc))
+        self.reseed()
+        self.out["corruptions"] = corruption_accuracy(self.predictors, xc, yc, names,
+                                                      st.severities, seed=st.subset_seed,
+                                                      progress=self.progress)
+
+    def noise(self) -> None:
+        # One draw of standard normal noise, scaled by each sigma: every predictor and every
+        # sigma sees the same directions, so the curves differ only by the strength.
+        st = self.settings
+        xn, yn = self.subset(st.corruption_points)
+        self.n_points["noise"] = int(len(yn))
+        gen = torch.Generator(device=xn.device).manual_seed(st.subset_seed)
+        draws = torch.randn(xn.shape, generator=gen, device=xn.device, dtype=xn.dtype)
+        rows = self.out.setdefault("gaussian_noise", [])
+        for sigma in st.noise_sigmas:
+            xs = xn + float(sigma) * draws
+            if self.bounds is not None:
+                xs = xs.clamp(*self.bounds)
+            for p in self.predictors:
+                self.reseed()
+                lp = predict_summary(p, xs, st.batch_size).log_probs
+                rows.append({"sigma": float(sigma), "prediction": p.name,
+                             "accuracy": accuracy(lp, yn), "n_points": int(len(yn))})
+
+    # ------------------------------------------------------------ OOD, smoothness
+    def ood(self) -> None:
+        st, data = self.settings, self.data
+        if not data.ood_sets:
+            self.notes.append(f"ood: no out-of-distribution data set for {data.name!r}; skipped")
+            return
+        xi, _ = self.subset(st.ood_points)
+        sets = {}
+        for name, xo in data.ood_sets.items():
+            sets[name], _ = _subset(xo, torch.zeros(len(xo), dtype=torch.long), st.ood_points,
+                                    st.subset_seed)
+        self.reseed()
+        in_summaries = {p.name: self.shared(p, st.ood_points) for p in self.predictors}
+        self.out["ood"] = ood_detection(self.predictors, data.name, xi, sets, st.batch_size,
+                                        in_summaries=in_summaries)
+        self.n_points["ood"] = int(len(xi))
+
+    def smoothness(self) -> None:
+        st, data = self.settings, self.data
+        xs, ys = self.subset(st.smoothness_points)
+        self.n_points["smoothness"] = int(len(xs))
+        weight_batch = None
+        if self.params is not None and data.x_train is not None and data.y_train is not None:
+            weight_batch = _subset(data.x_train, data.y_train, st.weight_points, st.subset_seed)
+        elif self.params is None:
+            self.notes.append("smoothness: no parameters given; weight-Hessian measures skipped")
+        for p in self.predictors:
+            variances = (self.shared(p, st.smoothness_points).output_variance if p.stochastic
+                         else None)
+            self.out["smoothness"][p.name] = measure_smoothness(
+                p, xs, ys, n_random=st.lipschitz_random, adv_steps=st.lipschitz_steps,
+                hessian_iters=st.hessian_iters, bounds=self.bounds, params=self.params,
+                weight_batch=weight_batch, trace_probes=st.trace_probes,
+                power_iters=st.power_iters, batch_size=min(st.batch_size, 100),
+                seed=st.subset_seed, output_variances=variances)
 
 
 def _finite(obj: Any) -> Any:
@@ -318,41 +372,6 @@ def _finite(obj: Any) -> Any:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically (temp file + os.replace)."""
     fileio.atomic_write_json(path, _finite(obj), indent=1, allow_nan=False)
-
-
-@functools.lru_cache(maxsize=8)
-def _load_ood_inputs(name: str, data_dir: str | None) -> torch.Tensor:
-    from ..experiments.data import load_dataset
-
-    # Only the test split is used: max_train=2 keeps load_dataset from converting the whole
-    # training split to float (0.2 s and 190 MB for MNIST); the test split does not depend on it.
-    return load_dataset(name, data_dir, val_fraction=0.0, max_train=2).test.x
-
-
-def ood_sets_for(in_name: str, input_shape: Sequence[int], data_dir: str | None,
-                 notes: list[str]) -> dict[str, torch.Tensor]:
-    """Test inputs of the OOD partners of ``in_name`` that load here and match its input shape.
-
-    A partner that cannot be loaded (not installed) or has another input shape is skipped with
-    a note. Loaded sets are cached in-process (a sweep evaluates many runs).
-    """
-    sets: dict[str, torch.Tensor] = {}
-    for name in OOD_PAIRS.get(in_name, ()):
-        xo, last = None, ""
-        for where in dict.fromkeys([data_dir, None]):
-            try:
-                xo = _load_ood_inputs(name, where)
-                break
-            except UserError as err:
-                last = str(err)
-        if xo is None:
-            notes.append(f"ood: {name} not available ({last}); skipped")
-            continue
-        if tuple(xo.shape[1:]) != tuple(input_shape):
-            notes.append(f"ood: {name} has inputs {tuple(xo.shape[1:])}, not {tuple(input_shape)}; skipped")
-            continue
-        sets[name] = xo
-    return sets
 
 
 def run_predictors(run: Any, k: int) -> list[Predictor]:
@@ -403,110 +422,6 @@ def check_k_memory(k: int, rows: int, classes: int, device: torch.device) -> Non
             f"lower --k (or --set batch_size=N with a smaller N).")
 
 
-def evaluate_run(run_dir: str | os.PathLike, suite: str = "quick", k: int | None = None,
-                 device: str | torch.device | None = None, data_dir: str | None = None,
-                 progress: bool = True, write: bool = True, out: str | os.PathLike | None = None,
-                 shift_sets: Sequence[str] = (), ood_sets: Sequence[str] = (),
-                 **overrides: Any) -> dict[str, Any]:
-    """Evaluate a finished run and write ``evaluation.json`` into its folder (atomically).
-
-    Args:
-        run_dir: a folder written by ``dipnet train``.
-        suite: ``"quick"`` or ``"full"`` (see `SUITES`).
-        k: trajectories of the sampled prediction; default the run's ``mc_samples``.
-        device: ``"cpu"``, ``"cuda"``...; default cuda if available.
-        data_dir: override the run's data folder.
-        progress: show progress bars.
-        write: write evaluation.json (False only returns the dict).
-        out: write to this file instead of ``run_dir/evaluation.json``.
-        shift_sets: extra test distributions (data set names or .npz files): accuracy, NLL
-            and ECE under ``shift`` (`dipnet.evaluation.shift`).
-        ood_sets: extra OOD partners (names or .npz files), beside the run's default ones.
-        overrides: `SuiteSettings` fields to change (e.g. ``linf_eps=(0, 0.1)``).
-    Returns:
-        the evaluation dict, as written.
-    Raises:
-        UserError: the folder is not a finished run, bad suite / settings, k not a whole
-            number >= 1, or k trajectories' logits that cannot fit in memory (`check_k_memory`).
-    """
-    # Loading builds the model (random init) and the suite seeds the RNG per part: fork it so
-    # that the caller's RNG stream (a sweep that trains next) is left as it was.
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        return _evaluate_run(run_dir, suite, k, device, data_dir, progress, write, out, overrides,
-                             shift_sets, ood_sets)
-
-
-def _evaluate_run(run_dir: str | os.PathLike, suite: str, k: int | None,
-                  device: str | torch.device | None, data_dir: str | None, progress: bool,
-                  write: bool, out: str | os.PathLike | None, overrides: dict[str, Any],
-                  shift_sets: Sequence[str] = (), ood_sets: Sequence[str] = ()) -> dict[str, Any]:
-    from ..experiments.runs import load_run
-
-    settings = get_settings(suite, **overrides)
-    if write and out is not None:
-        check_out_path(out)  # before the long work, not after it
-    dev = _device(device)
-    t0 = time.perf_counter()
-    run = load_run(run_dir, data_dir=data_dir)
-    load_s = time.perf_counter() - t0
-    try:
-        k = check_count(k if k is not None else getattr(run.config, "mc_samples", 8), "k", 1)
-    except ValueError as err:
-        raise UserError(f"{err} (trajectories of the sampled prediction).") from None
-    if getattr(run.method, "has_sampling", False):
-        check_k_memory(k, settings.batch_size, run.data.num_classes, dev)
-    run.model.to(dev)
-    notes: list[str] = []
-    d = run.data
-    ood = (ood_sets_for(d.name, d.input_shape, run.config.data_dir, notes)
-           if "ood" in settings.parts else {})
-    # --shift-set / --ood-set: the user's own sets, labelled with their names (shift.py)
-    from .shift import load_extra_sets, shift_accuracy
-
-    shift, extra_ood = load_extra_sets(shift_sets, ood_sets, d, data_dir or run.config.data_dir,
-                                       settings.parts)
-    ood.update(extra_ood)
-    data = EvalData(d.name, d.test.x.to(dev), d.test.y.to(dev), d.train.x.to(dev), d.train.y.to(dev),
-                    {n: v.to(dev) for n, v in ood.items()})
-    preds = run_predictors(run, k)
-    result = evaluate_predictions(preds, data, settings, params=model_weights(run.model),
-                                  progress=progress, notes=notes)
-    result["timing"]["load"] = round(load_s, 3)
-    if shift:
-        t_shift = time.perf_counter()
-        result["shift"] = shift_accuracy(preds, {n: (x.to(dev), y.to(dev)) for n, (x, y)
-                                                 in shift.items()}, settings.batch_size,
-                                         settings.subset_seed)
-        result["timing"]["shift"] = round(time.perf_counter() - t_shift, 3)
-    cfg = run.config
-    header = {
-        "schema_version": SCHEMA_VERSION,
-        "run_dir": str(Path(run_dir)),
-        "suite": suite,
-        "dataset": d.name,
-        "model": cfg.model,
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "train_perturbation": getattr(cfg, "train_perturbation", "none"),
-        "default_prediction": getattr(run.method, "default_prediction", "deterministic"),
-        "environment": {"torch": torch.__version__, "device": str(dev),
-                        "threads": torch.get_num_threads(), "python": platform.python_version(),
-                        "machine": platform.machine()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    result = {**header, **result}
-    if write:
-        target = Path(out) if out is not None else Path(run_dir) / "evaluation.json"
-        try:
-            atomic_write_json(target, result)
-        except OSError as err:
-            what = "--out " if out is not None else ""
-            raise UserError(f"cannot write {what}{target} ({err.strerror or err}); choose a "
-                            "writable file path.") from None
-    return result
-
-
 def check_out_path(out: str | os.PathLike) -> Path:
     """Check, before any work, that the JSON can be written to ``out`` (the ``--out`` value).
 
@@ -547,3 +462,11 @@ def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{p} is corrupt ({err}); re-run dipnet evaluate {p.parent}.") from None
+
+
+#: Names that moved up to the harness (they read run folders and registered data sets, which
+#: the evaluation library does not import), importable from here as before. Nothing in
+#: src/dipnet imports them from here (tests/test_import_graph.py checks).
+_MOVED = {"evaluate_run": "dipnet.experiments.evaluate",
+          "ood_sets_for": "dipnet.experiments.evaluate"}
+__getattr__ = forward_moved(__name__, _MOVED)

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import trust
-from ..commands import module_installed
+from .._util.modules import module_installed
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from .locks import die_with_parent

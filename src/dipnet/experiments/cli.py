@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import trust
-from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
+from .._util.nested import set_nested
+from ..commands.overrides import Override, parse_overrides, unknown_scope
 from ..errors import UserError
 from .config import RunConfig
 from .data import require_dataset_code_allowed

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import trust
+from .._util.cache import cache_dir
 from ..errors import UserError
 from ..fileio import atomic_path
 
@@ -201,11 +202,6 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
     return x.to(torch.float32).contiguous()
-
-
-def cache_dir() -> Path:
-    """Where parsed / generated data is cached: $DIPNET_CACHE or ~/.cache/dipnet."""
-    return Path(os.environ.get("DIPNET_CACHE") or Path.home() / ".cache" / "dipnet")
 
 
 def _fixed_split(n: int, test_fraction: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

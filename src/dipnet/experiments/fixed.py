@@ -17,13 +17,11 @@ on it as on any data set (the ``fresh`` mode instead draws noise / attacks anew 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,39 +74,6 @@ def reference_dir(cfg: RunConfig, out_dir: str | os.PathLike) -> Path:
     return root / f"{ref.run_name()}-{digest}"
 
 
-@contextlib.contextmanager
-def _kept_rng() -> Iterator[None]:
-    # Training the reference reseeds every RNG; the run around it must not notice.
-    from .train import get_rng_state, set_rng_state
-
-    state = get_rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
-
-
-def ensure_reference(cfg: RunConfig, out_dir: str | os.PathLike,
-                     progress: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Train the reference of ``cfg`` into its cache folder, or reuse it there.
-
-    Returns (its folder, its metrics). Waits (with a message) while another process trains it.
-    Raises:
-        UserError: the cache folder holds something else or is damaged (names the fix).
-    """
-    from .train import train_run
-
-    ref_dir = reference_dir(cfg, out_dir)
-    ref_cfg = reference_config(cfg)
-    if not (ref_dir / "metrics.json").is_file():
-        print(f"dipnet: training the clean standard reference model for fixed FGSM into "
-              f"{ref_dir}", file=sys.stderr)
-    with _kept_rng():
-        metrics = train_run(ref_cfg, ref_dir, progress=progress, wait_for_lock=True,
-                            command=f"reference model of {Path(out_dir).name}")
-    return ref_dir, metrics
-
-
 @torch.no_grad()
 def fixed_fgsm_inputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                       batch_size: int = 1000) -> torch.Tensor:
@@ -119,20 +84,24 @@ def fixed_fgsm_inputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return out
 
 
-def fixed_training_inputs(cfg: RunConfig, train: Split, out_dir: str | os.PathLike,
-                          device: torch.device,
-                          progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+def fixed_training_inputs(cfg: RunConfig, train: Split, device: torch.device,
+                          reference: tuple[Path, dict[str, Any]] | None = None
+                          ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The fixed perturbed training inputs of ``cfg`` (``perturbation_mode == "fixed"``).
+
+    Training the FGSM reference is the training loop's work
+    (`dipnet.experiments.train.fixed_training_set` trains or reuses it, then calls this).
 
     Args:
         cfg: the run (train_perturbation gaussian or fgsm).
         train: its training split.
-        out_dir: the run's folder (the FGSM reference is cached beside it).
         device: where to compute and return the inputs.
-        progress: progress bars while a reference is trained.
+        reference: (folder, metrics) of the trained reference run; FGSM only.
     Returns:
         (the perturbed inputs on ``device``, a record for metrics.json: ``sha256`` of the set,
         ``reference_run`` and ``reference_test_accuracy`` (None for Gaussian)).
+    Raises:
+        ValueError: another train_perturbation, or FGSM without a reference.
     """
     from .runs import load_run
 
@@ -141,7 +110,9 @@ def fixed_training_inputs(cfg: RunConfig, train: Split, out_dir: str | os.PathLi
     if cfg.train_perturbation == "gaussian":
         x = fixed_gaussian_inputs(train.x, cfg.strength, cfg.split_seed, cfg.seed).to(device)
     elif cfg.train_perturbation == "fgsm":
-        ref_dir, ref_metrics = ensure_reference(cfg, out_dir, progress)
+        if reference is None:
+            raise ValueError("fixed FGSM needs its trained reference run")
+        ref_dir, ref_metrics = reference
         ref_acc = ref_metrics.get("test_accuracy")
         reference = load_run(ref_dir, load_data=False, allow_code=True)  # the run's own model
         model = reference.model.to(device)

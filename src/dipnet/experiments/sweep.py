@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from .. import trust
-from ..commands.overrides import set_nested
+from .._util.nested import set_nested
 from ..errors import UserError, describe_os_error
 from ..fileio import atomic_write_text, is_disk_error
 from . import backends
@@ -427,7 +427,7 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[str, str | None]:
     """Worker entry point: evaluate one run (top level so a process pool can pickle it)."""
-    from ..evaluation.suite import evaluate_run
+    from .evaluate import evaluate_run
     try:
         evaluate_run(run_dir, suite=suite, progress=False, **_tuples(overrides))
         return run_dir, None
@@ -505,12 +505,12 @@ def _check_builds(configs: Sequence[Any]) -> None:
     """
     from .data import load_dataset
     from .methods import get_method
-    from .train import build_model, get_rng_state, set_rng_state
+    from .rng import kept_rng
+    from .train import build_model
 
     shapes: dict[str, tuple[tuple[int, ...], int, int]] = {}
     built: set[str] = set()
-    state = get_rng_state()
-    try:
+    with kept_rng():
         for cfg in configs:
             dkey = json.dumps([cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
                                cfg.max_train, cfg.max_val])
@@ -525,8 +525,6 @@ def _check_builds(configs: Sequence[Any]) -> None:
                 method = get_method(cfg.method, **cfg.resolved_method_params())
                 build_model(cfg, method, *shapes[dkey])
                 built.add(mkey)
-    finally:
-        set_rng_state(state)
 
 
 def _inspect_runs(configs: Sequence[Any], out: Path) -> SweepPlan:

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import trust
 from .seeds import parse_seeds
-from ..commands.overrides import Override, parse_overrides, set_nested, unknown_scope
+from .._util.nested import set_nested
+from ..commands.overrides import Override, parse_overrides, unknown_scope
 from ..commands.sweep import DEFAULT_DEMO_OUT
 from ..errors import UserError
 from .data import require_dataset_code_allowed
 from .sweep import SweepConfig, SweepResult, load_sweep_config, run_sweep
 
 if TYPE_CHECKING:  # the report pulls in scipy and matplotlib: imported when it is built
-    from .report import ReportPaths
+    from .report.build import ReportPaths
 
 __all__ = ["register", "compare", "run_demo", "compare_command", "report_command",
            "demo_command", "apply_sweep_overrides", "DEMO_SWEEP", "DEFAULT_DEMO_OUT"]
@@ -74,7 +75,7 @@ def compare(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = True,
 
     def _report(result: SweepResult) -> None:
         if report and (result.trained or result.reused):
-            from .report import build_report
+            from .report.build import build_report
             built.append(build_report(out_dir, title=title or (
                 f"DIPNet comparison: {sweep.name}" if sweep.name else None)))
 
@@ -262,8 +263,8 @@ def default_out(sweep: SweepConfig) -> Path:
 
 def _print_tables(res: dict[str, Any]) -> None:
     """The clean-accuracy table, then the scorecard (robustness included), per data set."""
-    from . import scorecard
-    from .report import summary_table
+    from .report import scorecard
+    from .report.build import summary_table
 
     for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
         print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
@@ -304,7 +305,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """``dipnet report DIR``: rebuild a sweep's report; prints its summary tables."""
-    from .report import build_report
+    from .report.build import build_report
 
     paths = build_report(args.sweep_dir, out_dir=args.out, title=args.title)
     _print_tables(paths.results)

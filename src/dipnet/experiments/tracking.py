@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
-from ..commands import module_installed
+from .._util.modules import module_installed
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from .config import REPORT_TO, RunConfig

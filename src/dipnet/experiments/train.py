@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import platform
-import random
 import resource
 import shutil
 import sys
@@ -55,11 +54,12 @@ from ..errors import UserError, describe_os_error
 from ..fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
 from .config import RunConfig
 from .data import DatasetSplits, Split, check_dataset_name, load_dataset
-from .fixed import fixed_training_inputs
+from .fixed import fixed_training_inputs, reference_config, reference_dir
 from .locks import FolderLock
 from .methods import Method, compile_for_training, get_method
 from .models import count_parameters, create_model, list_models
 from .perturb import perturb_batch
+from .rng import get_rng_state, kept_rng, noise_seed, seed_everything, set_rng_state
 from .rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
                      inspect_run_folder, read_metrics, restore_aside, set_aside)
 
@@ -123,44 +123,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
-
-
-# ---------------------------------------------------------------------- RNG state
-def noise_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s noise stream: distinct per (seed, rank) pair."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and python's random."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """All RNG states as weights_only-loadable values (tensors, ints, floats, tuples)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                  float(gauss)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `get_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---------------------------------------------------------------------- memory
@@ -609,19 +571,58 @@ def train_run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
         info.close()
 
 
+# ---------------------------------------------------------------------- fixed training sets
+def ensure_reference(cfg: RunConfig, out_dir: str | os.PathLike,
+                     progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train the fixed-FGSM reference of ``cfg`` (`fixed.reference_config`) into its cache
+    folder (`fixed.reference_dir`), or reuse it there.
+
+    Returns (its folder, its metrics). Waits (with a message) while another process trains it.
+    Raises:
+        UserError: the cache folder holds something else or is damaged (names the fix).
+    """
+    ref_dir = reference_dir(cfg, out_dir)
+    ref_cfg = reference_config(cfg)
+    if not (ref_dir / "metrics.json").is_file():
+        print(f"dipnet: training the clean standard reference model for fixed FGSM into "
+              f"{ref_dir}", file=sys.stderr)
+    with kept_rng():  # training the reference reseeds every RNG; the run must not notice
+        metrics = train_run(ref_cfg, ref_dir, progress=progress, wait_for_lock=True,
+                            command=f"reference model of {Path(out_dir).name}")
+    return ref_dir, metrics
+
+
+def fixed_training_set(cfg: RunConfig, train: Split, out_dir: str | os.PathLike,
+                       device: torch.device,
+                       progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`fixed.fixed_training_inputs` of ``cfg``, its FGSM reference trained (or reused) first.
+
+    Args:
+        cfg: the run (``perturbation_mode: fixed``, train_perturbation gaussian or fgsm).
+        train: its training split.
+        out_dir: the run's folder (the FGSM reference is cached beside it).
+        device: where to compute and return the inputs.
+        progress: progress bars while a reference is trained.
+    Returns:
+        (the perturbed inputs on ``device``, their record for metrics.json).
+    """
+    reference = (ensure_reference(cfg, out_dir, progress) if cfg.train_perturbation == "fgsm"
+                 else None)
+    return fixed_training_inputs(cfg, train, device, reference)
+
+
 # ---------------------------------------------------------------------- phases 4-5: train, finish
 def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: bool,
                       command: str | None,
                       on_epoch: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
+    """Phases 4-5: resume or seed, run the epochs (`_run_epochs`, with the end-of-epoch
+    callbacks of `_epoch_callbacks`), then write the results (`_finish`)."""
     cfg, out, device = plan.cfg, plan.out, plan.device
     main = info.is_main
-    method, model, val, test = prep.method, prep.model, prep.val, prep.test
-    train_x, train_y = prep.train.x, prep.train.y
-    num_train = len(train_y)
-    fixed_info = None
+    train_x, fixed_info = prep.train.x, None
     if cfg.perturbation_mode == "fixed" and cfg.train_perturbation != "none":
-        train_x, fixed_info = fixed_training_inputs(cfg, prep.train, out, device, progress)
+        train_x, fixed_info = fixed_training_set(cfg, prep.train, out, device, progress)
 
     log = _make_logger(out, main)
     say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
@@ -629,156 +630,32 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
 
     trackers = Trackers([])
     try:
-        optimizer = method.make_optimizer(model, cfg)
+        optimizer = prep.method.make_optimizer(prep.model, cfg)
         for group in optimizer.param_groups:
             group["base_lr"] = group["lr"]
-
-        start_epoch, history, elapsed = 0, [], 0.0
-        resumed = load_checkpoint(out)
-        if resumed is not None:
-            weights, state = resumed
-            try:
-                model.load_state_dict(weights)
-                optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise UserError(f"the checkpoint in {out / CHECKPOINT_DIR} does not fit this "
-                                f"run ({str(err).splitlines()[0]}); pass --overwrite to start "
-                                "again.") from None
-            start_epoch, history = int(state["epoch"]), list(state["history"])
-            elapsed = float(state["elapsed_s"])
-            rng = state["rng"]
-            if len(rng) == info.world:
-                set_rng_state(rng[info.rank])
-            else:  # a different number of processes: continue, but not bit-identically
-                seed_everything(noise_seed(cfg.seed + start_epoch, info.rank))
-                say(f"resumed with {info.world} processes instead of {len(rng)}: RNG reseeded")
-            say(f"resumed from the checkpoint after epoch {start_epoch}")
-        else:
-            seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
+        start_epoch, history, elapsed = _resume_or_seed(plan, prep.model, optimizer, info, say)
         if main:  # --report-to; a run started from scratch clears its old tracking output
             trackers = open_trackers(cfg, out, fresh=start_epoch == 0)
-
-        net: nn.Module = model
-        if info.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        # `compile: true`: the loop calls the compiled module; the optimizer and checkpoints keep
-        # the plain model, which shares its parameters.
-        net = compile_for_training(net, cfg)
-        extra = method.extra_parameters(model)
-        per_rank_batch = max(1, math.ceil(cfg.batch_size / info.world))
-        sampler = DistributedSampler(range(num_train), num_replicas=info.world, rank=info.rank,
-                                     shuffle=True, seed=cfg.seed)
         # fresh: perturb each batch as it is drawn; fixed: train_x is already the perturbed set
-        per_batch = "none" if fixed_info is not None else cfg.train_perturbation
+        loop = _EpochLoop.build(plan, prep, info, optimizer, train_x,
+                                "none" if fixed_info is not None else cfg.train_perturbation,
+                                progress and main)
+        extra = prep.method.extra_parameters(prep.model)
         if main and start_epoch == 0:
-            mode = (f" ({cfg.perturbation_mode})" if cfg.train_perturbation != "none" else "")
-            say(f"start: {cfg.dataset} ({num_train} train / {len(val)} val / {len(test)} "
-                f"test), {cfg.model} ({prep.base_params} parameters, +{extra} by "
-                f"{cfg.method}), {cfg.epochs} epochs, batch {cfg.batch_size} on {info.world} "
-                f"process(es), {device}, perturbation {cfg.train_perturbation}{mode}")
-
-        cuda = device.type == "cuda"
-        if cuda:
+            say(_start_line(cfg, prep, len(prep.train.y), extra, info.world, device))
+        if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_reset = _reset_peak_rss()
-        from tqdm.auto import tqdm
-
-        show = progress and main
-        epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
-                          unit="epoch", disable=not show, file=sys.stderr, dynamic_ncols=True)
-        for epoch in range(start_epoch, cfg.epochs):
-            t0, c0 = time.perf_counter(), time.process_time()
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler), dtype=torch.long, device=device)
-            batches = list(torch.split(order, per_rank_batch))
-            if len(batches) > 1 and len(batches[-1]) < 2:
-                batches.pop()  # a batch of one breaks BatchNorm; its example comes back next epoch
-            net.train()
-            sums: dict[str, float] = {}
-            seen = 0
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       leave=False, disable=not show, file=sys.stderr, dynamic_ncols=True)
-            for idx in bar:
-                xb, yb = train_x[idx], train_y[idx]
-                xb = perturb_batch(per_batch, xb, yb, cfg.strength, model, method.predict_logits)
-                parts = method.train_step(net, optimizer, xb, yb)
-                n = len(idx)
-                seen += n
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + (value if key == "correct" else value * n)
-                if show:
-                    bar.set_postfix(loss=f"{parts['loss']:.3f}")
-            bar.close()
-            if info.enabled:
-                keys = sorted(sums)
-                t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
-                                 device=device)
-                dist.all_reduce(t)
-                sums = dict(zip(keys, t[:-1].tolist()))
-                seen = int(t[-1].item())
-            train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": sums.get("loss", float("nan")) / max(seen, 1),
-                "train_accuracy": sums.get("correct", 0.0) / max(seen, 1),
-            }
-            for key in sorted(sums):
-                if key not in ("loss", "correct"):
-                    row[f"train_{key}"] = sums[key] / max(seen, 1)
-            if main:
-                if len(val):
-                    v = evaluate_split(method, model, val, cfg.eval_batch_size, cfg.mc_samples)
-                    row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
-                row.update(method.epoch_stats(model))
-            row["train_time_s"] = train_time
-            row["epoch_time_s"] = time.perf_counter() - t0
-            # CPU seconds of this process (all its threads): on a shared machine a steadier cost
-            # figure than wall clock, which counts the time other jobs held the cores.
-            row["train_cpu_time_s"] = train_cpu
-            elapsed += row["epoch_time_s"]
-            history.append(row)
-
-            # ---- checkpoint: every rank's RNG state, rank 0 writes
-            rng = [get_rng_state()]
-            if info.enabled:
-                gathered: list[Any] = [None] * info.world
-                dist.all_gather_object(gathered, rng[0])
-                rng = gathered
-            if main:
-                save_checkpoint(out, model, {"epoch": epoch + 1,
-                                             "optimizer": optimizer.state_dict(), "rng": rng,
-                                             "history": history, "elapsed_s": elapsed,
-                                             "world_size": info.world})
-                say(f"epoch {epoch + 1}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
-                    f"train_acc {row['train_accuracy']:.4f} val_loss "
-                    f"{row.get('val_loss', 0):.4f} val_acc {row.get('val_accuracy', 0):.4f} "
-                    f"time {row['epoch_time_s']:.2f}s")
-                epochs_bar.set_postfix(val_acc=f"{row.get('val_accuracy', float('nan')):.3f}")
-                trackers.log_epoch(row)
-                if on_epoch is not None:
-                    on_epoch(dict(row))
-            epochs_bar.update(1)
-            info.barrier()
-        epochs_bar.close()
-
+        elapsed = _run_epochs(loop, start_epoch, history, elapsed,
+                              lambda bar: _epoch_callbacks(plan, prep.model, optimizer, info,
+                                                           say, bar, trackers, on_epoch))
         if not main:
             info.barrier()
             return {}
-        metrics = _final_metrics(cfg, method, model, prep.data, val, test, history, elapsed,
-                                 device, prep.base_params, extra, info, command, rss_reset,
-                                 fixed_info)
-        atomic_write_safetensors({k: v.detach().contiguous().cpu()
-                                  for k, v in model.state_dict().items()},
-                                 out / "model.safetensors")
-        atomic_write_json(out / "metrics.json", metrics)
-        drop_aside(out)  # the run this one replaced (--overwrite) may go now, not before
-        trackers.finish(metrics)
-        say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
-            f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
+        metrics = _final_metrics(cfg, prep.method, prep.model, prep.data, prep.val, prep.test,
+                                 history, elapsed, device, prep.base_params, extra, info,
+                                 command, rss_reset, fixed_info)
+        _finish(out, prep.model, metrics, trackers, say)
         info.barrier()
         return metrics
     finally:
@@ -786,10 +663,266 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
         _close_logger(log)
 
 
+def _resume_or_seed(plan: RunPlan, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    info: DistInfo, say: Callable[[str], None]
+                    ) -> tuple[int, list[dict[str, Any]], float]:
+    """Load the folder's checkpoint into ``model`` and ``optimizer`` and restore this rank's
+    RNG state, or seed this rank's noise stream for a fresh start.
+
+    Returns:
+        (epochs done, the history so far, wall-clock seconds so far).
+    Raises:
+        UserError: a checkpoint that does not fit this run.
+    """
+    cfg, out = plan.cfg, plan.out
+    resumed = load_checkpoint(out)
+    if resumed is None:
+        seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
+        return 0, [], 0.0
+    weights, state = resumed
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"the checkpoint in {out / CHECKPOINT_DIR} does not fit this "
+                        f"run ({str(err).splitlines()[0]}); pass --overwrite to start "
+                        "again.") from None
+    start_epoch, history = int(state["epoch"]), list(state["history"])
+    rng = state["rng"]
+    if len(rng) == info.world:
+        set_rng_state(rng[info.rank])
+    else:  # a different number of processes: continue, but not bit-identically
+        seed_everything(noise_seed(cfg.seed + start_epoch, info.rank))
+        say(f"resumed with {info.world} processes instead of {len(rng)}: RNG reseeded")
+    say(f"resumed from the checkpoint after epoch {start_epoch}")
+    return start_epoch, history, float(state["elapsed_s"])
+
+
+def _start_line(cfg: RunConfig, prep: Prepared, num_train: int, extra: int, world: int,
+                device: torch.device) -> str:
+    """The log's first line: what trains, on what, for how long."""
+    mode = (f" ({cfg.perturbation_mode})" if cfg.train_perturbation != "none" else "")
+    return (f"start: {cfg.dataset} ({num_train} train / {len(prep.val)} val / "
+            f"{len(prep.test)} test), {cfg.model} ({prep.base_params} parameters, +{extra} by "
+            f"{cfg.method}), {cfg.epochs} epochs, batch {cfg.batch_size} on {world} "
+            f"process(es), {device}, perturbation {cfg.train_perturbation}{mode}")
+
+
+@dataclass
+class _EpochLoop:
+    """What every epoch reads, and `train_epoch` / `epoch_row`, which run one."""
+
+    cfg: RunConfig
+    prep: Prepared
+    info: DistInfo
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    net: nn.Module  # what the batches run through (DDP-wrapped, compiled); prep.model is saved
+    train_x: torch.Tensor
+    per_batch: str  # the perturbation drawn per batch ("none" when the set is fixed)
+    sampler: DistributedSampler
+    per_rank_batch: int
+    show: bool  # progress bars
+
+    @classmethod
+    def build(cls, plan: RunPlan, prep: Prepared, info: DistInfo,
+              optimizer: torch.optim.Optimizer, train_x: torch.Tensor, per_batch: str,
+              show: bool) -> "_EpochLoop":
+        cfg, device, model = plan.cfg, plan.device, prep.model
+        net: nn.Module = model
+        if info.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        # `compile: true`: the loop calls the compiled module; the optimizer and checkpoints
+        # keep the plain model, which shares its parameters.
+        net = compile_for_training(net, cfg)
+        sampler = DistributedSampler(range(len(prep.train.y)), num_replicas=info.world,
+                                     rank=info.rank, shuffle=True, seed=cfg.seed)
+        return cls(cfg, prep, info, device, optimizer, net, train_x, per_batch, sampler,
+                   max(1, math.ceil(cfg.batch_size / info.world)), show)
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        """One pass over this rank's batches of epoch ``epoch`` (0-based).
+
+        Returns:
+            (the summed step outputs, examples seen), summed over every rank.
+        """
+        from tqdm.auto import tqdm
+
+        cfg, method, train_y = self.cfg, self.prep.method, self.prep.train.y
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.device)
+        batches = list(torch.split(order, self.per_rank_batch))
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches.pop()  # a batch of one breaks BatchNorm; its example comes back next epoch
+        self.net.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   leave=False, disable=not self.show, file=sys.stderr, dynamic_ncols=True)
+        for idx in bar:
+            xb, yb = self.train_x[idx], train_y[idx]
+            xb = perturb_batch(self.per_batch, xb, yb, cfg.strength, self.prep.model,
+                               method.predict_logits)
+            parts = method.train_step(self.net, self.optimizer, xb, yb)
+            n = len(idx)
+            seen += n
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + (value if key == "correct" else value * n)
+            if self.show:
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        bar.close()
+        if self.info.enabled:
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
+                             device=self.device)
+            dist.all_reduce(t)
+            sums = dict(zip(keys, t[:-1].tolist()))
+            seen = int(t[-1].item())
+        return sums, seen
+
+    def epoch_row(self, epoch: int, sums: dict[str, float], seen: int) -> dict[str, Any]:
+        """The history row of epoch ``epoch``: training means, and (rank 0) validation and
+        the method's own statistics. The caller adds the times."""
+        method, model = self.prep.method, self.prep.model
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": sums.get("loss", float("nan")) / max(seen, 1),
+            "train_accuracy": sums.get("correct", 0.0) / max(seen, 1),
+        }
+        for key in sorted(sums):
+            if key not in ("loss", "correct"):
+                row[f"train_{key}"] = sums[key] / max(seen, 1)
+        if self.info.is_main:
+            if len(self.prep.val):
+                v = evaluate_split(method, model, self.prep.val, self.cfg.eval_batch_size,
+                                   self.cfg.mc_samples)
+                row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
+            row.update(method.epoch_stats(model))
+        return row
+
+    def gather_rng(self) -> list[Any]:
+        """Every rank's RNG state, in rank order (what a checkpoint stores)."""
+        rng = [get_rng_state()]
+        if self.info.enabled:
+            gathered: list[Any] = [None] * self.info.world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        return rng
+
+
+@dataclass
+class _EpochEnd:
+    """What the end of an epoch hands to each callback (`_epoch_callbacks`)."""
+
+    row: dict[str, Any]
+    history: list[dict[str, Any]]
+    elapsed: float  # wall-clock seconds of every epoch so far
+    rng: list[Any]  # every rank's RNG state
+
+
+EpochCallback = Callable[[_EpochEnd], None]
+
+
+def _run_epochs(loop: _EpochLoop, start_epoch: int, history: list[dict[str, Any]],
+                elapsed: float, callbacks: Callable[[Any], list[EpochCallback]]) -> float:
+    """Train epochs ``start_epoch`` .. ``cfg.epochs - 1``, appending a row each to
+    ``history`` and calling the end-of-epoch ``callbacks(epochs_bar)`` after each.
+
+    Returns:
+        the wall-clock seconds of every epoch, the resumed ones included.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = loop.cfg
+    epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
+                      unit="epoch", disable=not loop.show, file=sys.stderr, dynamic_ncols=True)
+    at_end = callbacks(epochs_bar)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        sums, seen = loop.train_epoch(epoch)
+        train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        row = loop.epoch_row(epoch, sums, seen)
+        row["train_time_s"] = train_time
+        row["epoch_time_s"] = time.perf_counter() - t0
+        # CPU seconds of this process (all its threads): on a shared machine a steadier cost
+        # figure than wall clock, which counts the time other jobs held the cores.
+        row["train_cpu_time_s"] = train_cpu
+        elapsed += row["epoch_time_s"]
+        history.append(row)
+        end = _EpochEnd(row, history, elapsed, loop.gather_rng())
+        for callback in at_end:
+            callback(end)
+        epochs_bar.update(1)
+        loop.info.barrier()
+    epochs_bar.close()
+    return elapsed
+
+
+def _epoch_callbacks(plan: RunPlan, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     info: DistInfo, say: Callable[[str], None], epochs_bar: Any,
+                     trackers: Any, on_epoch: Callable[[dict[str, Any]], None] | None
+                     ) -> list[EpochCallback]:
+    """The end-of-epoch callbacks, in order: the checkpoint, the log line, the progress
+    bar, the trackers (``--report-to``) and the caller's ``on_epoch``. Rank 0 only: the
+    other ranks have none (they hand their RNG state to rank 0 in `gather_rng`)."""
+    if not info.is_main:
+        return []
+    cfg, out = plan.cfg, plan.out
+
+    def checkpoint(end: _EpochEnd) -> None:
+        save_checkpoint(out, model, {"epoch": end.row["epoch"],
+                                     "optimizer": optimizer.state_dict(), "rng": end.rng,
+                                     "history": end.history, "elapsed_s": end.elapsed,
+                                     "world_size": info.world})
+
+    def log_line(end: _EpochEnd) -> None:
+        row = end.row
+        say(f"epoch {row['epoch']}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
+            f"train_acc {row['train_accuracy']:.4f} val_loss "
+            f"{row.get('val_loss', 0):.4f} val_acc {row.get('val_accuracy', 0):.4f} "
+            f"time {row['epoch_time_s']:.2f}s")
+
+    def progress(end: _EpochEnd) -> None:
+        epochs_bar.set_postfix(val_acc=f"{end.row.get('val_accuracy', float('nan')):.3f}")
+
+    callbacks = [checkpoint, log_line, progress, lambda end: trackers.log_epoch(end.row)]
+    if on_epoch is not None:
+        callbacks.append(lambda end: on_epoch(dict(end.row)))
+    return callbacks
+
+
+def _finish(out: Path, model: nn.Module, metrics: dict[str, Any], trackers: Any,
+            say: Callable[[str], None]) -> None:
+    """Phase 5 (rank 0): the weights, then metrics.json (last: it marks the run finished),
+    then the replaced run is dropped and the trackers closed."""
+    atomic_write_safetensors({k: v.detach().contiguous().cpu()
+                              for k, v in model.state_dict().items()},
+                             out / "model.safetensors")
+    atomic_write_json(out / "metrics.json", metrics)
+    drop_aside(out)  # the run this one replaced (--overwrite) may go now, not before
+    trackers.finish(metrics)
+    say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
+        f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
+
+
 def _normalization(cfg: RunConfig, data: DatasetSplits) -> dict[str, list] | None:
     from .normalize import resolve_normalization
 
     return resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
+
+
+def _peak_memory(device: torch.device, rss_reset: bool) -> tuple[float, str]:
+    """(peak memory of this run in MiB, what that figure measures)."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated(device) / 2**20,
+                "torch.cuda.max_memory_allocated of this run")
+    return _peak_rss_mb(), ("peak resident set size (VmHWM) of the rank-0 process during this "
+                            "run (data set and Python included)" if rss_reset else
+                            "peak resident set size of the whole process (ru_maxrss)")
 
 
 def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: DatasetSplits,
@@ -808,14 +941,7 @@ def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datas
     finite = [a for a in val_accs if a == a]  # NaN-free
     best = int(np.argmax(finite)) if finite else None
     eval_time = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        peak_kind = "torch.cuda.max_memory_allocated of this run"
-    else:
-        peak = _peak_rss_mb()
-        peak_kind = ("peak resident set size (VmHWM) of the rank-0 process during this run "
-                     "(data set and Python included)" if rss_reset else
-                     "peak resident set size of the whole process (ru_maxrss)")
+    peak, peak_kind = _peak_memory(device, rss_reset)
     variances = method.epoch_stats(model).get("variance_mean")
     train_epochs = [r["epoch_time_s"] for r in history]
     return {

@@ -30,12 +30,15 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from ..errors import UserError
-from ..fileio import atomic_write_text
-from . import report_eval, report_plots, report_variance, scorecard
-from .report_eval import readable_metric
-from .stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
-from .sweep import METHODS, PERTURBATIONS
+from ...errors import UserError
+from ...fileio import atomic_write_text
+from ..stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
+from ..sweep import METHODS, PERTURBATIONS
+from . import eval_figures as report_eval
+from . import plots as report_plots
+from . import scorecard
+from . import variance as report_variance
+from .eval_figures import readable_metric
 
 __all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
            "summary_table", "markdown_to_html", "ReportPaths", "RESULTS_SCHEMA_VERSION"]
@@ -295,48 +298,83 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
     last column), ``variances`` (dipnet: per-layer learned variance over seeds), ``notes``.
     """
     rows = [_run_row(r) for r in records]
+    aggregates, tests = _aggregates_and_tests(rows)
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "baseline": BASELINE,
+        "accuracy_unit": "fraction (tables show %)",
+        "runs": rows,
+        "aggregates": aggregates,
+        "paired_tests": tests,
+        "condition_means": _condition_means(rows),
+        "variances": _variance_rows(records),
+        "variance_verdicts": _variance_verdicts(records),
+        "notes": _results_notes(aggregates, tests),
+        "sweep": sweep,
+        "provenance": provenance,
+    }
+
+
+def _aggregates_and_tests(rows: list[dict[str, Any]]
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per (dataset, model, condition, method): the Summary of every metric over seeds, and
+    the paired test of every metric against standard on the seeds both have."""
     by_group: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         key = (row["dataset"], row["model"], row["train_perturbation"])
         by_group[key][row["method"]].append(row)
     metric_keys = [k for k, *_ in RUN_METRICS] + sorted(
         {k for row in rows for k in row if k.startswith("eval/")})
-
     aggregates: list[dict[str, Any]] = []
     tests: list[dict[str, Any]] = []
     for group in sorted(by_group, key=lambda g: (g[0], g[1], _pert_order(g[2]))):
         methods = by_group[group]
         base = {row["seed"]: row for row in methods.get(BASELINE, [])}
         for method in sorted(methods, key=_method_order):
-            mrows = methods[method]
-            agg: dict[str, Any] = {"dataset": group[0], "model": group[1],
-                                   "train_perturbation": group[2], "method": method,
-                                   "n": len(mrows), "seeds": sorted(r["seed"] for r in mrows)}
-            for key in metric_keys:
-                vals = [r.get(key) for r in mrows]
-                if any(_num(v) is not None for v in vals):
-                    agg[key] = summarize([v for v in vals if _num(v) is not None]).to_dict()
-            agg["num_params"] = mrows[0].get("num_params")
-            agg["extra_params"] = mrows[0].get("extra_params")
-            aggregates.append(agg)
-            if method == BASELINE or not base:
-                continue
-            seeds = sorted(set(base) & {r["seed"] for r in mrows})
-            mine = {r["seed"]: r for r in mrows}
-            for key in metric_keys:
-                a = [mine[s].get(key) for s in seeds]
-                b = [base[s].get(key) for s in seeds]
-                if sum(_num(x) is not None and _num(y) is not None for x, y in zip(a, b)) < 1:
-                    continue
-                t = paired_test([_num(x) for x in a], [_num(y) for y in b])
-                wins = sum(1 for x, y in zip(a, b) if _num(x) is not None and _num(y) is not None
-                           and x > y)
-                tests.append({"dataset": group[0], "model": group[1],
-                              "train_perturbation": group[2], "method": method,
-                              "metric": key, "baseline": BASELINE, "seeds": seeds,
-                              "wins": wins, **t.to_dict()})
+            aggregates.append(_aggregate(group, method, methods[method], metric_keys))
+            if method != BASELINE and base:
+                tests += _paired_rows(group, method, methods[method], base, metric_keys)
+    return aggregates, tests
 
-    # The paper's last column: mean over the training-input conditions, per seed, then paired.
+
+def _aggregate(group: tuple, method: str, mrows: list[dict[str, Any]],
+               metric_keys: Sequence[str]) -> dict[str, Any]:
+    agg: dict[str, Any] = {"dataset": group[0], "model": group[1],
+                           "train_perturbation": group[2], "method": method,
+                           "n": len(mrows), "seeds": sorted(r["seed"] for r in mrows)}
+    for key in metric_keys:
+        vals = [r.get(key) for r in mrows]
+        if any(_num(v) is not None for v in vals):
+            agg[key] = summarize([v for v in vals if _num(v) is not None]).to_dict()
+    agg["num_params"] = mrows[0].get("num_params")
+    agg["extra_params"] = mrows[0].get("extra_params")
+    return agg
+
+
+def _paired_rows(group: tuple, method: str, mrows: list[dict[str, Any]],
+                 base: dict[int, dict[str, Any]],
+                 metric_keys: Sequence[str]) -> list[dict[str, Any]]:
+    seeds = sorted(set(base) & {r["seed"] for r in mrows})
+    mine = {r["seed"]: r for r in mrows}
+    tests = []
+    for key in metric_keys:
+        a = [mine[s].get(key) for s in seeds]
+        b = [base[s].get(key) for s in seeds]
+        if sum(_num(x) is not None and _num(y) is not None for x, y in zip(a, b)) < 1:
+            continue
+        t = paired_test([_num(x) for x in a], [_num(y) for y in b])
+        wins = sum(1 for x, y in zip(a, b) if _num(x) is not None and _num(y) is not None
+                   and x > y)
+        tests.append({"dataset": group[0], "model": group[1],
+                      "train_perturbation": group[2], "method": method,
+                      "metric": key, "baseline": BASELINE, "seeds": seeds,
+                      "wins": wins, **t.to_dict()})
+    return tests
+
+
+def _condition_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's last column: mean over the training-input conditions, per seed, then
+    paired against standard."""
     per_dm: dict[tuple, dict[str, dict[int, dict[str, float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(dict)))
     for row in rows:
@@ -365,7 +403,11 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
                                         "wins": sum(sm[s] > base[s] for s in seeds),
                                         **t.to_dict()}
             condition_means.append(entry)
+    return condition_means
 
+
+def _variance_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Per (dataset, model, condition, method, layer): the learned variance over seeds."""
     variances: list[dict[str, Any]] = []
     var_acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -377,7 +419,11 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
             variances.append({"dataset": ds, "model": model, "train_perturbation": pert,
                               "method": method, "layer": layer,
                               "variance": summarize(vals).to_dict()})
+    return variances
 
+
+def _variance_verdicts(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """`report_variance.verdict` of every run that learned variances."""
     verdicts: list[dict[str, Any]] = []
     for r in records:
         v = report_variance.read_variance_run(r.method, r.seed, r.metrics, r.config)
@@ -386,7 +432,10 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
                              "train_perturbation": r.perturbation, "method": r.method,
                              "seed": r.seed, "run": r.name, "layout": v.layout,
                              **report_variance.verdict(v)})
+    return verdicts
 
+
+def _results_notes(aggregates: list[dict[str, Any]], tests: list[dict[str, Any]]) -> list[str]:
     notes = []
     # The caveat quotes the floors of the smallest comparison actually tested.
     ns = sorted({t["n"] for t in tests if t["n"] >= 2} or {a["n"] for a in aggregates})
@@ -394,20 +443,7 @@ def build_results(records: Sequence[RunRecord], provenance: dict[str, Any] | Non
         notes.append(low_power_note(ns[0]))
     if not any(a["method"] == BASELINE for a in aggregates):
         notes.append("standard training is not in this sweep, so no paired tests were run.")
-    return {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "baseline": BASELINE,
-        "accuracy_unit": "fraction (tables show %)",
-        "runs": rows,
-        "aggregates": aggregates,
-        "paired_tests": tests,
-        "condition_means": condition_means,
-        "variances": variances,
-        "variance_verdicts": verdicts,
-        "notes": notes,
-        "sweep": sweep,
-        "provenance": provenance,
-    }
+    return notes
 
 
 def _json_default(obj: Any) -> Any:
@@ -748,10 +784,10 @@ def _forest_panels(results: dict[str, Any], ds: str, model: str
 
 
 def _eval_tables(evs: dict[str, list[dict[str, Any]]]) -> str:
-    """The per-part tables of dipnet.evaluation.report, without its figures (the report draws
+    """The per-part tables of `eval_tables`, without its figures (the report draws
     its own, in the fixed method colours and at page width)."""
     try:
-        from ..evaluation.report import render_section
+        from .eval_tables import render_section
     except ImportError:
         return ""
     try:
@@ -890,17 +926,9 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     prov = _read_json(sweep_dir / "provenance.json")
-    sweep_cfg = None
+    sweep_cfg, sweep_problems = _read_sweep_yaml(sweep_dir)
     unreadable = [f"runs/{r.name}/evaluation.json ({r.evaluation_error})" for r in records
-                  if r.evaluation_error]
-    if (sweep_dir / "sweep.yaml").is_file():
-        try:
-            sweep_cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            unreadable.append(f"sweep.yaml ({str(err).splitlines()[0]})")
-        if sweep_cfg is not None and not isinstance(sweep_cfg, dict):
-            unreadable.append("sweep.yaml (not a mapping of sweep settings)")
-            sweep_cfg = None
+                  if r.evaluation_error] + sweep_problems
     records, strays = _outside_the_sweep(records, sweep_cfg)
     results = build_results(records, prov, sweep_cfg)
     results["unfinished_runs"] = unfinished
@@ -915,15 +943,47 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     pairs = sorted({(r.group[0], r.group[1]) for r in records})
     title = title or (f"DIPNet comparison: " + ", ".join(f"{d} / {m}" for d, m in pairs)
                       if pairs else "DIPNet comparison")
+    md = _report_head(title, records, results, sweep_cfg)
+    for ds, model in pairs:
+        for part in (_accuracy_section, _curves_section, _variance_section, _cost_section,
+                     _evaluation_section):
+            lines, drawn = part(records, results, ds, model, fig_dir, out)
+            md += lines
+            figs += drawn
+    md += _provenance_section(prov, sorted({r.seed for r in records}), sweep_dir, sweep_cfg)
+    text = "\n".join(md) + "\n"
+    mpath, hpath = out / "report.md", out / "report.html"
+    atomic_write_text(mpath, text)
+    atomic_write_text(hpath, markdown_to_html(text, out, title))
+    return ReportPaths(mpath, hpath, jpath, cpath, figs, results)
+
+
+def _read_sweep_yaml(sweep_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The sweep's sweep.yaml (None when absent or unreadable), and what was wrong with it."""
+    if not (sweep_dir / "sweep.yaml").is_file():
+        return None, []
+    try:
+        sweep_cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        return None, [f"sweep.yaml ({str(err).splitlines()[0]})"]
+    if sweep_cfg is not None and not isinstance(sweep_cfg, dict):
+        return None, ["sweep.yaml (not a mapping of sweep settings)"]
+    return sweep_cfg, []
+
+
+def _report_head(title: str, records: Sequence[RunRecord], results: dict[str, Any],
+                 sweep_cfg: dict[str, Any] | None) -> list[str]:
+    """The title, the scorecards (the verdict first), what ran, and what was left out."""
+    unfinished, unreadable = results["unfinished_runs"], results["unreadable_files"]
+    strays = results["left_out_runs"]
     md: list[str] = [f"# {title}", ""]
-    for card in results["scorecards"]:  # the verdict first
+    for card in results["scorecards"]:
         md += [f"## Scorecard ({card['dataset']} / {card['model']})", "",
                scorecard.markdown(card), ""]
-    n_runs = len(records)
     methods = sorted({r.method for r in records}, key=_method_order)
     seeds = sorted({r.seed for r in records})
     conds = sorted({r.perturbation for r in records}, key=_pert_order)
-    md += [f"{n_runs} finished runs: methods {', '.join(methods)}; seeds {seeds}; "
+    md += [f"{len(records)} finished runs: methods {', '.join(methods)}; seeds {seeds}; "
            f"training-input conditions {', '.join(_PERT_LABEL.get(c, c) for c in conds)}. "
            "Accuracy is on the clean test set (never used for tuning or early stopping); the "
            "validation split is carved from the training set. Paired tests compare each method "
@@ -945,91 +1005,115 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                f"{' …' if len(strays) > 10 else ''}."]
     for note in results["notes"]:
         md += ["", f"> {note}"]
+    return md
 
-    for ds, model in pairs:
-        rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
-        sub = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
-        sub_conds = sorted({a["train_perturbation"] for a in sub}, key=_pert_order)
-        md += ["", f"## Clean test accuracy ({ds} / {model})", ""]
-        if len(sub_conds) > 1:
-            modes = sorted({r.get("perturbation_mode", "fresh") for r in results["runs"]
-                            if r["dataset"] == ds and r["model"] == model
-                            and r["train_perturbation"] != "none"})
-            how = {"fixed": "the training set perturbed ONCE before training (FGSM against a "
-                            "clean reference model)",
-                   "fresh": "perturbations drawn anew for every batch"}
-            md += ["The paper's protocol (its Table 1): training inputs perturbed by Gaussian "
-                   "noise (σ = 0.2) or FGSM (ε = 0.2 on [0, 1] pixels), accuracy on the clean "
-                   "test set; the last columns compare the mean over conditions with "
-                   "standard's, paired by seed. Perturbation mode: "
-                   + "; ".join(f"{m_} ({how.get(m_, m_)})" for m_ in modes) + ".", ""]
-        md += [summary_table(results, ds, model), ""]
-        sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
-        p = report_plots.plot_accuracy(sub, sub_methods, sub_conds, f"{ds} / {model}",
-                                       fig_dir / _figure_name("accuracy", ds, model))
+
+def _accuracy_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                      model: str, fig_dir: Path, out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Clean test accuracy of one data set and model: the summary table, the accuracy and
+    forest plots, and the paired differences per condition."""
+    sub = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
+    sub_conds = sorted({a["train_perturbation"] for a in sub}, key=_pert_order)
+    md = ["", f"## Clean test accuracy ({ds} / {model})", ""]
+    figs: list[Path] = []
+    if len(sub_conds) > 1:
+        modes = sorted({r.get("perturbation_mode", "fresh") for r in results["runs"]
+                        if r["dataset"] == ds and r["model"] == model
+                        and r["train_perturbation"] != "none"})
+        how = {"fixed": "the training set perturbed ONCE before training (FGSM against a "
+                        "clean reference model)",
+               "fresh": "perturbations drawn anew for every batch"}
+        md += ["The paper's protocol (its Table 1): training inputs perturbed by Gaussian "
+               "noise (σ = 0.2) or FGSM (ε = 0.2 on [0, 1] pixels), accuracy on the clean "
+               "test set; the last columns compare the mean over conditions with "
+               "standard's, paired by seed. Perturbation mode: "
+               + "; ".join(f"{m_} ({how.get(m_, m_)})" for m_ in modes) + ".", ""]
+    md += [summary_table(results, ds, model), ""]
+    sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
+    p = report_plots.plot_accuracy(sub, sub_methods, sub_conds, f"{ds} / {model}",
+                                   fig_dir / _figure_name("accuracy", ds, model))
+    figs.append(p)
+    md += [f"![test accuracy per method]({p.relative_to(out_dir).as_posix()})", ""]
+    p = report_plots.plot_forest(_forest_panels(results, ds, model), f"{ds} / {model}",
+                                 fig_dir / _figure_name("forest", ds, model))
+    if p:
         figs.append(p)
-        md += [f"![test accuracy per method]({rel(p)})", ""]
-        p = report_plots.plot_forest(_forest_panels(results, ds, model), f"{ds} / {model}",
-                                     fig_dir / _figure_name("forest", ds, model))
-        if p:
-            figs.append(p)
-            md += [f"![difference from standard with 95% confidence intervals]({rel(p)})", ""]
-        md += ["Paired differences against standard, per condition (test accuracy, percentage "
-               "points; 95% CI: Student-t interval of the mean paired difference):", "",
-               _paired_table(results, ds, model, "test_accuracy", 100.0, "pp")]
-        md += ["", f"## Learning curves ({ds} / {model})", "",
-               "Left: the data term of each method's loss (DIPNet: its NLL part alone, so it "
-               "compares with the others' cross-entropy); middle: validation accuracy; right, "
-               "where present: DIPNet's barrier (and stability) terms as added to its loss.", ""]
-        for c in sub_conds:
-            hist = report_plots.histories_by_method(
-                [r for r in records if r.group == (ds, model, c)])
-            p2 = report_plots.plot_curves(
-                hist, sorted(hist, key=_method_order),
-                f"{ds} / {model}, train input {_PERT_LABEL.get(c, c)}",
-                fig_dir / _figure_name("curves", ds, model, c))
-            if p2:
-                figs.append(p2)
-                md += [f"![learning curves, train input {c}]({rel(p2)})", ""]
-        md += details("Validation accuracy after the last epoch, paired against standard "
-                      "(percentage points)",
-                      _paired_table(results, ds, model, "val_accuracy", 100.0, "pp"))
-        vlines, vfigs = _variance_section(records, results, ds, model, fig_dir, out)
-        md += vlines
-        figs += vfigs
-        kinds = sorted({str(r.metrics.get("peak_memory_kind")) for r in records
-                        if r.group[:2] == (ds, model) and r.metrics.get("peak_memory_kind")})
-        cpu = _cost_key(results, ds, model).startswith("train_cpu")
-        md += ["", f"## Compute cost ({ds} / {model})", "",
-               ("Per training epoch (validation excluded): CPU seconds of the process (the "
-                "steadier figure on a shared machine: it does not count time other jobs held "
-                "the cores) and wall seconds" if cpu else
-                "Per training epoch (validation excluded): wall seconds (these runs did not "
-                "record CPU time)")
-               + "; then the whole epoch including the validation "
-               "pass (Monte Carlo for sampled predictions), peak memory, and the parameter "
-               "count (extra = DIPNet's variances). 'x standard' is the ratio of means; the "
-               f"paired t-test is on {'CPU' if cpu else 'wall'} time per epoch (CPU time is "
-               "shown where the runs recorded it). Wall times on a shared machine are noisy: "
-               "compare ratios. The training-input condition adds its "
-               "own cost (FGSM: one more forward/backward per step)."
-               + (f" Peak memory is the {kinds[0]}: with a data set and torch in the process "
-                  "it is dominated by that baseline, not by the model." if len(kinds) == 1
-                  else ""), "",
-               _cost_table(results, ds, model)]
-        ck = _cost_key(results, ds, model)
-        p4 = report_plots.plot_cost(
-            sub, sub_methods, sub_conds, ck,
-            "training " + ("CPU" if ck.startswith("train_cpu") else "wall") + " time per epoch",
-            f"{ds} / {model}", fig_dir / _figure_name("cost", ds, model), BASELINE)
-        if p4:
-            figs.append(p4)
-            md += ["", f"![compute cost]({rel(p4)})"]
-        elines, efigs = _evaluation_section(records, results, ds, model, fig_dir, out)
-        md += elines
-        figs += efigs
+        md += ["![difference from standard with 95% confidence intervals]"
+               f"({p.relative_to(out_dir).as_posix()})", ""]
+    md += ["Paired differences against standard, per condition (test accuracy, percentage "
+           "points; 95% CI: Student-t interval of the mean paired difference):", "",
+           _paired_table(results, ds, model, "test_accuracy", 100.0, "pp")]
+    return md, figs
 
-    md += ["", "## Provenance", ""]
+
+def _curves_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                    model: str, fig_dir: Path, out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Learning curves of one data set and model, one figure per condition, and the final
+    validation accuracy paired against standard."""
+    sub_conds = sorted({a["train_perturbation"] for a in results["aggregates"]
+                        if a["dataset"] == ds and a["model"] == model}, key=_pert_order)
+    md = ["", f"## Learning curves ({ds} / {model})", "",
+          "Left: the data term of each method's loss (DIPNet: its NLL part alone, so it "
+          "compares with the others' cross-entropy); middle: validation accuracy; right, "
+          "where present: DIPNet's barrier (and stability) terms as added to its loss.", ""]
+    figs: list[Path] = []
+    for c in sub_conds:
+        hist = report_plots.histories_by_method(
+            [r for r in records if r.group == (ds, model, c)])
+        p2 = report_plots.plot_curves(
+            hist, sorted(hist, key=_method_order),
+            f"{ds} / {model}, train input {_PERT_LABEL.get(c, c)}",
+            fig_dir / _figure_name("curves", ds, model, c))
+        if p2:
+            figs.append(p2)
+            md += [f"![learning curves, train input {c}]({p2.relative_to(out_dir).as_posix()})",
+                   ""]
+    md += details("Validation accuracy after the last epoch, paired against standard "
+                  "(percentage points)",
+                  _paired_table(results, ds, model, "val_accuracy", 100.0, "pp"))
+    return md, figs
+
+
+def _cost_section(records: Sequence[RunRecord], results: dict[str, Any], ds: str,
+                  model: str, fig_dir: Path, out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Compute cost of one data set and model: the cost table and its plot."""
+    sub = [a for a in results["aggregates"] if a["dataset"] == ds and a["model"] == model]
+    sub_conds = sorted({a["train_perturbation"] for a in sub}, key=_pert_order)
+    sub_methods = sorted({a["method"] for a in sub}, key=_method_order)
+    kinds = sorted({str(r.metrics.get("peak_memory_kind")) for r in records
+                    if r.group[:2] == (ds, model) and r.metrics.get("peak_memory_kind")})
+    ck = _cost_key(results, ds, model)
+    cpu = ck.startswith("train_cpu")
+    md = ["", f"## Compute cost ({ds} / {model})", "",
+          ("Per training epoch (validation excluded): CPU seconds of the process (the "
+           "steadier figure on a shared machine: it does not count time other jobs held "
+           "the cores) and wall seconds" if cpu else
+           "Per training epoch (validation excluded): wall seconds (these runs did not "
+           "record CPU time)")
+          + "; then the whole epoch including the validation "
+          "pass (Monte Carlo for sampled predictions), peak memory, and the parameter "
+          "count (extra = DIPNet's variances). 'x standard' is the ratio of means; the "
+          f"paired t-test is on {'CPU' if cpu else 'wall'} time per epoch (CPU time is "
+          "shown where the runs recorded it). Wall times on a shared machine are noisy: "
+          "compare ratios. The training-input condition adds its "
+          "own cost (FGSM: one more forward/backward per step)."
+          + (f" Peak memory is the {kinds[0]}: with a data set and torch in the process "
+             "it is dominated by that baseline, not by the model." if len(kinds) == 1
+             else ""), "",
+          _cost_table(results, ds, model)]
+    p4 = report_plots.plot_cost(
+        sub, sub_methods, sub_conds, ck,
+        "training " + ("CPU" if cpu else "wall") + " time per epoch",
+        f"{ds} / {model}", fig_dir / _figure_name("cost", ds, model), BASELINE)
+    if not p4:
+        return md, []
+    return md + ["", f"![compute cost]({p4.relative_to(out_dir).as_posix()})"], [p4]
+
+
+def _provenance_section(prov: dict[str, Any] | None, seeds: list[int], sweep_dir: Path,
+                        sweep_cfg: dict[str, Any] | None) -> list[str]:
+    """What ran, where and with which software, and how to rebuild the report."""
+    md = ["", "## Provenance", ""]
     invocations = (prov or {}).get("invocations") or []
     if invocations:
         last = invocations[-1]
@@ -1050,8 +1134,4 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         md += details("Sweep configuration of the last command (sweep.yaml, re-runnable with "
                       "dipnet compare --config)",
                       "```yaml\n" + yaml.safe_dump(sweep_cfg, sort_keys=False).strip() + "\n```")
-    text = "\n".join(md) + "\n"
-    mpath, hpath = out / "report.md", out / "report.html"
-    atomic_write_text(mpath, text)
-    atomic_write_text(hpath, markdown_to_html(text, out, title))
-    return ReportPaths(mpath, hpath, jpath, cpath, figs, results)
+    return md

@@ -1,0 +1,8 @@
+"""Moved to `dipnet.experiments.report.eval_tables` (issue 21: the report's modules are one package).
+This old import path names that same module."""
+
+import sys
+
+from .report import eval_tables as _moved
+
+sys.modules[__name__] = _moved
