@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dipnet
@@ -179,3 +180,41 @@ def test_measure_smoothness_on_trained_mlps():
     assert m_std["output_variance"]["mean"] == 0.0
     assert m_samp["output_variance"]["mean"] > 0.0
     assert m_samp["settings"]["k"] == 8
+
+
+class _SDPAttention(nn.Module):
+    """Self-attention through torch's fused SDPA, whose CPU kernel has no double backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        t = x.view(x.shape[0], 1, 2, 4)                                   # (B, heads, T, d)
+        return self.fc(F.scaled_dot_product_attention(t, t, t).flatten(1))
+
+
+def test_a_model_without_second_derivatives_is_one_clear_error_naming_the_fix():
+    from dipnet.errors import UserError
+
+    torch.manual_seed(0)
+    model = _SDPAttention()
+    (p,) = model_predictors(model)
+    x, y = torch.rand(5, 8), torch.randint(0, 3, (5,))
+    with pytest.raises(UserError, match="second derivative.*eager.*smoothness"):
+        measure_smoothness(p, x, y, hessian_iters=2)
+
+
+def test_the_zoo_hf_vit_has_second_derivatives():
+    """The zoo's Hugging Face ViT builds its attention eagerly, so the Hessian measures run."""
+    pytest.importorskip("transformers")
+    from dipnet.experiments.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("hf_vit", (1, 8, 8), 3, hidden=8, depth=1, heads=2).eval()
+    (p,) = model_predictors(model)
+    x, y = torch.rand(3, 1, 8, 8), torch.randint(0, 3, (3,))
+    out = measure_smoothness(p, x, y, hessian_iters=2, params=list(model.parameters()),
+                             weight_batch=(x, y), trace_probes=2, power_iters=2)
+    assert math.isfinite(out["input_hessian_spectral"]["max"])
+    assert math.isfinite(out["weight_hessian_trace"])

@@ -25,11 +25,14 @@ Hand-written with torch.autograd (double backward) rather than PyHessian (unmain
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import UserError
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, ...) -> per-example loss (B,)
 
@@ -295,6 +298,26 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
     return _summary(values)
 
 
+
+
+@contextlib.contextmanager
+def _second_derivative(what: str) -> Iterator[None]:
+    """Turn autograd's refusal of a double backward into one line that names the fix."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        # autograd's words for an op whose backward cannot be differentiated again
+        if not (("derivative for" in text and "not implemented" in text)
+                or "differentiate twice" in text):
+            raise
+        raise UserError(
+            f"the {what} needs a second derivative, and an op of this model has none "
+            f"({text.splitlines()[0][:120]}); for a Hugging Face model build it with "
+            "attn_implementation='eager' (SDPA attention on a CPU has no double backward), or "
+            "leave smoothness out of the evaluation parts.") from None
+
+
 def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: float | None = None,
                        n_random: int = 8, adv_steps: int = 10, hessian_iters: int = 20,
                        bounds: tuple[float, float] | None = None,
@@ -340,7 +363,9 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
         lip = local_lipschitz(logits_fn, xb, radius, n_random, adv_steps, bounds, gen)
         parts["lipschitz_random"].append(lip["random"])
         parts["lipschitz_adversarial"].append(lip["adversarial"])
-        parts["input_hessian_spectral"].append(input_hessian_spectral_norm(loss_fn, xb, hessian_iters, gen))
+        with _second_derivative("input Hessian"):
+            parts["input_hessian_spectral"].append(
+                input_hessian_spectral_norm(loss_fn, xb, hessian_iters, gen))
     out: dict = {k: _summary(torch.cat(v)) for k, v in parts.items()}
     if predictor.stochastic:
         if output_variances is None:
@@ -351,7 +376,8 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
     if params is not None and weight_batch is not None:
         xw, yw = weight_batch
         loss = F.nll_loss(frozen_log_probs(predictor, seed)(xw).float(), yw)
-        w = weight_hessian_stats(loss, list(params), trace_probes, power_iters, gen)
+        with _second_derivative("weight Hessian"):
+            w = weight_hessian_stats(loss, list(params), trace_probes, power_iters, gen)
         out["weight_hessian_trace"] = w["trace"]
         out["weight_hessian_trace_stderr"] = w["trace_stderr"]
         out["weight_hessian_top_eigenvalue"] = w["top_eigenvalue"]
