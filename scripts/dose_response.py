@@ -75,7 +75,8 @@ EVAL = dict(parts=("clean", "calibration", "attacks", "corruptions"), attack_poi
             eot_samples=8)
 #: Per-architecture trims of EVAL: a ResNet's sampled prediction over the whole test set cost
 #: 9 of its 20 evaluation minutes on the loaded machine, so it reads 2,000 test images.
-EVAL_BY_ARCH: dict[str, dict[str, Any]] = {"resnet": {"clean_points": 2000, "attack_points": 100}}
+EVAL_BY_ARCH: dict[str, dict[str, Any]] = {"resnet": {"clean_points": 2000, "attack_points": 100},
+                                           "vit": {"clean_points": 2000}}
 
 
 def eval_settings(arch: str) -> dict[str, Any]:
