@@ -450,6 +450,18 @@ def _task(sweep: SweepConfig, cfg: Any, run_dir: Path, fn: Callable[..., Any],
                          gpus=backends.task_gpus(sweep.backend, cfg.device))
 
 
+def evaluation_is_current(run_dir: Path, suite: str, settings: Any) -> bool:
+    """Whether ``run_dir/evaluation.json`` exists, reads, and was made by ``suite`` with
+    ``settings`` (a `SuiteSettings`). An evaluation made otherwise is not reused: one report
+    must not mix two evaluation protocols."""
+    try:
+        made = json.loads((Path(run_dir) / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(made, dict) and made.get("suite") == suite
+            and made.get("settings") == json.loads(json.dumps(settings.to_dict())))
+
+
 def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
                    result: SweepResult, backend: backends.Backend,
                    configs: dict[Path, Any]) -> None:
@@ -459,10 +471,15 @@ def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
         result.evaluation_skipped = f"evaluation package not available ({err})"
         print(f"dipnet: skipping evaluation: {result.evaluation_skipped}", file=sys.stderr)
         return
-    get_settings(sweep.evaluate, **_tuples(sweep.evaluation_params))  # bad names fail here
-    todo = [d for d in run_dirs if is_finished(d) and not (d / "evaluation.json").is_file()]
+    settings = get_settings(sweep.evaluate, **_tuples(sweep.evaluation_params))  # bad names fail here
+    todo = [d for d in run_dirs if is_finished(d)
+            and not evaluation_is_current(d, sweep.evaluate, settings)]
     if not todo:
         return
+    stale = sum((d / "evaluation.json").is_file() for d in todo)
+    if stale:
+        print(f"dipnet: re-evaluating {stale} run(s) whose evaluation.json was made with other "
+              "settings (or cannot be read)", file=sys.stderr)
     bar = None
     if progress:
         from tqdm.auto import tqdm
