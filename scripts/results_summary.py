@@ -184,7 +184,10 @@ def scorecard_rows(study: str, arch: str, pretrained: bool, path: Path) -> list[
     if not path.is_file():
         return []
     d = json.loads(path.read_text())
-    inv = d["provenance"]["invocations"][0]
+    # every invocation that trained, evaluated or reported these runs, in order
+    invs = d["provenance"]["invocations"]
+    commits = list(dict.fromkeys(i.get("git_commit") for i in invs if i.get("git_commit")))
+    commands = list(dict.fromkeys(i.get("command") for i in invs if i.get("command")))
     conds = sorted({r["train_perturbation"] for r in d["runs"]})
     perturbed = next((c for c in conds if c != CLEAN), None)
     rows: list[dict[str, Any]] = []
@@ -200,7 +203,7 @@ def scorecard_rows(study: str, arch: str, pretrained: bool, path: Path) -> list[
         common = {"study": study, "architecture": arch, "pretrained": pretrained,
                   "condition": _condition(cond),
                   "metric": SCORECARD_METRICS[col.id], "replicate": None,
-                  "commit": inv.get("git_commit"), "command": inv.get("command"),
+                  "commit": ",".join(commits) or None, "command": " && ".join(commands) or None,
                   "files": [_rel(path)]}
         base = by.get(BASELINE, {})
         for arm, vals in sorted(by.items()):

@@ -48,3 +48,23 @@ def test_a_row_recomputes_from_its_file():
     accs = [r["test_accuracy"] for r in d["runs"] if r["method"] == "fixed_noise"]
     assert math.isclose(row["mean"], sum(accs) / len(accs), rel_tol=1e-6)
     assert row["n_seeds"] == len(accs)
+
+
+def test_the_vit_rows_are_the_scorecards_cells():
+    """summary.json reads a compare sweep the way its scorecard does (one rule: the scorecard's
+    columns): every arm's difference from standard is the committed scorecard's cell."""
+    doc = json.loads(SUMMARY.read_text())
+    d = json.loads((ROOT / "docs" / "results" / "vit" / "results.json").read_text())
+    (card,) = d["scorecards"]
+    ids = {"test_accuracy": ("clean", "perturbed"), "pgd_eot_linf_0.05": ("pgd",),
+           "corruption_accuracy": ("corruptions",), "ece": ("ece",)}
+    checked = 0
+    for row in doc["rows"]:
+        if row["study"] != "vit_finetune" or row.get("diff_vs_standard") is None:
+            continue
+        col = ids[row["metric"]][0 if row["condition"] == "clean" else -1]
+        (mine,) = [r for r in card["rows"] if r["method"] == row["arm"]]
+        assert math.isclose(row["diff_vs_standard"], mine["cells"][col]["mean_diff"],
+                            rel_tol=1e-6, abs_tol=1e-9), (row["arm"], row["metric"])
+        checked += 1
+    assert checked == 6 * 5  # six arms against standard, five scorecard questions
