@@ -64,7 +64,9 @@ def test_the_vit_rows_are_the_scorecards_cells():
             continue
         col = ids[row["metric"]][0 if row["condition"] == "clean" else -1]
         (mine,) = [r for r in card["rows"] if r["method"] == row["arm"]]
+        # results.json rounds to 7 significant digits (measured: at most 1.7e-8 apart here),
+        # so 1e-7 on a fraction is 1e-5 percentage points
         assert math.isclose(row["diff_vs_standard"], mine["cells"][col]["mean_diff"],
-                            rel_tol=1e-6, abs_tol=1e-9), (row["arm"], row["metric"])
+                            abs_tol=1e-7), (row["arm"], row["metric"])
         checked += 1
     assert checked == 6 * 5  # six arms against standard, five scorecard questions
