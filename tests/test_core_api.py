@@ -269,7 +269,7 @@ def test_recipes_build_their_fields_and_name_their_evidence():
         cited = [w.strip("(),") for w in r.evidence.split() if w.startswith("docs/results/")]
         assert cited and all((root / c).exists() for c in cited), (name, cited)
     assert dipnet.DIPConfig.recipe("scratch").learn_variance is False
-    assert dipnet.DIPConfig.recipe("finetune").learn_variance is True
+    assert dipnet.DIPConfig.recipe("finetune").learn_variance is False  # the ViT study
     assert dipnet.DIPConfig.recipe("scratch", init_scale=0.3).init_scale == 0.3
     with pytest.raises(dipnet.DIPConfigError, match="unknown DIPConfig recipe"):
         dipnet.DIPConfig.recipe("fast")
