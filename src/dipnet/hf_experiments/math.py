@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import UserError
 from ..fileio import atomic_path
 from ..inject import projections, remove, variances
+from ..experiments.sweep import git_commit
 from ..experiments.stats import (detectable_difference, format_paired_p, paired_by_seed,
                                  required_items, summarize)
 from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
@@ -429,6 +430,7 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
     for method, seed in tqdm(pending, desc="math runs"):
         res = run_one(base, tok, method, seed, s, train, test)
         res.update(settings=asdict(s), n_train=len(train), n_test=len(test))
+        res["commit"] = git_commit()  # the code this run ran on
         write_json(os.path.join(run_dir, f"{method}_seed{seed}.json"), res)
         tqdm.write(f"{method} seed {seed}: acc {res['eval']['acc']:.3f}, train "
                    f"{res['train_time_s']:.0f}s, eval {res['eval_time_s']:.0f}s")

@@ -46,6 +46,7 @@ from ..errors import UserError
 from ..fileio import atomic_path
 from ..inject import projections, variances
 from ..evaluation.calibration import calibration_metrics
+from ..experiments.sweep import git_commit
 from ..experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
                                  paired_by_seed)
 from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
@@ -448,6 +449,7 @@ def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
         res["settings"] = asdict(s)
         res["split"] = {k: len(v) for k, v in idx.items()}
         res["test_spam_fraction"] = float(np.mean([labels[i] for i in idx["test"]]))
+        res["commit"] = git_commit()  # the code this run ran on
         write_json(path, res)
         tqdm.write(f"{method} seed {seed}: acc {res['det']['acc']:.3f}, "
                    f"train {res['train_time_s']:.0f}s, eval {res['eval_time_s']:.0f}s")
