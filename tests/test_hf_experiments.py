@@ -186,7 +186,7 @@ def test_math_cli_end_to_end_tiny_model(tmp_path):
     """The whole math pipeline on the random tiny Llama (plumbing, not accuracy); resumable."""
     from dipnet.cli import main
 
-    args = ["math", "--model", "tiny", "--train-size", "8", "--test-size", "4", "--seeds", "0",
+    args = ["math", "--model", "tiny", "--train-size", "8", "--test-size", "4", "--seeds", "1",
             "--eval-batch-size", "4", "--max-new-tokens", "4", "--out-dir", str(tmp_path)]
     assert main(args) == 0
     runs = sorted(p.name for p in (tmp_path / "per_run").iterdir())
@@ -347,3 +347,37 @@ def test_math_power_and_gpu_command():
     args = build_parser().parse_args(cmd.split()[1:])  # the command parses as written
     assert args.test_size == power["items_for_target"] and args.dip_placement == ["blocks", "layers"]
     assert args.methods == list(hmath.METHODS)
+
+
+def _fake_math_run(arm, seed, acc, n=40):
+    settings = dataclasses.asdict(hmath.MathSettings(test_size=n))
+    if arm == "base":
+        return {"method": "base", "seed": None, "eval_time_s": 8.0, "n_train": 48, "n_test": n,
+                "eval": {"acc": acc, "format_rate": 0.0, "n": n, "gen_s_per_problem": 0.2},
+                "settings": settings}
+    return {"method": arm, "seed": seed, "train_steps": 12, "train_time_s": 10.0,
+            "eval_time_s": 8.0, "n_train": 48, "n_test": n, "settings": settings,
+            "eval": {"acc": acc, "format_rate": 1.0, "n": n, "gen_s_per_problem": 0.2}}
+
+
+@pytest.mark.parametrize("standard_acc, has_power", [(0.3, True), (0.0, False)])
+def test_math_report_states_what_the_test_set_detects(tmp_path, standard_acc, has_power):
+    import json
+
+    runs = {"base": [0.1], "standard": [standard_acc] * 2, "dipnet@blocks": [0.35, 0.325],
+            "fixed_noise@blocks": [0.3, 0.275]}
+    for arm, values in runs.items():
+        for seed, acc in enumerate(values):
+            name = "base" if arm == "base" else f"{arm}_seed{seed}"
+            hmath.write_json(str(tmp_path / "per_run" / f"{name}.json"),
+                             _fake_math_run(arm, seed, acc))
+    hmath.write_report(str(tmp_path))
+    res = json.loads((tmp_path / "results.json").read_text())
+    md = (tmp_path / "results.md").read_text()
+    assert "| dipnet@blocks - fixed_noise@blocks | +5.00 |" in md
+    assert res["summary"]["dipnet@blocks"]["gen_s_per_problem"]["mean"] == pytest.approx(0.2)
+    if has_power:
+        assert res["power"]["items_for_target"] == hmath.required_items(0.3, 0.03)
+        assert res["power"]["gpu_command"] in md and "--device cuda" in md
+    else:  # no spread at 0 % accuracy: no power statement, never a crash
+        assert res["power"] is None and "What this test set can detect" not in md

@@ -471,7 +471,8 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                                    if r["method"] == m} for m in methods})
     n_test = runs[0]["n_test"]
     power = test_size_power(summary.get("standard", {}).get("acc", {}).get("mean"), n_test)
-    power["gpu_command"] = gpu_command(s0, power["items_for_target"]) if power else None
+    if power:
+        power["gpu_command"] = gpu_command(s0, power["items_for_target"])
     write_json(os.path.join(out_dir, "results.json"),
                {"summary": summary, "base": base["eval"]["acc"] if base else None,
                 "settings": s0, "headline": headline, "power": power})
