@@ -495,6 +495,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         "pgd_linf": lambda r: r["pgd_linf_acc"],
         "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
         "train_time_s": lambda r: r["train_time_s"],
+        "variance_mean": lambda r: r["variance"]["mean"],
     }
     for rate in rates:
         getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
@@ -504,7 +505,8 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         for key, g in getters.items():
             vals = by_seed(m, g)
             summary[m][key] = summary_of(vals.values())
-            if m != "standard" and "standard" in methods and key != "train_time_s":
+            if m != "standard" and "standard" in methods and key not in ("train_time_s",
+                                                                          "variance_mean"):
                 summary[m][key]["paired_vs_standard"] = paired_by_seed(
                     vals, by_seed("standard", g)).to_dict()
     s0 = runs[0]["settings"]
@@ -526,9 +528,9 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         "",
         "## Accuracy and calibration (deterministic prediction; test split)",
         "",
-        "| method | acc % | ECE % | NLL | Brier | MC acc % (k=%d) | MC ECE %% | train s/run |"
-        .replace("%d", str(s0["mc_k"])).replace("%%", "%"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | acc % | ECE % | NLL | Brier | MC acc % (k=%d) | MC ECE %% | mean variance "
+        "after training | train s/run |".replace("%d", str(s0["mc_k"])).replace("%%", "%"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in methods:
         x = summary[m]
@@ -536,7 +538,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
             f"| {m} | {fmt(x['acc']['values'], pct)} | {fmt(x['ece']['values'], pct)} | "
             f"{fmt(x['nll']['values'], 1, 3)} | {fmt(x['brier']['values'], 1, 3)} | "
             f"{fmt(x['mc_acc']['values'], pct)} | {fmt(x['mc_ece']['values'], pct)} | "
-            f"{fmt(x['train_time_s']['values'], 1, 0)} |")
+            f"{fmt(x['variance_mean']['values'], 1, 4)} | {fmt(x['train_time_s']['values'], 1, 0)} |")
     lines += ["", "## Robustness (accuracy %)", "",
               "| method | " + " | ".join(f"char noise {r:g}" for r in rates)
               + f" | PGD L2 (eps {s0['l2_eps']:g}·‖e‖) | PGD Linf (eps {s0['linf_eps']:g}·std) | "
