@@ -512,18 +512,24 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
               "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
               "all of them (`dipnet.experiments.stats.holm`).", "",
               *headline_table(headline)]
-    if power:
-        lines += ["", "## What this test set can detect", "",
-                  f"With {n_test} test problems and standard's accuracy "
-                  f"{100 * power['p']:.1f} %, a difference of {100 * power['detectable']:.1f} "
-                  f"points is detected with 80 % power at alpha 0.05 (two-proportion test, "
-                  f"`stats.detectable_difference`; pairing the arms on the same problems can "
-                  f"only lower it). Detecting {100 * TARGET_DIFFERENCE:.0f} points needs "
-                  f"{power['items_for_target']} test problems (`stats.required_items`). On a GPU:",
-                  "", "```", power["gpu_command"], "```"]
+    lines += _power_lines(power)
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     _plot(out_dir, summary, methods, base)
     return runs
+
+
+def _power_lines(power: dict[str, Any] | None) -> list[str]:
+    """The report's section on what the test set can detect (none without a power figure)."""
+    if not power:
+        return []
+    return ["", "## What this test set can detect", "",
+            f"With {power['n']} test problems and standard's accuracy "
+            f"{100 * power['p']:.1f} %, a difference of {100 * power['detectable']:.1f} "
+            f"points is detected with 80 % power at alpha 0.05 (two-proportion test, "
+            f"`stats.detectable_difference`; pairing the arms on the same problems can "
+            f"only lower it). Detecting {100 * TARGET_DIFFERENCE:.0f} points needs "
+            f"{power['items_for_target']} test problems (`stats.required_items`). On a GPU:",
+            "", "```", power["gpu_command"], "```"]
 
 
 def test_size_power(p: float | None, n: int) -> dict[str, Any] | None:

@@ -464,6 +464,27 @@ def _load_runs(out_dir: str) -> list[dict[str, Any]]:
     return runs
 
 
+def _getters(rates: list[float]) -> dict[str, Any]:
+    """Metric name -> how to read it from a per-run result (KeyError where a run lacks it)."""
+    getters: dict[str, Any] = {
+        "acc": lambda r: r["det"]["acc"],
+        "ece": lambda r: r["det"]["ece"],
+        "nll": lambda r: r["det"]["nll"],
+        "brier": lambda r: r["det"]["brier"],
+        "mc_acc": lambda r: r["mc"]["acc"],
+        "mc_ece": lambda r: r["mc"]["ece"],
+        "mc_nll": lambda r: r["mc"]["nll"],
+        "pgd_l2": lambda r: r["pgd_l2_acc"],
+        "pgd_linf": lambda r: r["pgd_linf_acc"],
+        "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
+        "train_time_s": lambda r: r["train_time_s"],
+        "variance_mean": lambda r: r["variance"]["mean"],
+    }
+    for rate in rates:
+        getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
+    return getters
+
+
 def write_report(out_dir: str) -> list[dict[str, Any]]:
     """Aggregate the finished runs into results.json, results.md and results.png."""
     runs = _load_runs(out_dir)
@@ -483,22 +504,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                 pass
         return out
 
-    getters: dict[str, Any] = {
-        "acc": lambda r: r["det"]["acc"],
-        "ece": lambda r: r["det"]["ece"],
-        "nll": lambda r: r["det"]["nll"],
-        "brier": lambda r: r["det"]["brier"],
-        "mc_acc": lambda r: r["mc"]["acc"],
-        "mc_ece": lambda r: r["mc"]["ece"],
-        "mc_nll": lambda r: r["mc"]["nll"],
-        "pgd_l2": lambda r: r["pgd_l2_acc"],
-        "pgd_linf": lambda r: r["pgd_linf_acc"],
-        "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
-        "train_time_s": lambda r: r["train_time_s"],
-        "variance_mean": lambda r: r["variance"]["mean"],
-    }
-    for rate in rates:
-        getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
+    getters = _getters(rates)
     summary: dict[str, Any] = {}
     for m in methods:
         summary[m] = {}
