@@ -10,6 +10,9 @@ Sources (each row names its files):
                            Hugging Face ViT fine-tuned on Fashion-MNIST; the scorecard's
                            columns: clean and perturbed-training accuracy, PGD with EOT for
                            sampled predictions, corruptions, ECE)
+  text                     docs/results/text/results.json (dipnet text-classify: MiniLM
+                           fine-tuned on SpamAssassin, both placements, learned and frozen)
+  math                     docs/results/math/results.json (dipnet math: Gemma-3-270M + LoRA)
 
 Holm correction: within each study, over the study's headline tests (every arm against
 standard, for every condition and metric of the study), shown beside the raw p.
@@ -230,6 +233,7 @@ def scorecard_rows(study: str, arch: str, pretrained: bool, path: Path) -> list[
 
 
 LMF = "dipnet-fixed_noise"
+PROJECTED = ("dipnet", "fixed_noise", LMF)
 
 
 def _lmf_row(study: str, arch: str, condition: str, metric: str, t: dict[str, Any],
@@ -271,10 +275,65 @@ def replicate_rows() -> list[dict[str, Any]]:
     return rows
 
 
+#: The Hugging Face studies: (study, architecture, results folder, accuracy key of the summary).
+HF_STUDIES = (("text", "text_transformer", RESULTS / "text"),
+              ("math", "llm", RESULTS / "math"))
+
+
+def hf_rows() -> list[dict[str, Any]]:
+    """Test accuracy of every arm of `dipnet text-classify` / `dipnet math` (pretrained models
+    fine-tuned), against standard, plus learned minus frozen at each placement: the tests the
+    study's own report (its ``headline``) Holm-corrects together. The command is the study's
+    ``command.txt``; the commits are those its per-run files record."""
+    rows: list[dict[str, Any]] = []
+    for study, arch, folder in HF_STUDIES:
+        path = folder / "results.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        s0 = d["settings"]
+        runs = sorted(folder.glob("per_run/*.json"))
+        commits = sorted({json.loads(f.read_text()).get("commit") or "?" for f in runs})
+        command_file = folder / "command.txt"
+        command = command_file.read_text().strip() if command_file.is_file() else None
+        files = [_rel(path)] + [_rel(f) for f in runs]
+        condition = "clean" if not s0.get("train_char_rate") else \
+            f"char_noise_{s0['train_char_rate']:g}"
+        tests = {(t["a"], t["b"]): t for t in d["headline"]}
+        common = {"study": study, "architecture": arch, "pretrained": True,
+                  "condition": condition, "metric": "test_accuracy", "replicate": None,
+                  "commit": ",".join(commits), "command": command, "files": files}
+        for arm, x in d["summary"].items():
+            acc = x["acc"]
+            t = tests.get((arm, "standard"))
+            base, _, placement = arm.partition("@")
+            recipe = ({"placement": placement, "init_scale": s0["dip_init_scale"],
+                       "parameterization": s0["dip_parameterization"],
+                       "variance_lr": s0["dip_variance_lr"],
+                       "learn_variance": base == "dipnet"} if placement else {})
+            rows.append({**common, "arm": base, "mean": _num(acc["mean"]),
+                         "ci_low": _num(acc["ci_low"]), "ci_high": _num(acc["ci_high"]),
+                         "n_seeds": int(acc["n"]),
+                         "p_vs_standard": None if t is None else _num(t["t_p"]),
+                         "diff_vs_standard": None if t is None else _num(t["mean_diff"]),
+                         "diff_ci": None if t is None else [_num(t["ci_low"]),
+                                                            _num(t["ci_high"])],
+                         "recipe": recipe})
+        for (a, b), t in tests.items():
+            if b == "standard":
+                continue
+            placement = a.partition("@")[2]
+            row = _lmf_row(study, arch, "clean", "test_accuracy", t,
+                           {"placement": placement, "init_scale": s0["dip_init_scale"]}, None,
+                           common["commit"], command, files)
+            rows.append({**row, "pretrained": True, "condition": condition})
+    return rows
+
+
 def build() -> list[dict[str, Any]]:
     """Every row, with Holm-corrected p-values per study."""
     rows = (tuned20_rows() + tune_objective_rows() + dose_rows() + replicate_rows()
-            + vit_rows())
+            + vit_rows() + hf_rows())
     def raw_p(r: dict[str, Any]) -> float | None:
         return r["p_vs_standard"] if r["arm"] != LMF else r.get("p_learned_vs_frozen")
 
@@ -302,6 +361,10 @@ def _pp(r: dict[str, Any] | None, key: str = "diff_vs_standard") -> str:
 
 
 def _level(r: dict[str, Any]) -> str:
+    if r["study"] in ("text", "math"):  # one untuned level, per placement
+        recipe = r["recipe"]
+        return (f"{recipe['init_scale']:g}, {recipe['placement']}" if "placement" in recipe
+                else "untuned")
     if r.get("tuning_objective"):
         return f"tuned for {r['tuning_objective']}"
     if r["replicate"] is not None and r["study"] == "tune_replicates":
@@ -324,6 +387,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "95% CI) | fixed_noise - standard | learned - frozen | n seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     keep = [r for r in rows if r["metric"] in HEADLINE_METRICS and r["arm"] != "standard"
+            and not (r["study"] in ("text", "math") and r["arm"] not in PROJECTED)
             and not (r["study"] == "dose_response" and "barrier_temperature" in r["recipe"])]
     keys: list[tuple[str, str, str, str, str]] = []
     for r in keep:
@@ -331,7 +395,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if k not in keys:
             keys.append(k)
     order = {"dose_response": 0, "tune_objective": 1, "tune_replicates": 2,
-             "variance_study_tuned20": 3}
+             "variance_study_tuned20": 3, "text": 4, "math": 5}
     keys.sort(key=lambda k: (order.get(k[0], 9), k[1], k[2], HEADLINE_METRICS.index(k[3])))
     for key in keys:
         mine = {r["arm"]: r for r in keep

@@ -18,8 +18,8 @@ MAX_LINES = 80
 # "path/under/src::qualified.name": its length today.
 ALLOWED: dict[str, int] = {
     # hf_experiments/text.py is being rewritten on another branch (the one statistics module)
-    "dipnet/hf_experiments/text.py::write_report": 100,
-    "dipnet/hf_experiments/text.py::run_one": 95,
+    "dipnet/hf_experiments/text.py::write_report": 94,
+    "dipnet/hf_experiments/text.py::run_one": 92,
 }
 
 

@@ -22,9 +22,17 @@ IMPL = "dipnet.hf_experiments.cli"
 
 # (field, type, default, help). Types: str, str?, int, float, list[str], list[int], list[float].
 _DIP = [
-    ("dip_placement", "str", "blocks", "DIPNet placement: blocks, layers or input"),
-    ("dip_init_variance", "float", 1e-2, "initial DIPNet variance"),
-    ("dip_variance_lr", "float", 0.05, "learning rate of the DIPNet variances"),
+    ("dip_placement", "list[str]", ["blocks"], "DIPNet placements (blocks, layers, input): "
+                                               "dipnet and fixed_noise run once per placement, "
+                                               "as dipnet@blocks, fixed_noise@layers, ..."),
+    ("dip_init_scale", "float", 0.1, "each variance starts at this times its layer input's "
+                                     "per-feature variance (calibrated on the first batch)"),
+    ("dip_init_variance", "float?", None, "an absolute starting variance instead of "
+                                          "--dip-init-scale (the old recipe)"),
+    ("dip_parameterization", "str", "exp", "variance parameterization: exp (learned "
+                                           "log-variance) or softplus"),
+    ("dip_variance_lr", "float", 0.1, "learning rate of the DIPNet variances (dipnet only; "
+                                      "fixed_noise keeps them frozen)"),
     ("dip_m", "int", 1, "DIPNet trajectories per example in training"),
 ]
 TEXT_FIELDS: list[tuple[str, str, Any, str]] = [
@@ -41,6 +49,9 @@ TEXT_FIELDS: list[tuple[str, str, Any, str]] = [
     ("val_size", "int", 200, "validation e-mails held out (not used for tuning in the default "
                              "run)"),
     ("test_size", "int", 150, "test e-mails"),
+    ("train_char_rate", "float", 0.0, "character-noise rate of the training e-mails (0 = "
+                                      "clean; > 0 = the Table 1 protocol's perturbed "
+                                      "training set, test still clean)"),
     ("max_length", "int", 32, "tokens per e-mail (subject + body, truncated)"),
     ("batch_size", "int", 16, "batch size"),
     ("epochs", "float", 1.0, "training epochs"),
@@ -93,9 +104,10 @@ MATH_FIELDS: list[tuple[str, str, Any, str]] = [
     ("threads", "int", 1, "torch CPU threads"),
     ("device", "str", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
 ]
-#: Which method each method-specific field belongs to (given without that method: an error).
-FIELD_METHOD = {"rs_sigma": "rs", "sam_rho": "sam", "dropout": "dropout",
-                **{name: "dipnet" for name, *_ in _DIP}}
+#: Which methods each method-specific field belongs to (given without any of them: an error).
+FIELD_METHOD: dict[str, tuple[str, ...]] = {
+    "rs_sigma": ("rs",), "sam_rho": ("sam",), "dropout": ("dropout",),
+    **{name: ("dipnet", "fixed_noise") for name, *_ in _DIP}}
 
 
 def scalar_type(kind: str) -> Callable[[str], Any]:
@@ -148,12 +160,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``text-classify`` and ``math`` subcommands."""
     for name, fields, help_text, description, run, extra in (
         ("text-classify", TEXT_FIELDS,
-         "fine-tune all-MiniLM-L6-v2 on SpamAssassin: standard / dipnet / rs / sam / dropout",
+         "fine-tune all-MiniLM-L6-v2 on SpamAssassin: standard / rs / dipnet / fixed_noise / "
+         "sam / dropout",
          "Spam classification with a pretrained MiniLM: accuracy, calibration, character noise "
          "and embedding-space PGD, several seeds. Finished runs are skipped, so an interrupted "
          "sweep resumes.", "text_command", "text"),
         ("math", MATH_FIELDS,
-         "LoRA fine-tuning on generated math problems: standard / dipnet / rs / sam",
+         "LoRA fine-tuning on generated math problems: standard / rs / sam / dipnet / "
+         "fixed_noise",
          "The paper's GSM8K protocol at small scale: reasoning-gym problems, 'The answer is N' "
          "targets, LoRA, zero-shot greedy evaluation with exact numeric match. Finished runs "
          "are skipped.", "math_command", "math"),

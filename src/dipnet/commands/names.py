@@ -29,8 +29,8 @@ EVAL_PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", 
 #: `dipnet.experiments.tracking.REPORT_TO`: Hugging Face's ``report_to`` names
 REPORT_TO = ("tensorboard", "mlflow")
 #: `dipnet.hf_experiments.text.METHODS` / `dipnet.hf_experiments.math.METHODS`
-TEXT_METHODS = ("standard", "dipnet", "rs", "sam", "dropout")
-MATH_METHODS = ("standard", "dipnet", "rs", "sam")
+TEXT_METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")
+MATH_METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
 #: `dipnet.experiments.sweep_cli.DEMO_SWEEP["methods"]` (and configs/demo.yaml)
 DEMO_METHODS = ("standard", "dipnet", "fixed_noise", "rs")
 #: How long `dipnet demo` takes, as the README measured it (tests/test_cli_grammar.py keeps the

