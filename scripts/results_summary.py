@@ -361,6 +361,8 @@ def _pp(r: dict[str, Any] | None, key: str = "diff_vs_standard") -> str:
 
 
 def _level(r: dict[str, Any]) -> str:
+    if r["study"] == "vit_finetune":  # every arm at its defaults, nothing tuned
+        return "0.1, untuned"
     if r["study"] in ("text", "math"):  # one untuned level, per placement
         recipe = r["recipe"]
         return (f"{recipe['init_scale']:g}, {recipe['placement']}" if "placement" in recipe
@@ -395,7 +397,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if k not in keys:
             keys.append(k)
     order = {"dose_response": 0, "tune_objective": 1, "tune_replicates": 2,
-             "variance_study_tuned20": 3, "text": 4, "math": 5}
+             "variance_study_tuned20": 3, "vit_finetune": 4, "text": 5, "math": 6}
     keys.sort(key=lambda k: (order.get(k[0], 9), k[1], k[2], HEADLINE_METRICS.index(k[3])))
     for key in keys:
         mine = {r["arm"]: r for r in keep
