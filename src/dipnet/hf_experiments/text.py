@@ -529,7 +529,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
         f"{runs[0]['test_spam_fraction'] * 100:.1f}% spam in test), max length {s0['max_length']} "
         f"tokens, batch {s0['batch_size']}, {runs[0]['train_steps']} steps, lr {s0['lr']}, "
         f"training e-mails {_condition(s0)}, {_dip_text(s0)}, "
-        f"{s0['threads']} CPU thread(s). Mean ± std over seeds; p = paired t-test by seed against standard "
+        f"{s0.get('threads', 1)} CPU thread(s). Mean ± std over seeds; p = paired t-test by seed against standard "
         f"(* below {ALPHA} with at least {MIN_PAIRS_FOR_SIGNIFICANCE} pairs).",
         "",
         "## Accuracy and calibration (deterministic prediction; test split)",
