@@ -128,6 +128,15 @@ def commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def _evaluated(path: Path | str, settings: dict[str, Any]) -> bool:
+    """Whether the run at ``path`` holds an evaluation made with ``settings`` (the sweep's
+    reuse rule: one made with other settings is redone, not mixed into the study)."""
+    from dipnet.evaluation.settings import get_settings
+    from dipnet.experiments.sweep import evaluation_is_current
+
+    return evaluation_is_current(Path(path), "quick", get_settings("quick", **settings))
+
+
 def _job(job: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
     import torch
 
@@ -137,8 +146,7 @@ def _job(job: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]
     t0 = time.perf_counter()
     try:
         run_training(cfg, path, progress=False, command="scripts/dose_response.py")
-        ev_path = Path(path) / "evaluation.json"
-        if not ev_path.is_file():
+        if not _evaluated(path, settings):
             from dipnet.evaluation.suite import evaluate_run
 
             evaluate_run(path, suite="quick", device="cpu", progress=False, **settings)
@@ -160,9 +168,10 @@ def run(args: argparse.Namespace) -> int:
             for arm, method, params in arms(not args.no_temperature):
                 cfg = make_config(args.arch, condition, method, params, seed, out)
                 path = run_dir(out, args.arch, condition, arm, seed)
-                if (path / "evaluation.json").is_file() and (path / "metrics.json").is_file():
+                settings = eval_settings(args.arch)
+                if (path / "metrics.json").is_file() and _evaluated(path, settings):
                     continue
-                jobs.append((cfg.to_dict(), str(path), sha, eval_settings(args.arch)))
+                jobs.append((cfg.to_dict(), str(path), sha, settings))
     print(f"dose_response: {len(jobs)} runs to do ({args.arch}, commit {sha})", flush=True)
     done = 0
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
