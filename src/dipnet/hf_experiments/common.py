@@ -4,11 +4,9 @@ and the headline tests with their Holm correction."""
 
 from __future__ import annotations
 
-import random
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +15,7 @@ from transformers import Trainer
 
 from ..config import DIPConfig
 from ..errors import UserError
+from ..experiments.rng import seed_everything  # noqa: F401  (text and math import it from here)
 from ..experiments.stats import format_mean_std, holm, paired_by_seed, summarize
 from ..inject import project, variance_parameters
 
@@ -146,13 +145,6 @@ def headline_table(tests: Sequence[Mapping[str, Any]], scale: float = 100.0,
         lines.append(f"| {t['a']} - {t['b']} | {t['mean_diff'] * scale:+.2f} | {ci} | {t['n']} | "
                      f"{format_paired_p(t, star=False)} | {format_p(t['p_holm'])} |")
     return lines
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU) so a run is repeatable."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def write_json(path: str, data: Any) -> None:
