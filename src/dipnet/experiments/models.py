@@ -303,10 +303,11 @@ class HFViT(nn.Module):
                            hidden_size=hidden, num_hidden_layers=depth,
                            num_attention_heads=heads, intermediate_size=int(hidden * mlp_ratio),
                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                           num_labels=num_classes)
-        # Eager attention: SDPA's CPU kernel has no double backward, which the evaluation's
-        # Hessian measures need; both compute the same softmax attention.
-        config._attn_implementation = "eager"
+                           num_labels=num_classes,
+                           # Eager attention: SDPA's CPU kernel has no double backward, which
+                           # the evaluation's Hessian measures need; both compute the same
+                           # softmax attention.
+                           attn_implementation="eager")
         self.net = ViTForImageClassification(config)
         if weights:
             self._load(weights, new_head)
