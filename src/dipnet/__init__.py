@@ -40,9 +40,9 @@ _LAZY: dict[str, str] = {name: module for module, names in {
 }.items() for name in names}
 
 if TYPE_CHECKING:  # what type checkers and IDEs read
-    from .certify import Certificate, certify, smoothed_predict
-    from .config import DIPConfig, DIPConfigError
-    from .inject import (
+    from dipnet.certify import Certificate, certify, smoothed_predict
+    from dipnet.config import DIPConfig, DIPConfigError
+    from dipnet.inject import (
         AlreadyProjectedError,
         NotProjectedError,
         ProjectionFileError,
@@ -58,15 +58,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         variance_parameters,
         variances,
     )
-    from .misuse import DIPMisuseWarning
-    from .monitor import (
+    from dipnet.misuse import DIPMisuseWarning
+    from dipnet.monitor import (
         VarianceGradientMeter,
         activation_variances,
         calibrate,
         variance_histograms,
         variance_stats,
     )
-    from .objective import (
+    from dipnet.objective import (
         BatchTooLargeError,
         DIPLoss,
         DIPLossWarning,
@@ -76,18 +76,18 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         stability,
         token_mask,
     )
-    from .predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
-    from .pretrained import (
+    from dipnet.predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
+    from dipnet.pretrained import (
         from_pretrained,
         load_state_dict,
         save_pretrained,
         summary,
         summary_dict,
     )
-    from .projection import GaussianProjection, ProjectionShapeError
-    from .targeting import Target, TargetError, resolve_targets
+    from dipnet.projection import GaussianProjection, ProjectionShapeError
+    from dipnet.targeting import Target, TargetError, resolve_targets
 
-    from ._version import __version__
+    from dipnet._version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -8,10 +8,10 @@ subcommand runs and appended again only when the user allows code (``--allow-cod
 
 import sys
 
-from .trust import strip_working_folder
+from dipnet.trust import strip_working_folder
 
 strip_working_folder()
 
-from .cli import main  # noqa: E402  (after the path is made safe)
+from dipnet.cli import main  # noqa: E402  (after the path is made safe)
 
 sys.exit(main())

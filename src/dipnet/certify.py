@@ -32,11 +32,11 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
-from .batching import activation_size, default_rows
-from .errors import UserError
-from .inject import intercepted, projections, sampling, variances
-from .predict import PredictInputError, check_inputs
-from .projection import GaussianProjection
+from dipnet.batching import activation_size, default_rows
+from dipnet.errors import UserError
+from dipnet.inject import intercepted, projections, sampling, variances
+from dipnet.predict import PredictInputError, check_inputs
+from dipnet.projection import GaussianProjection
 
 Internal = Literal["sample", "off"]
 

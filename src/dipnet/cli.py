@@ -19,12 +19,12 @@ import importlib
 import sys
 from typing import Any, Sequence
 
-from . import trust
-from ._util.modules import module_installed
-from .commands import COMMAND_MODULES
-from .commands.grammar import NOTICES
-from .errors import UserError, describe_os_error
-from .threads import limit_openmp_spinning
+from dipnet import trust
+from dipnet._util.modules import module_installed
+from dipnet.commands import COMMAND_MODULES
+from dipnet.commands.grammar import NOTICES
+from dipnet.errors import UserError, describe_os_error
+from dipnet.threads import limit_openmp_spinning
 
 #: The modules each pip extra provides, checked with `importlib.util.find_spec` (no import)
 #: before a subcommand of that extra runs. Kept in step with pyproject.toml's extras.
@@ -73,7 +73,7 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        from ._version import installed_version
+        from dipnet._version import installed_version
 
         print(f"dipnet {installed_version()}")
         parser.exit()

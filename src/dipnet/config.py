@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from .parameterization import (
+from dipnet.parameterization import (
     DEFAULT_FLOOR,
     DEFAULT_PARAMETERIZATION,
     PARAMETERIZATIONS,
@@ -282,7 +282,7 @@ class DIPConfig:
         Raises:
             DIPConfigError: an unknown recipe or field, or an invalid value.
         """
-        from .recipes import RECIPES, recipe_fields
+        from dipnet.recipes import RECIPES, recipe_fields
 
         if name not in RECIPES:
             raise DIPConfigError(f"unknown DIPConfig recipe {name!r}: choose from "

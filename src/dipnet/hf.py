@@ -46,10 +46,10 @@ except ModuleNotFoundError as err:  # one line naming the extra, not a traceback
     raise ModuleNotFoundError("dipnet.hf needs transformers, which is not installed: "
                               "pip install 'dipnet[hf]'", name=err.name) from None
 
-from . import noise
-from .config import DIPConfig
-from .errors import UserError
-from .inject import (
+from dipnet import noise
+from dipnet.config import DIPConfig
+from dipnet.errors import UserError
+from dipnet.inject import (
     _CONFIG_ATTR,
     deterministic,
     get_config,
@@ -61,8 +61,8 @@ from .inject import (
     train_variances_as_configured,
     variance_parameters,
 )
-from .inject import unwrap as _unwrap
-from .objective import (
+from dipnet.inject import unwrap as _unwrap
+from dipnet.objective import (
     batch_size_of,
     check_copies_fit,
     counted_positions,
@@ -71,7 +71,7 @@ from .objective import (
     shifts_labels,
     stability,
 )
-from .peft_merge import merge_and_unload  # noqa: F401  (dipnet.hf.merge_and_unload)
+from dipnet.peft_merge import merge_and_unload  # noqa: F401  (dipnet.hf.merge_and_unload)
 
 PROJECTIONS_FILE = "dip_projections.safetensors"
 
@@ -245,7 +245,7 @@ class DIPTrainer(Trainer):
         if self.dip_config.relative_init and not self._calibration_checked:
             # DIPConfig.init_scale: the first training batch sets each variance relative to
             # its layer's activation scale (never a model whose variances were trained).
-            from .monitor import maybe_calibrate
+            from dipnet.monitor import maybe_calibrate
 
             maybe_calibrate(_unwrap(model), dict(inputs), self.dip_config)
             self._calibration_checked = True
@@ -387,7 +387,7 @@ class DIPTrainer(Trainer):
         if self.args.should_save:
             # The same layout as dipnet.save_pretrained: dipnet_config.json beside
             # dip_projections.safetensors (the Trainer has already written the weights).
-            from .pretrained import save_pretrained
+            from dipnet.pretrained import save_pretrained
 
             save_pretrained(_unwrap(self.model), output_dir)
 

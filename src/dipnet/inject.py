@@ -11,12 +11,12 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .config import DIPConfig
-from .fileio import atomic_write_safetensors
-from .misuse import Guard
-from .parameterization import VarianceMap
-from .projection import ATTR, GaussianProjection
-from .targeting import resolve_targets
+from dipnet.config import DIPConfig
+from dipnet.fileio import atomic_write_safetensors
+from dipnet.misuse import Guard
+from dipnet.parameterization import VarianceMap
+from dipnet.projection import ATTR, GaussianProjection
+from dipnet.targeting import resolve_targets
 
 _CONFIG_ATTR = "_dipnet_config"
 

@@ -24,8 +24,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 if TYPE_CHECKING:
-    from .config import DIPConfig
-    from .projection import GaussianProjection
+    from dipnet.config import DIPConfig
+    from dipnet.projection import GaussianProjection
 
 # Set on each trained variance parameter: the learning rate its model's config asks for.
 _MARK = "_dipnet_variance_lr"

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batching import Batch
-from .config import DIPConfig
-from .inject import NotProjectedError, get_config, intercepted, projections
-from .projection import GaussianProjection
+from dipnet.batching import Batch
+from dipnet.config import DIPConfig
+from dipnet.inject import NotProjectedError, get_config, intercepted, projections
+from dipnet.projection import GaussianProjection
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 

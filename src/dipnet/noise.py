@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .parameterization import VarianceMap
+from dipnet.parameterization import VarianceMap
 
 __all__ = ["NoiseOptions", "NoisePlan", "configure", "draw", "new_seed", "options", "perturb",
            "plan_for", "prepare_compile", "regenerates", "saved_tensor_bytes", "trajectories"]

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import Batch, batch_size_of, repeat_batch  # re-exported: their old home
-from .config import DIPConfig
-from .inject import NotProjectedError, get_config, projections, unwrap
-from .trajectories import chunk_sizes, run_trajectories
+from dipnet.batching import Batch, batch_size_of, repeat_batch  # re-exported: their old home
+from dipnet.config import DIPConfig
+from dipnet.inject import NotProjectedError, get_config, projections, unwrap
+from dipnet.trajectories import chunk_sizes, run_trajectories
 
 
 class BatchTooLargeError(ValueError):
@@ -447,7 +447,7 @@ class DIPLoss(nn.Module):
         if config.relative_init and model not in self._calibration_checked:
             # The first training batch sets the initial variances relative to each layer's
             # activation scale (DIPConfig.init_scale), unless that already happened.
-            from .monitor import maybe_calibrate
+            from dipnet.monitor import maybe_calibrate
 
             maybe_calibrate(model, inputs, config, **forward_kwargs)
             self._calibration_checked.add(model)
@@ -510,7 +510,7 @@ class DIPLoss(nn.Module):
 
 
 def _check_finite_inputs(inputs: Batch) -> None:
-    from .inputs import check_finite_inputs
+    from dipnet.inputs import check_finite_inputs
 
     check_finite_inputs(inputs, "DIPLoss")
 

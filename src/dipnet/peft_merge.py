@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from .errors import UserError
-from .inject import _CONFIG_ATTR, get_config, projections
-from .misuse import DIPMisuseWarning
+from dipnet.errors import UserError
+from dipnet.inject import _CONFIG_ATTR, get_config, projections
+from dipnet.misuse import DIPMisuseWarning
 
 
 def merge_and_unload(model: nn.Module, **merge_kwargs: Any) -> nn.Module:

@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .inject import _mode, get_config, projections, sampling, variance_parameters
-from .objective import (
+from dipnet.inject import _mode, get_config, projections, sampling, variance_parameters
+from dipnet.objective import (
     BatchTooLargeError,
     _batch_tensors,
     _default_output,
@@ -22,7 +22,7 @@ from .objective import (
     check_copies_fit,
     repeat_batch,
 )
-from .inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
+from dipnet.inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
 
 
 @dataclass

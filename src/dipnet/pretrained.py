@@ -24,10 +24,10 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from ._version import __version__
-from .config import DIPConfig, DIPConfigError
-from .fileio import atomic_path, atomic_write_json, atomic_write_safetensors
-from .inject import (
+from dipnet._version import __version__
+from dipnet.config import DIPConfig, DIPConfigError
+from dipnet.fileio import atomic_path, atomic_write_json, atomic_write_safetensors
+from dipnet.inject import (
     _CONFIG_ATTR,
     VARIANCE_KEY,
     NotProjectedError,
@@ -42,10 +42,10 @@ from .inject import (
     require_state_dict,
     save_projections,
 )
-from .misuse import missing_projections
-from .monitor import variance_stats
-from .projection import ProjectionShapeError
-from .targeting import TargetError
+from dipnet.misuse import missing_projections
+from dipnet.monitor import variance_stats
+from dipnet.projection import ProjectionShapeError
+from dipnet.targeting import TargetError
 
 CONFIG_FILE = "dipnet_config.json"
 PROJECTIONS_FILE = "dip_projections.safetensors"

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import misuse, noise
-from .parameterization import DEFAULT_FLOOR, DEFAULT_PARAMETERIZATION, VarianceMap
+from dipnet import misuse, noise
+from dipnet.parameterization import DEFAULT_FLOOR, DEFAULT_PARAMETERIZATION, VarianceMap
 
 # The name under which a projection is attached to its host module. Original parameters and
 # their state_dict keys are untouched; the projection adds "<host>.dip_projection.raw_variance".

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .config import DIPConfig
+from dipnet.config import DIPConfig
 
 # Layers whose *input* a projection precedes under placement="layers". Attention and recurrent
 # modules are projected as a whole: nn.MultiheadAttention does not call its own out_proj as a

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from . import noise
-from .batching import repeat_batch
+from dipnet import noise
+from dipnet.batching import repeat_batch
 
 
 def chunk_sizes(m: int, chunks: int) -> list[int]:

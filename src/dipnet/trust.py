@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Iterable, Iterator
 
-from .errors import UserError
+from dipnet.errors import UserError
 
 _allow_all = False
 _allowed: set[str] = set()

@@ -27,7 +27,7 @@ the names shown in ``--help`` (data sets, models, methods) in `dipnet.commands.n
 
 from __future__ import annotations
 
-from .._util.modules import module_installed
+from dipnet._util.modules import module_installed
 
 __all__ = ["COMMAND_MODULES", "module_installed"]
 

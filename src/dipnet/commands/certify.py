@@ -7,9 +7,9 @@ import argparse
 import math
 from typing import Callable
 
-from ..evaluation.cli import _floats
-from ..evaluation.settings import DEFAULT_RADII
-from . import grammar
+from dipnet.evaluation.cli import _floats
+from dipnet.evaluation.settings import DEFAULT_RADII
+from dipnet.commands import grammar
 
 RUN = "dipnet.experiments.certified:run_certify_command"
 EXTRA = "eval"

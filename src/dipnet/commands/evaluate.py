@@ -12,7 +12,7 @@ EXTRA = "eval"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand."""
-    from ..evaluation import cli
+    from dipnet.evaluation import cli
 
     cli.register(subparsers)
     subparsers.choices["evaluate"].set_defaults(run=RUN, extra=EXTRA)

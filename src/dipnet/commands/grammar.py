@@ -93,7 +93,7 @@ def parse_seeds(text: str) -> list[int]:
     Raises:
         UserError: not a count >= 1 or a comma list of integers >= 0.
     """
-    from ..experiments.seeds import parse_seeds as parse  # light: no torch
+    from dipnet.experiments.seeds import parse_seeds as parse  # light: no torch
 
     return parse(text)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from . import grammar
-from .names import MATH_METHODS, TEXT_METHODS
+from dipnet.commands import grammar
+from dipnet.commands.names import MATH_METHODS, TEXT_METHODS
 
 IMPL = "dipnet.hf_experiments.cli"
 

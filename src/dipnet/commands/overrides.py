@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..errors import UserError
-from .grammar import OVERRIDES
+from dipnet.errors import UserError
+from dipnet.commands.grammar import OVERRIDES
 
 
 @dataclass(frozen=True)

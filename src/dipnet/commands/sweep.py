@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import grammar
-from .names import (DEMO_METHODS, DEMO_TIME, EVALUATE_SUITES, METHODS, PERTURBATION_MODES,
+from dipnet.commands import grammar
+from dipnet.commands.names import (DEMO_METHODS, DEMO_TIME, EVALUATE_SUITES, METHODS, PERTURBATION_MODES,
                     PERTURBATIONS)
-from .train import DATASET_HELP, MODEL_HELP
+from dipnet.commands.train import DATASET_HELP, MODEL_HELP
 
 IMPL = "dipnet.experiments.sweep_cli"
 EXTRA = "experiments"

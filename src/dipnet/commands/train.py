@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import grammar
-from .names import DATASETS, LR_SCHEDULES, METHODS, MODELS, OPTIMIZERS, PERTURBATION_MODES, \
+from dipnet.commands import grammar
+from dipnet.commands.names import DATASETS, LR_SCHEDULES, METHODS, MODELS, OPTIMIZERS, PERTURBATION_MODES, \
     PERTURBATIONS
 
 RUN = "dipnet.experiments.cli:run_train_command"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import grammar
-from .names import METHODS, PERTURBATION_MODES, PERTURBATIONS
-from .train import DATASET_HELP, MODEL_HELP
+from dipnet.commands import grammar
+from dipnet.commands.names import METHODS, PERTURBATION_MODES, PERTURBATIONS
+from dipnet.commands.train import DATASET_HELP, MODEL_HELP
 
 RUN = "dipnet.experiments.tune_cli:tune_command"
 EXTRA = "tune"

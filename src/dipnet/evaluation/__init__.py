@@ -17,7 +17,7 @@ __all__ = ["Predictor", "deterministic_predictor", "sampled_predictor"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that `dipnet.evaluation.cli` (the parser) imports without torch.
     if name in __all__:
-        from . import predictors
+        from dipnet.evaluation import predictors
 
         return getattr(predictors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

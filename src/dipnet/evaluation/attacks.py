@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .predictors import Predictor
+from dipnet.evaluation.predictors import Predictor
 
 NORMS = ("linf", "l2")
 ATTACKS = ("fgsm", "pgd")

@@ -3,6 +3,6 @@ and the evaluation library imports no harness). This old import path names that 
 
 import sys
 
-from ..experiments import certified as _moved
+from dipnet.experiments import certified as _moved
 
 sys.modules[__name__] = _moved

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..commands.grammar import positive_int
-from ..errors import UserError
-from ..threads import limit_openmp_spinning
-from .settings import ATTACK_NAMES, PARTS, SUITES
+from dipnet.commands.grammar import positive_int
+from dipnet.errors import UserError
+from dipnet.threads import limit_openmp_spinning
+from dipnet.evaluation.settings import ATTACK_NAMES, PARTS, SUITES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -183,7 +183,7 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
         UserError: an item without ``=``, or a value that is not valid YAML.
     """
     # the command line's one --set grammar (docs/cli.md): KEY or eval.KEY
-    from ..commands.overrides import parse_item, suite_settings
+    from dipnet.commands.overrides import parse_item, suite_settings
 
     return suite_settings([parse_item("--set", item) for item in items or []], "dipnet evaluate")
 
@@ -193,7 +193,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     limit_openmp_spinning()
     import torch
 
-    from ..experiments.evaluate import evaluate_run
+    from dipnet.experiments.evaluate import evaluate_run
 
     if args.out is not None and len(args.run_dirs) > 1:
         raise UserError("--out names one file but several run folders were given; drop --out "

@@ -28,10 +28,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .._util.cache import cache_dir
-from ..errors import UserError
-from ..fileio import atomic_path
-from .predictors import Predictor, accuracy, predict_log_probs
+from dipnet._util.cache import cache_dir
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_path
+from dipnet.evaluation.predictors import Predictor, accuracy, predict_log_probs
 
 # All 18 usable corruptions of the package (glass_blur is too slow, see above).
 IMAGE_CORRUPTIONS: tuple[str, ...] = (

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .predictors import Predictor, PredictionSummary, entropy, predict_summary
+from dipnet.evaluation.predictors import Predictor, PredictionSummary, entropy, predict_summary
 
 # For each in-distribution data set, the data sets it is scored against (same input shape).
 OOD_PAIRS: dict[str, tuple[str, ...]] = {

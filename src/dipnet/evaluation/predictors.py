@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 # the row budget of one stacked pass: re-exported (the suite and its tests read it here)
-from ..batching import CPU_ELEMENTS, GPU_ROWS, activation_size, default_rows  # noqa: F401
-from ..predict import average_log_probs, entropy  # entropy: re-exported for the suite
+from dipnet.batching import CPU_ELEMENTS, GPU_ROWS, activation_size, default_rows  # noqa: F401
+from dipnet.predict import average_log_probs, entropy  # entropy: re-exported for the suite
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,7 +51,7 @@ class Predictor:
     _row_elements: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from ..predict import check_count  # the core; imported here to keep this module torch-only
+        from dipnet.predict import check_count  # the core; imported here to keep this module torch-only
 
         self.k = check_count(self.k, "k", 1)
         if not self.stochastic:
@@ -241,7 +241,7 @@ def model_predictors(model: torch.nn.Module, k: int = 8) -> list[Predictor]:
     Returns ``[deterministic]`` for a model without projections, ``[deterministic, sampled]``
     for a projected one (the sampled one runs the projections under `dipnet.sampling`).
     """
-    from .. import inject  # the core; imported here to keep this module torch-only
+    from dipnet import inject  # the core; imported here to keep this module torch-only
 
     model.eval()
 

@@ -3,6 +3,6 @@ the evaluation library imports no harness). This old import path names that same
 
 import sys
 
-from ..experiments.report import eval_tables as _moved
+from dipnet.experiments.report import eval_tables as _moved
 
 sys.modules[__name__] = _moved

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
 STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # dipnet.evaluation.strong_attacks (ART)

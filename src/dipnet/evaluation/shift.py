@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .._util.moved import forward_moved
-from .calibration import calibration_metrics
-from .predictors import Predictor, accuracy, nll, predict_summary
+from dipnet._util.moved import forward_moved
+from dipnet.evaluation.calibration import calibration_metrics
+from dipnet.evaluation.predictors import Predictor, accuracy, nll, predict_summary
 
 
 def shift_accuracy(predictors: Sequence[Predictor],

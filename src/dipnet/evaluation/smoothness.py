@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, ...) -> per-example loss (B,)
 
@@ -344,7 +344,7 @@ def measure_smoothness(predictor, x: torch.Tensor, y: torch.Tensor, *, radius: f
         a JSON-ready dict: ``{name: {"mean", "max"}}`` for per-example measures, floats for the
         weight-Hessian ones, and the settings used.
     """
-    from .predictors import frozen, frozen_log_probs, predict_samples
+    from dipnet.evaluation.predictors import frozen, frozen_log_probs, predict_samples
 
     d = int(x[0].numel())
     radius = 0.05 * math.sqrt(d) if radius is None else float(radius)

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import Bounds, _check, _correct, _correct_batched
-from .predictors import Predictor
+from dipnet.evaluation.attacks import Bounds, _check, _correct, _correct_batched
+from dipnet.evaluation.predictors import Predictor
 
 STRONG_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "square")
 _LOSSES = {"apgd-ce": ["ce"], "apgd-dlr": ["dlr"], "square": ["margin"]}

@@ -24,17 +24,17 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import fileio
-from .._util.moved import forward_moved
-from ..errors import UserError
-from ..objective import available_bytes
-from .attacks import robust_accuracy_curve
-from .calibration import calibration_metrics
-from .corruptions import available_corruptions, corruption_accuracy, is_image_shape
-from .ood import ood_detection
-from .predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
-from .settings import ATTACK_NAMES, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
-from .smoothness import measure_smoothness
+from dipnet import fileio
+from dipnet._util.moved import forward_moved
+from dipnet.errors import UserError
+from dipnet.objective import available_bytes
+from dipnet.evaluation.attacks import robust_accuracy_curve
+from dipnet.evaluation.calibration import calibration_metrics
+from dipnet.evaluation.corruptions import available_corruptions, corruption_accuracy, is_image_shape
+from dipnet.evaluation.ood import ood_detection
+from dipnet.evaluation.predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
+from dipnet.evaluation.settings import ATTACK_NAMES, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
+from dipnet.evaluation.smoothness import measure_smoothness
 
 SCHEMA_VERSION = 1
 
@@ -275,7 +275,7 @@ class _SuiteRun:
                        norm: str, eps: Any, num_classes: int,
                        clean_lp: torch.Tensor) -> list[dict[str, Any]]:
         # APGD-CE / APGD-DLR / Square through the Adversarial Robustness Toolbox
-        from .strong_attacks import strong_accuracy_curve  # ART: imported on demand
+        from dipnet.evaluation.strong_attacks import strong_accuracy_curve  # ART: imported on demand
 
         st = self.settings
         self.reseed()
@@ -387,7 +387,7 @@ def run_predictors(run: Any, k: int) -> list[Predictor]:
 
 def model_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     """The model's own trainable weights: every parameter except DIPNet's variances."""
-    from .. import inject
+    from dipnet import inject
 
     var_ids = {id(p) for p in inject.variance_parameters(model)}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in var_ids]

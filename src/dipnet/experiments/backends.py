@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .. import trust
-from .._util.modules import module_installed
-from ..errors import UserError
-from ..fileio import atomic_write_text
-from .locks import die_with_parent
+from dipnet import trust
+from dipnet._util.modules import module_installed
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_write_text
+from dipnet.experiments.locks import die_with_parent
 
 #: The exit status of a task process that stopped because its driver is gone.
 EXIT_ORPHANED = 3

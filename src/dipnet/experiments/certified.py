@@ -20,14 +20,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import inject
-from ..certify import Certificate, certify, with_input_noise
-from ..errors import UserError
-from ..evaluation.settings import DEFAULT_RADII, SUITES
-from ..evaluation.suite import _device, _subset_index, atomic_write_json, check_out_path
-from ..threads import limit_openmp_spinning
-from .locks import FolderLock
-from .runs import load_run
+from dipnet import inject
+from dipnet.certify import Certificate, certify, with_input_noise
+from dipnet.errors import UserError
+from dipnet.evaluation.settings import DEFAULT_RADII, SUITES
+from dipnet.evaluation.suite import _device, _subset_index, atomic_write_json, check_out_path
+from dipnet.threads import limit_openmp_spinning
+from dipnet.experiments.locks import FolderLock
+from dipnet.experiments.runs import load_run
 
 SCHEMA_VERSION = 1
 #: Methods whose training noise is N(0, sigma^2) at the input, sigma in their parameters.

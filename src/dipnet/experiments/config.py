@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DIPConfig, DIPConfigError
-from ..errors import UserError
-from ..fileio import atomic_write_text
+from dipnet.config import DIPConfig, DIPConfigError
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_write_text
 
 PERTURBATIONS: tuple[str, ...] = ("none", "gaussian", "fgsm")
 #: fresh: a new draw / attack for every mini-batch; fixed: the training set perturbed once.
@@ -197,7 +197,7 @@ class RunConfig:
     def run_name(self) -> str:
         """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``, with
         ``-fixed`` after the perturbation in fixed mode (fresh names stay as they were)."""
-        from .data import dataset_label
+        from dipnet.experiments.data import dataset_label
 
         model = self.model.replace(":", "_").replace("/", "_").replace(".", "_")
         pert = self.train_perturbation
@@ -297,7 +297,7 @@ class RunConfig:
 def takes_dip_settings(method: str) -> bool:
     """Whether ``method``'s parameters include every `DIPConfig` field (dipnet, and controls
     built on its projections, such as fixed_noise), so that the run field ``dip`` applies."""
-    from .methods import get_method, list_methods
+    from dipnet.experiments.methods import get_method, list_methods
 
     if method not in _TAKES_DIP:
         if method not in list_methods():
@@ -311,7 +311,7 @@ _TAKES_DIP: dict[str, bool] = {}
 
 def dip_methods() -> list[str]:
     """The registered methods that take ``dip`` settings (see `takes_dip_settings`)."""
-    from .methods import list_methods
+    from dipnet.experiments.methods import list_methods
 
     return [m for m in list_methods() if takes_dip_settings(m)]
 

@@ -18,15 +18,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import UserError
-from ..evaluation.ood import OOD_PAIRS
-from ..evaluation.shift import shift_accuracy
-from ..evaluation.suite import (SCHEMA_VERSION, EvalData, _device, atomic_write_json,
+from dipnet.errors import UserError
+from dipnet.evaluation.ood import OOD_PAIRS
+from dipnet.evaluation.shift import shift_accuracy
+from dipnet.evaluation.suite import (SCHEMA_VERSION, EvalData, _device, atomic_write_json,
                                 check_k_memory, check_out_path, evaluate_predictions,
                                 get_settings, model_weights, run_predictors)
-from ..predict import check_count
-from .data import load_dataset, load_extra_set
-from .runs import load_run
+from dipnet.predict import check_count
+from dipnet.experiments.data import load_dataset, load_extra_set
+from dipnet.experiments.runs import load_run
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import Split
-from .perturb import fgsm
+from dipnet.experiments.config import RunConfig
+from dipnet.experiments.data import Split
+from dipnet.experiments.perturb import fgsm
 
 #: The settings that decide the reference model's weights (and so its cache folder's hash).
 REFERENCE_FIELDS = ("dataset", "model", "model_params", "epochs", "seed", "batch_size", "lr",
@@ -103,7 +103,7 @@ def fixed_training_inputs(cfg: RunConfig, train: Split, device: torch.device,
     Raises:
         ValueError: another train_perturbation, or FGSM without a reference.
     """
-    from .runs import load_run
+    from dipnet.experiments.runs import load_run
 
     ref_dir: Path | None = None
     ref_acc = None

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 try:
     import fcntl

@@ -26,10 +26,10 @@ from torch import nn
 
 import dipnet
 
-from ..config import DIPConfig, DIPConfigError
-from ..errors import UserError
-from ..inject import unwrap
-from ..predict import average_probs
+from dipnet.config import DIPConfig, DIPConfigError
+from dipnet.errors import UserError
+from dipnet.inject import unwrap
+from dipnet.predict import average_probs
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -72,7 +72,7 @@ def compile_for_training(net: nn.Module, cfg: Any) -> nn.Module:
     """
     if not getattr(cfg, "compile", False):
         return net
-    from ..noise import prepare_compile
+    from dipnet.noise import prepare_compile
 
     prepare_compile()
     return torch.compile(net)
@@ -270,7 +270,7 @@ class DIPNetMethod(Method):
         return self.dip_config.learn_variance
 
     def check_memory(self, x: torch.Tensor) -> None:
-        from ..objective import BatchTooLargeError, check_trajectories_fit
+        from dipnet.objective import BatchTooLargeError, check_trajectories_fit
 
         try:
             check_trajectories_fit(x, self.dip_config)

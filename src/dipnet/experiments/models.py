@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import trust
-from ..errors import UserError
+from dipnet import trust
+from dipnet.errors import UserError
 
 Factory = Callable[..., nn.Module]
 _MODELS: dict[str, Factory] = {}

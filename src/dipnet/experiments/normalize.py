@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .data import check_normalization
+from dipnet.experiments.data import check_normalization
 
 
 class InputNormalization(nn.Module):

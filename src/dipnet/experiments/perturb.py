@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 PredictFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 

@@ -3,6 +3,6 @@ This old import path names that same module."""
 
 import sys
 
-from .report import eval_figures as _moved
+from dipnet.experiments.report import eval_figures as _moved
 
 sys.modules[__name__] = _moved

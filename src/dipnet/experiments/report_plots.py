@@ -3,6 +3,6 @@ This old import path names that same module."""
 
 import sys
 
-from .report import plots as _moved
+from dipnet.experiments.report import plots as _moved
 
 sys.modules[__name__] = _moved

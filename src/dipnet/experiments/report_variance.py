@@ -3,6 +3,6 @@ This old import path names that same module."""
 
 import sys
 
-from .report import variance as _moved
+from dipnet.experiments.report import variance as _moved
 
 sys.modules[__name__] = _moved

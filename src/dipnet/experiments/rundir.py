@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .config import RunConfig
+from dipnet.errors import UserError
+from dipnet.experiments.config import RunConfig
 
 CHECKPOINT_DIR = "checkpoint"
 #: What a run writes; the ``.lock`` file is not among them (``--overwrite`` sets aside all but it).

@@ -3,6 +3,6 @@ This old import path names that same module."""
 
 import sys
 
-from .report import scorecard as _moved
+from dipnet.experiments.report import scorecard as _moved
 
 sys.modules[__name__] = _moved

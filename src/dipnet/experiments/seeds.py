@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -33,14 +33,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
-from .. import trust
-from .._util.nested import set_nested
-from ..errors import UserError, describe_os_error
-from ..fileio import atomic_write_text, is_disk_error
-from . import backends
-from .config import dip_methods, takes_dip_settings
-from .locks import FolderLock
-from .rundir import check_out_path, inspect_run_folder
+from dipnet import trust
+from dipnet._util.nested import set_nested
+from dipnet.errors import UserError, describe_os_error
+from dipnet.fileio import atomic_write_text, is_disk_error
+from dipnet.experiments import backends
+from dipnet.experiments.config import dip_methods, takes_dip_settings
+from dipnet.experiments.locks import FolderLock
+from dipnet.experiments.rundir import check_out_path, inspect_run_folder
 
 __all__ = ["SweepConfig", "SweepResult", "SweepPlan", "METHODS", "PERTURBATIONS",
            "PERTURBATION_MODES", "EVALUATE_SUITES", "expand_grid", "plan_sweep", "run_sweep",
@@ -53,7 +53,7 @@ _CORE_METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "m
 
 
 def _registered_methods() -> tuple[str, ...]:
-    from .methods import list_methods
+    from dipnet.experiments.methods import list_methods
 
     return _CORE_METHODS + tuple(m for m in list_methods() if m not in _CORE_METHODS)
 
@@ -287,7 +287,7 @@ def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
 
 def _run_config_cls():
     try:
-        from .config import RunConfig
+        from dipnet.experiments.config import RunConfig
     except ImportError as err:  # the engine is a sibling module; without it nothing can run
         raise UserError(f"the training engine (dipnet.experiments.config) is not available "
                         f"({err}): reinstall dipnet") from None
@@ -362,7 +362,7 @@ class SweepResult:
 def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
     """Worker entry point (top level so a process pool can pickle it)."""
     RunConfig = _run_config_cls()
-    from .train import run_training
+    from dipnet.experiments.train import run_training
     try:
         run_training(RunConfig.from_dict(cfg_dict), Path(run_dir), progress=False)
         return run_dir, None
@@ -427,7 +427,7 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[str, str | None]:
     """Worker entry point: evaluate one run (top level so a process pool can pickle it)."""
-    from .evaluate import evaluate_run
+    from dipnet.experiments.evaluate import evaluate_run
     try:
         evaluate_run(run_dir, suite=suite, progress=False, **_tuples(overrides))
         return run_dir, None
@@ -466,7 +466,7 @@ def _evaluate_runs(run_dirs: Sequence[Path], sweep: SweepConfig, progress: bool,
                    result: SweepResult, backend: backends.Backend,
                    configs: dict[Path, Any]) -> None:
     try:
-        from ..evaluation.suite import get_settings
+        from dipnet.evaluation.suite import get_settings
     except ImportError as err:
         result.evaluation_skipped = f"evaluation package not available ({err})"
         print(f"dipnet: skipping evaluation: {result.evaluation_skipped}", file=sys.stderr)
@@ -520,10 +520,10 @@ def _check_builds(configs: Sequence[Any]) -> None:
     Raises UserError for missing data or a model / method that cannot be built, before the
     sweep writes anything. The caller's RNG state is kept (building seeds the RNG).
     """
-    from .data import load_dataset
-    from .methods import get_method
-    from .rng import kept_rng
-    from .train import build_model
+    from dipnet.experiments.data import load_dataset
+    from dipnet.experiments.methods import get_method
+    from dipnet.experiments.rng import kept_rng
+    from dipnet.experiments.train import build_model
 
     shapes: dict[str, tuple[tuple[int, ...], int, int]] = {}
     built: set[str] = set()
@@ -593,7 +593,7 @@ def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan
     Raises:
         UserError: the first problem found, as one line naming it and the fix.
     """
-    from .train import validate_run
+    from dipnet.experiments.train import validate_run
 
     out = Path(out_dir)
     check_out_path(out)
@@ -605,7 +605,7 @@ def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan
         _check_builds(configs)
     if sweep.evaluate != "none":
         try:
-            from ..evaluation.suite import get_settings
+            from dipnet.evaluation.suite import get_settings
         except ImportError:
             pass  # reported (and skipped) after training
         else:

@@ -17,17 +17,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .. import trust
-from .seeds import parse_seeds
-from .._util.nested import set_nested
-from ..commands.overrides import Override, parse_overrides, unknown_scope
-from ..commands.sweep import DEFAULT_DEMO_OUT
-from ..errors import UserError
-from .data import require_dataset_code_allowed
-from .sweep import SweepConfig, SweepResult, load_sweep_config, run_sweep
+from dipnet import trust
+from dipnet.experiments.seeds import parse_seeds
+from dipnet._util.nested import set_nested
+from dipnet.commands.overrides import Override, parse_overrides, unknown_scope
+from dipnet.commands.sweep import DEFAULT_DEMO_OUT
+from dipnet.errors import UserError
+from dipnet.experiments.data import require_dataset_code_allowed
+from dipnet.experiments.sweep import SweepConfig, SweepResult, load_sweep_config, run_sweep
 
 if TYPE_CHECKING:  # the report pulls in scipy and matplotlib: imported when it is built
-    from .report.build import ReportPaths
+    from dipnet.experiments.report.build import ReportPaths
 
 __all__ = ["register", "compare", "run_demo", "compare_command", "report_command",
            "demo_command", "apply_sweep_overrides", "DEMO_SWEEP", "DEFAULT_DEMO_OUT"]
@@ -75,7 +75,7 @@ def compare(sweep: SweepConfig, out_dir: str | Path, *, progress: bool = True,
 
     def _report(result: SweepResult) -> None:
         if report and (result.trained or result.reused):
-            from .report.build import build_report
+            from dipnet.experiments.report.build import build_report
             built.append(build_report(out_dir, title=title or (
                 f"DIPNet comparison: {sweep.name}" if sweep.name else None)))
 
@@ -128,8 +128,8 @@ def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -
     Raises:
         UserError: an unknown key, or ``method.KEY`` that no listed method has.
     """
-    from .config import RunConfig
-    from .methods import get_method, list_methods
+    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.methods import get_method, list_methods
 
     sweep_fields = {f.name for f in dataclasses.fields(SweepConfig)} - {
         "run", "method_params", "evaluation_params"}
@@ -255,7 +255,7 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
 
 def default_out(sweep: SweepConfig) -> Path:
     """``runs/<name>``, or ``runs/compare-<dataset>-<model>`` for a sweep without a name."""
-    from .data import dataset_label
+    from dipnet.experiments.data import dataset_label
 
     name = sweep.name or f"compare-{dataset_label(sweep.dataset)}-{sweep.model}"
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -263,8 +263,8 @@ def default_out(sweep: SweepConfig) -> Path:
 
 def _print_tables(res: dict[str, Any]) -> None:
     """The clean-accuracy table, then the scorecard (robustness included), per data set."""
-    from .report import scorecard
-    from .report.build import summary_table
+    from dipnet.experiments.report import scorecard
+    from dipnet.experiments.report.build import summary_table
 
     for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
         print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
@@ -305,7 +305,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """``dipnet report DIR``: rebuild a sweep's report; prints its summary tables."""
-    from .report.build import build_report
+    from dipnet.experiments.report.build import build_report
 
     paths = build_report(args.sweep_dir, out_dir=args.out, title=args.title)
     _print_tables(paths.results)
@@ -328,6 +328,6 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the compare, report and demo subcommands (defined in `dipnet.commands.sweep`)."""
-    from ..commands import sweep
+    from dipnet.commands import sweep
 
     sweep.register(subparsers)

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
-from .._util.modules import module_installed
-from ..errors import UserError
-from ..fileio import atomic_write_json
-from .config import REPORT_TO, RunConfig
+from dipnet._util.modules import module_installed
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_write_json
+from dipnet.experiments.config import REPORT_TO, RunConfig
 
 __all__ = ["REPORT_TO", "check_trackers", "check_tracker_targets", "open_trackers", "scalars",
            "final_scalars", "Trackers"]
@@ -89,7 +89,7 @@ def check_tracker_targets(cfg: RunConfig, out: str | os.PathLike) -> None:
     Raises:
         UserError: one line naming the tracker, the place and the fix.
     """
-    from .rundir import check_out_path
+    from dipnet.experiments.rundir import check_out_path
 
     out = Path(out)
     for name in cfg.report_to:

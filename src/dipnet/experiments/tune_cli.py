@@ -11,14 +11,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import trust
-from ..commands.overrides import parse_overrides
-from ..errors import UserError
-from .data import dataset_label, require_dataset_code_allowed
-from .sweep import SweepConfig, load_sweep_config
-from .sweep_cli import _csv_list, _positive_int, apply_backend_options, apply_sweep_overrides
-from .tune import TuneConfig, _params_text, tune
-from .tune_objective import describe as describe_objective
+from dipnet import trust
+from dipnet.commands.overrides import parse_overrides
+from dipnet.errors import UserError
+from dipnet.experiments.data import dataset_label, require_dataset_code_allowed
+from dipnet.experiments.sweep import SweepConfig, load_sweep_config
+from dipnet.experiments.sweep_cli import _csv_list, _positive_int, apply_backend_options, apply_sweep_overrides
+from dipnet.experiments.tune import TuneConfig, _params_text, tune
+from dipnet.experiments.tune_objective import describe as describe_objective
 
 
 def _tune_from_args(args: argparse.Namespace) -> TuneConfig:

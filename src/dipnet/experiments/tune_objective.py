@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from dipnet.errors import UserError
 
 OBJECTIVES = ("accuracy", "robust", "mix")
 #: Defaults: PGD L-inf at 0.05 (the README's robustness headline), 10 steps, 8 EOT samples,
@@ -120,10 +120,10 @@ def robust_validation_accuracy(cfg_dict: dict[str, Any], run_dir: str | Path,
     """
     import torch
 
-    from ..evaluation.attacks import run_attack
-    from ..evaluation.suite import _bounds, run_predictors
-    from .config import RunConfig
-    from .train import load_checkpoint, prepare_model_and_data, resolve_device
+    from dipnet.evaluation.attacks import run_attack
+    from dipnet.evaluation.suite import _bounds, run_predictors
+    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.train import load_checkpoint, prepare_model_and_data, resolve_device
 
     cfg = RunConfig.from_dict(cfg_dict)
     ckpt = load_checkpoint(Path(run_dir))

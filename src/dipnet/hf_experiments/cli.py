@@ -17,15 +17,15 @@ import io
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..experiments.seeds import parse_seeds
-from ..commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
-from ..commands.overrides import parse_overrides
-from ..errors import UserError
+from dipnet.experiments.seeds import parse_seeds
+from dipnet.commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
+from dipnet.commands.overrides import parse_overrides
+from dipnet.errors import UserError
 
 
 def register(subparsers: Any) -> None:
     """Add the ``text-classify`` and ``math`` subcommands (defined in `dipnet.commands.hf`)."""
-    from ..commands import hf
+    from dipnet.commands import hf
 
     hf.register(subparsers)
 

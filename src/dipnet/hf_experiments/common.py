@@ -10,14 +10,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..fileio import atomic_write_json, atomic_write_text
+from dipnet.fileio import atomic_write_json, atomic_write_text
 from transformers import Trainer
 
-from ..config import DIPConfig
-from ..errors import UserError
-from ..experiments.rng import seed_everything  # noqa: F401  (text and math import it from here)
-from ..experiments.stats import format_mean_std, holm, paired_by_seed, summarize
-from ..inject import project, variance_parameters
+from dipnet.config import DIPConfig
+from dipnet.errors import UserError
+from dipnet.experiments.rng import seed_everything  # noqa: F401  (text and math import it from here)
+from dipnet.experiments.stats import format_mean_std, holm, paired_by_seed, summarize
+from dipnet.inject import project, variance_parameters
 
 
 #: The projected methods: DIPNet with learned variances and the same projections frozen at their
@@ -94,7 +94,7 @@ def dip_trainer(arm: str, s: Any, num_train: int, **common: Any) -> Trainer:
     """Project ``common["model"]`` for ``arm`` (`dip_config`) and return the
     `dipnet.hf.DIPTrainer` that trains it with the DIPNet objective (``common``: the Trainer's
     own arguments, ``model`` among them)."""
-    from ..hf import DIPTrainer, project_model
+    from dipnet.hf import DIPTrainer, project_model
 
     config = dip_config(arm, s)
     project_model(common["model"], config)
@@ -135,7 +135,7 @@ def headline_tests(values: Mapping[str, Mapping[Any, float]]) -> list[dict[str, 
 def headline_table(tests: Sequence[Mapping[str, Any]], scale: float = 100.0,
                    unit: str = "pp") -> list[str]:
     """Markdown lines of `headline_tests`: difference with its 95 % CI, raw and Holm p."""
-    from ..experiments.stats import format_p, format_paired_p
+    from dipnet.experiments.stats import format_p, format_paired_p
 
     lines = [f"| comparison | difference ({unit}, paired by seed) | 95 % CI | pairs | p (paired t) "
              "| p (Holm) |", "| --- | --- | --- | --- | --- | --- |"]

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..fileio import atomic_path
-from ..inject import projections, remove, variances
-from ..experiments.sweep import git_commit
-from ..experiments.stats import (detectable_difference, format_paired_p, paired_by_seed,
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_path
+from dipnet.inject import projections, remove, variances
+from dipnet.experiments.sweep import git_commit
+from dipnet.experiments.stats import (detectable_difference, format_paired_p, paired_by_seed,
                                  required_items, summarize)
-from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
                      split_arm, summary_of, write_json, write_text)
 
@@ -196,7 +196,7 @@ def load_model(s: MathSettings) -> tuple[nn.Module, Any]:
     elif s.model == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from .tokenizers import char_tokenizer
+        from dipnet.hf_experiments.tokenizers import char_tokenizer
 
         tok = char_tokenizer()
         torch.manual_seed(0)
@@ -306,7 +306,7 @@ def evaluate(model: nn.Module, tok: Any, problems: list[dict[str, str]], s: Math
              ) -> dict[str, Any]:
     """Greedy zero-shot answers (projections off); accuracy, format rate, generation seconds
     per problem (tokenizing, generate() and decoding, on ``s.device``) and the outputs."""
-    from ..hf import generate
+    from dipnet.hf import generate
 
     correct, formatted, outputs = [], [], []
     t0 = time.time()

@@ -42,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..fileio import atomic_path
-from ..inject import projections, variances
-from ..evaluation.calibration import calibration_metrics
-from ..experiments.sweep import git_commit
-from ..experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_path
+from dipnet.inject import projections, variances
+from dipnet.evaluation.calibration import calibration_metrics
+from dipnet.experiments.sweep import git_commit
+from dipnet.experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
                                  paired_by_seed)
-from .common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
                      split_arm, summary_of, write_json, write_text)
 
@@ -215,7 +215,7 @@ def encode(tokenizer: Any, texts: list[str], max_length: int,
 def predict_probs(model: nn.Module, tokenizer: Any, texts: list[str], s: TextSettings,
                   k: int = 0) -> np.ndarray:
     """Class probabilities: deterministic (k = 0, projections off) or the mean of k samples."""
-    from ..predict import predict
+    from dipnet.predict import predict
 
     out = []
     for sl in _batches(len(texts), s.batch_size):
@@ -263,7 +263,7 @@ def pgd_embedding_attack(model: nn.Module, enc: dict[str, torch.Tensor], labels:
     Returns:
         A bool tensor (B,): still classified correctly after the attack.
     """
-    from ..inject import deterministic, sampling
+    from dipnet.inject import deterministic, sampling
 
     model.eval()
     emb = model.get_input_embeddings()

@@ -17,7 +17,7 @@ still name these.
 
 from __future__ import annotations
 
-from ..._util.moved import forward_moved
+from dipnet._util.moved import forward_moved
 
 #: The names of the old single-module ``dipnet.experiments.report``, now in `build`; nothing
 #: in src/dipnet imports them from here (tests/test_import_graph.py checks).

@@ -30,15 +30,15 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from ...errors import UserError
-from ...fileio import atomic_write_text
-from ..stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
-from ..sweep import METHODS, PERTURBATIONS
-from . import eval_figures as report_eval
-from . import plots as report_plots
-from . import scorecard
-from . import variance as report_variance
-from .eval_figures import readable_metric
+from dipnet.errors import UserError
+from dipnet.fileio import atomic_write_text
+from dipnet.experiments.stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
+from dipnet.experiments.sweep import METHODS, PERTURBATIONS
+from dipnet.experiments.report import eval_figures as report_eval
+from dipnet.experiments.report import plots as report_plots
+from dipnet.experiments.report import scorecard
+from dipnet.experiments.report import variance as report_variance
+from dipnet.experiments.report.eval_figures import readable_metric
 
 __all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
            "summary_table", "markdown_to_html", "ReportPaths", "RESULTS_SCHEMA_VERSION"]
@@ -787,7 +787,7 @@ def _eval_tables(evs: dict[str, list[dict[str, Any]]]) -> str:
     """The per-part tables of `eval_tables`, without its figures (the report draws
     its own, in the fixed method colours and at page width)."""
     try:
-        from .eval_tables import render_section
+        from dipnet.experiments.report.eval_tables import render_section
     except ImportError:
         return ""
     try:

@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..stats import summarize
-from .eval_tables import annotate_percent_cells
-from .style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
+from dipnet.experiments.stats import summarize
+from dipnet.experiments.report.eval_tables import annotate_percent_cells
+from dipnet.experiments.report.style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
                     method_marker, panel_grid, prediction_style, save_figure)
 
 __all__ = ["readable_metric", "series_of", "plot_attacks", "plot_reliability",

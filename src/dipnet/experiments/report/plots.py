@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .style import (axis_floor, integer_epochs, legend_below, mark_truncated_axis, method_colour,
+from dipnet.experiments.report.style import (axis_floor, integer_epochs, legend_below, mark_truncated_axis, method_colour,
                     panel_grid, save_figure)
 
 __all__ = ["plot_accuracy", "plot_forest", "plot_curves", "plot_cost", "histories_by_method",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .style import (integer_epochs, layer_colours, legend_below, method_colour,
+from dipnet.experiments.report.style import (integer_epochs, layer_colours, legend_below, method_colour,
                     panel_grid, save_figure)
 
 __all__ = ["VarianceRun", "read_variance_run", "verdict", "verdict_line", "plot_trajectories",
