@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dipnet import DIPConfig
-from dipnet.experiments.scorecard import BASELINE, CLEAN, COLUMNS
+from dipnet.experiments.report.scorecard import BASELINE, CLEAN, COLUMNS
 from dipnet.experiments.stats import holm, paired_test, summarize
 from dipnet.fileio import atomic_write_json, atomic_write_text
 

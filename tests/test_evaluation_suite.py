@@ -11,8 +11,9 @@ import torch
 
 from dipnet.errors import UserError
 from dipnet.evaluation.ood import ood_detection
-from dipnet.evaluation.report import render_section
-from dipnet.evaluation.suite import PARTS, evaluate_run, get_settings, load_evaluation, run_predictors
+from dipnet.experiments.report.eval_tables import render_section
+from dipnet.evaluation.suite import PARTS, get_settings, load_evaluation, run_predictors
+from dipnet.experiments.evaluate import evaluate_run
 from dipnet.evaluation.predictors import Predictor
 from dipnet.experiments.runs import load_run
 from dipnet.experiments.config import RunConfig

@@ -15,7 +15,7 @@ layer and the layers below it.
 Two kinds of old import paths are kept for users when code moves up a layer, and are checked
 here instead of being edges of the graph:
 - an *alias module*: nothing but ``sys.modules[__name__] = <the module it moved to>``
-  (``dipnet.evaluation.report`` is ``dipnet.experiments.report.eval_tables``);
+  (``dipnet.experiments.report.eval_tables`` is ``dipnet.experiments.report.eval_tables``);
 - a *moved name*: a module's ``_MOVED = {"name": "new.module"}`` table, read by its PEP 562
   ``__getattr__`` (`dipnet._util.moved.forward_moved`; ``dipnet.evaluation.suite.evaluate_run``).
 Nothing in src/dipnet may import through either: they are for code outside the package.

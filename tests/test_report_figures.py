@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from dipnet.experiments import report_plots, report_style
+from dipnet.experiments.report import style as report_style
+from dipnet.experiments.report import plots as report_plots
 from dipnet.experiments.report import build_report, build_results, load_runs
 from dipnet.experiments.report.build import _forest_panels
-from dipnet.experiments.report_eval import noise_source, readable_metric
+from dipnet.experiments.report.eval_figures import noise_source, readable_metric
 from report_synthetic import evaluation_for, write_sweep
 
 PIL = pytest.importorskip("PIL.Image")

@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from dipnet.experiments import report_eval, report_plots, report_style
+from dipnet.experiments.report import style as report_style
+from dipnet.experiments.report import plots as report_plots
+from dipnet.experiments.report import eval_figures as report_eval
 from dipnet.experiments.report import build_report, markdown_to_html
 from report_synthetic import evaluation_for, write_sweep
 

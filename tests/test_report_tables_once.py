@@ -23,7 +23,7 @@ def _evaluations() -> dict[str, list[dict]]:
 
 
 def test_the_tables_alone_are_the_drawn_section_without_its_figures(tmp_path: Path) -> None:
-    from dipnet.evaluation.report import render_section
+    from dipnet.experiments.report.eval_tables import render_section
 
     evs = _evaluations()
     drawn = render_section(evs, tmp_path / "figures")
@@ -37,7 +37,7 @@ def test_the_tables_alone_are_the_drawn_section_without_its_figures(tmp_path: Pa
 
 def test_the_sweep_report_draws_no_evaluation_figure_for_its_tables(tmp_path: Path,
                                                                     monkeypatch) -> None:
-    from dipnet.evaluation import report as evaluation_report
+    from dipnet.experiments.report import eval_tables as evaluation_report
     from dipnet.experiments.report import build as report
 
     seen: list[object] = []

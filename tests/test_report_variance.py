@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from dipnet.experiments import report_variance as rv
+from dipnet.experiments.report import variance as rv
 from dipnet.experiments.report import build_report
 from report_synthetic import metrics_for, write_sweep
 

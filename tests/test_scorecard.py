@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dipnet.experiments import scorecard
+from dipnet.experiments.report import scorecard
 from dipnet.experiments.report import build_report
 from dipnet.experiments.stats import holm
 from report_synthetic import write_sweep

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 import torch
 
-from dipnet._util.moved import forward_moved
 from dipnet.evaluation.calibration import calibration_metrics
 from dipnet.evaluation.predictors import Predictor, accuracy, nll, predict_summary
 
@@ -40,8 +39,3 @@ def shift_accuracy(predictors: Sequence[Predictor],
                          "n_points": int(len(y))})
     return rows
 
-
-#: `load_extra_sets` moved up to the harness (it loads registered data sets), importable from
-#: here as before; nothing in src/dipnet imports it from here.
-_MOVED = {"load_extra_sets": "dipnet.experiments.evaluate"}
-__getattr__ = forward_moved(__name__, _MOVED)

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import torch
 
 from dipnet import fileio
-from dipnet._util.moved import forward_moved
 from dipnet.errors import UserError
 from dipnet.objective import available_bytes
 from dipnet.evaluation.attacks import robust_accuracy_curve
@@ -40,7 +39,7 @@ SCHEMA_VERSION = 1
 
 __all__ = ["ATTACK_NAMES", "PARTS", "STRONG_ATTACKS", "SUITES", "SuiteSettings", "get_settings",
            "EvalData", "evaluate_predictions", "evaluate_run", "load_evaluation", "run_predictors",
-           "model_weights", "ood_sets_for", "check_out_path", "SCHEMA_VERSION"]
+           "model_weights", "check_out_path", "SCHEMA_VERSION"]
 
 
 def _subset_index(size: int, n: int | None, seed: int) -> torch.Tensor | None:
@@ -463,10 +462,3 @@ def load_evaluation(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{p} is corrupt ({err}); re-run dipnet evaluate {p.parent}.") from None
 
-
-#: Names that moved up to the harness (they read run folders and registered data sets, which
-#: the evaluation library does not import), importable from here as before. Nothing in
-#: src/dipnet imports them from here (tests/test_import_graph.py checks).
-_MOVED = {"evaluate_run": "dipnet.experiments.evaluate",
-          "ood_sets_for": "dipnet.experiments.evaluate"}
-__getattr__ = forward_moved(__name__, _MOVED)

@@ -48,7 +48,6 @@ from typing import Any
 import yaml
 
 from dipnet import trust
-from dipnet._util.moved import forward_moved
 from dipnet.errors import UserError
 from dipnet.fileio import atomic_write_text
 from dipnet.experiments import backends
@@ -59,8 +58,7 @@ from dipnet.experiments.sweep import SweepConfig, expand_grid
 from dipnet.experiments.tune_objective import describe as describe_objective
 from dipnet.experiments.tune_objective import final_value, objective_settings
 
-__all__ = ["TuneConfig", "TuneResult", "METHOD_SPACES", "LR_SPACE", "search_space", "tune",
-           "tune_command"]
+__all__ = ["TuneConfig", "TuneResult", "METHOD_SPACES", "LR_SPACE", "search_space", "tune"]
 
 #: (low, high, log scale) of every method's learning rate.
 LR_SPACE: tuple[float, float, bool] = (1e-4, 1e-2, True)
@@ -693,9 +691,3 @@ def _summary(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, dict[s
               f"{best_yaml}` (seeds 0, 1, 2; change them with --seeds).", ""]
     return "\n".join(lines)
 
-
-#: The command line's part of tune moved to `tune_cli` (it reads the CLI's ``--set`` grammar),
-#: importable from here as before; nothing in src/dipnet imports it from here.
-_MOVED = {"tune_command": "dipnet.experiments.tune_cli",
-          "default_out": "dipnet.experiments.tune_cli"}
-__getattr__ = forward_moved(__name__, _MOVED)

@@ -1,6 +1,6 @@
 """The report's test-time evaluation section: tables and plots from many evaluation.json files.
 
-(Formerly `dipnet.evaluation.report` and `dipnet.experiments.report_eval_tables`, which still
+(Formerly `dipnet.experiments.report.eval_tables` and `dipnet.experiments.report.eval_tables`, which still
 name this module.)
 
 `render_section(evaluations, out_dir)` takes, per method, the evaluation dicts of its seeds

@@ -1,8 +1,0 @@
-"""Moved to `dipnet.experiments.report.eval_tables` (issue 21: the report is the harness's, and
-the evaluation library imports no harness). This old import path names that same module."""
-
-import sys
-
-from dipnet.experiments.report import eval_tables as _moved
-
-sys.modules[__name__] = _moved
