@@ -27,7 +27,7 @@ import time
 import torch
 
 import dipnet
-from dipnet.experiments.models import create_model
+from dipnet.experiments.zoo.models import create_model
 
 SHAPE = (1, 28, 28)
 

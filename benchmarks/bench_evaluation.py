@@ -67,7 +67,7 @@ def bench_mc(rounds: int, threads: int, device: str = "cpu") -> list[dict[str, A
 
     import dipnet
     from dipnet.evaluation.predictors import sample_logits_looped, sampled_predictor
-    from dipnet.experiments.models import create_model
+    from dipnet.experiments.zoo.models import create_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def bench_mc(rounds: int, threads: int, device: str = "cpu") -> list[dict[str, A
 _CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-from dipnet.experiments.evaluate import evaluate_run
+from dipnet.experiments.run.evaluate import evaluate_run
 if sys.argv[4:] == ["no-disk-cache"]:
     import dipnet.evaluation.corruptions as corruptions
     corruptions.DISK_CACHE_BYTES = 0
@@ -141,7 +141,7 @@ print("RESULT" + json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_
 _SWEEP_CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-from dipnet.experiments.evaluate import evaluate_run
+from dipnet.experiments.run.evaluate import evaluate_run
 c0, w0 = time.process_time(), time.perf_counter()
 for run in json.loads(sys.argv[1]):
     evaluate_run(run, "quick", progress=False, write=False, **json.loads(sys.argv[2]))
@@ -191,8 +191,8 @@ def _evaluate(src: Path, run: Path | list[str], overrides: dict[str, Any], threa
 def _train_runs(demo: bool) -> list[tuple[Path, dict[str, Any]]]:
     import torch
 
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.train import run_training
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.run.train import run_training
 
     torch.set_num_threads(1)
     runs: list[tuple[Path, dict[str, Any]]] = []

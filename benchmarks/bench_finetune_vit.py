@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import dipnet
-from dipnet.experiments.data import load_dataset
+from dipnet.experiments.zoo.data import load_dataset
 
 DEFAULT_DATA = Path("runs/gpu-data/fashion_mnist.npz")
 ARMS = ("standard", "dipnet", "fixed_noise")

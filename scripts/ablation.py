@@ -24,10 +24,10 @@ import argparse
 import json
 from pathlib import Path
 
-from dipnet.experiments.config import RunConfig
+from dipnet.experiments.run.config import RunConfig
 from dipnet.fileio import atomic_write_text
-from dipnet.experiments.stats import format_mean_std, format_p, paired_test, summarize
-from dipnet.experiments.train import run_training
+from dipnet.experiments.report.stats import format_mean_std, format_p, paired_test, summarize
+from dipnet.experiments.run.train import run_training
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "standard": ("standard", {}),

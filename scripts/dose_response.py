@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.rundir import read_metrics
-from dipnet.experiments.stats import holm, paired_test, summarize
-from dipnet.experiments.sweep import git_commit
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.rundir import read_metrics
+from dipnet.experiments.report.stats import holm, paired_test, summarize
+from dipnet.experiments.sweep.grid import git_commit
+from dipnet.experiments.run.train import run_training
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
 #: Scaled for a 2-core CPU shared with other work (see the study page for what each costs).
@@ -132,7 +132,7 @@ def _evaluated(path: Path | str, settings: dict[str, Any]) -> bool:
     """Whether the run at ``path`` holds an evaluation made with ``settings`` (the sweep's
     reuse rule: one made with other settings is redone, not mixed into the study)."""
     from dipnet.evaluation.settings import get_settings
-    from dipnet.experiments.sweep import evaluation_is_current
+    from dipnet.experiments.sweep.grid import evaluation_is_current
 
     return evaluation_is_current(Path(path), "quick", get_settings("quick", **settings))
 
@@ -147,7 +147,7 @@ def _job(job: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]
     try:
         run_training(cfg, path, progress=False, command="scripts/dose_response.py")
         if not _evaluated(path, settings):
-            from dipnet.experiments.evaluate import evaluate_run
+            from dipnet.experiments.run.evaluate import evaluate_run
 
             evaluate_run(path, suite="quick", device="cpu", progress=False, **settings)
         stamp = Path(path) / "study_commit.txt"

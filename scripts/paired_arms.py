@@ -7,7 +7,7 @@ Usage:
 SWEEP_DIR is a `dipnet compare` output folder (its results.csv); each A:B pair (default
 dipnet:fixed_noise input_noise:dipnet input_noise:fixed_noise rs:dipnet) prints, per training
 condition, the mean test-accuracy difference A - B in points over the seeds both ran, its 95 %
-t interval, the paired t-test and Wilcoxon p-values (`dipnet.experiments.stats.paired_test`,
+t interval, the paired t-test and Wilcoxon p-values (`dipnet.experiments.report.stats.paired_test`,
 as in the sweep report) and how many seeds A won.
 """
 
@@ -18,7 +18,7 @@ import csv
 import sys
 from pathlib import Path
 
-from dipnet.experiments.stats import format_p, paired_test
+from dipnet.experiments.report.stats import format_p, paired_test
 
 DEFAULT_PAIRS = ("dipnet:fixed_noise", "input_noise:dipnet", "input_noise:fixed_noise",
                  "rs:dipnet")

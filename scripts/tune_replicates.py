@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dipnet.experiments.stats import paired_test, summarize
+from dipnet.experiments.report.stats import paired_test, summarize
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
 #: The dose-response study's MLP preset (scripts/dose_response.py), so the two studies agree.

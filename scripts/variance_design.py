@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 import dipnet
-from dipnet.experiments.data import load_dataset
-from dipnet.experiments.models import create_model
+from dipnet.experiments.zoo.data import load_dataset
+from dipnet.experiments.zoo.models import create_model
 from dipnet.fileio import atomic_write_json
 
 # name -> (DIPConfig fields, variance learning rate or None for the weights' lr)

@@ -43,10 +43,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.rundir import read_metrics
-from dipnet.experiments.stats import paired_test
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.rundir import read_metrics
+from dipnet.experiments.report.stats import paired_test
+from dipnet.experiments.run.train import run_training
 from dipnet.fileio import atomic_write_json, atomic_write_text
 
 PRESETS: dict[str, dict[str, Any]] = {

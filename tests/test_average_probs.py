@@ -14,7 +14,7 @@ import torch
 
 import dipnet
 from dipnet.evaluation import predictors
-from dipnet.experiments import methods
+from dipnet.experiments.zoo import methods
 from dipnet.predict import average_log_probs, average_probs, entropy
 
 import small_models

@@ -25,9 +25,9 @@ import pytest
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments import backends
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.sweep import SweepConfig, load_sweep_config, run_sweep
+from dipnet.experiments.sweep import backends
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.sweep.grid import SweepConfig, load_sweep_config, run_sweep
 
 TINY = {"dataset": "digits", "model": "mlp", "methods": ["standard", "dipnet"], "seeds": [0],
         "run": {"epochs": 1, "num_threads": 1, "batch_size": 64,
@@ -115,7 +115,7 @@ def test_ray_backend_trains_identical_runs(local_result, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- killing the driver
 DRIVER = textwrap.dedent("""
     import sys
-    from dipnet.experiments.sweep import SweepConfig, load_sweep_config, run_sweep
+    from dipnet.experiments.sweep.grid import SweepConfig, load_sweep_config, run_sweep
     if __name__ == "__main__":
         backend = {"name": sys.argv[1], "orphan_timeout_s": 30}
         if sys.argv[1] == "submitit":

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dipnet.cli import main
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.run.train import run_training
 
 pytest.importorskip("scipy.stats")
 FAST = ["--n", "200", "--n0", "20", "--points", "30", "--no-progress"]
@@ -49,7 +49,7 @@ def test_certify_writes_its_json_for_a_projected_run(runs, capsys):
     assert all((e["radius"] > 0) == (e["prediction"] >= 0) for e in ex)
     assert res["timing"]["seconds_per_example"] > 0
     # the run's learned input variances, in pixel units (the MLP has no normalisation)
-    from dipnet.experiments.runs import load_run
+    from dipnet.experiments.run.runs import load_run
 
     lam = load_run(runs["dipnet"]).model.features[1].dip_projection.variance.detach()
     assert res["sigma"]["per_feature"] == pytest.approx(lam.sqrt().tolist(), rel=1e-5)

@@ -53,7 +53,7 @@ def test_device_defaults_to_auto_everywhere(argv):
             hf_commands.MATH_FIELDS
         assert dict((f[0], f[2]) for f in fields)["device"] == "auto"
     if argv[0] == "train":
-        from dipnet.experiments.config import RunConfig
+        from dipnet.experiments.run.config import RunConfig
 
         assert RunConfig().device == "auto"
 

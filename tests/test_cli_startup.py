@@ -110,7 +110,11 @@ def test_a_module_missing_deeper_down_is_one_line_too(monkeypatch, capsys):
 
 def test_the_names_in_help_equal_the_registries():
     from dipnet.evaluation.settings import PARTS, SUITES
-    from dipnet.experiments import config, data, methods, models, sweep
+    from dipnet.experiments.sweep import grid as sweep
+    from dipnet.experiments.run import config
+    from dipnet.experiments.zoo import methods
+    from dipnet.experiments.zoo import models
+    from dipnet.experiments.zoo import data
 
     assert names.DATASETS == tuple(data.list_datasets())
     assert names.MODELS == tuple(models.list_models())

@@ -181,7 +181,7 @@ def test_auroc_refuses_what_sklearn_refuses():
 def test_ood_partner_test_split_does_not_depend_on_the_training_subset():
     # The OOD partners are loaded with max_train=2 (no float copy of the training split);
     # their test inputs must be those of a full load.
-    from dipnet.experiments.data import load_dataset
+    from dipnet.experiments.zoo.data import load_dataset
 
     full = load_dataset("digits", None, val_fraction=0.0).test.x
     small = load_dataset("digits", None, val_fraction=0.0, max_train=2).test.x

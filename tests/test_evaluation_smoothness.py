@@ -208,7 +208,7 @@ def test_a_model_without_second_derivatives_is_one_clear_error_naming_the_fix():
 def test_the_zoo_hf_vit_has_second_derivatives():
     """The zoo's Hugging Face ViT builds its attention eagerly, so the Hessian measures run."""
     pytest.importorskip("transformers")
-    from dipnet.experiments.models import create_model
+    from dipnet.experiments.zoo.models import create_model
 
     torch.manual_seed(0)
     model = create_model("hf_vit", (1, 8, 8), 3, hidden=8, depth=1, heads=2).eval()

@@ -13,11 +13,11 @@ from dipnet.errors import UserError
 from dipnet.evaluation.ood import ood_detection
 from dipnet.experiments.report.eval_tables import render_section
 from dipnet.evaluation.suite import PARTS, get_settings, load_evaluation, run_predictors
-from dipnet.experiments.evaluate import evaluate_run
+from dipnet.experiments.run.evaluate import evaluate_run
 from dipnet.evaluation.predictors import Predictor
-from dipnet.experiments.runs import load_run
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.runs import load_run
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.train import run_training
 
 # Small but real: every part runs, on few points (quick suite sizes are for MLPs on MNIST).
 SMALL = dict(attack_points=60, corruption_points=40, smoothness_points=12, weight_points=64,
@@ -231,7 +231,7 @@ def test_test_time_gaussian_noise_sweep(runs, evaluated):
     # is weak, so no monotone decline is asserted), and sigma 0 is the clean subset.
     assert len(set(acc.values())) > 1
     from dipnet.evaluation.suite import _subset
-    from dipnet.experiments.runs import load_run
+    from dipnet.experiments.run.runs import load_run
 
     run = load_run(runs["standard"])
     xs, ys = _subset(run.data.test.x, run.data.test.y, 40, 0)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dipnet.errors import UserError
-from dipnet.experiments import data as data_mod
-from dipnet.experiments.data import list_datasets, load_dataset, read_idx
+from dipnet.experiments.zoo import data as data_mod
+from dipnet.experiments.zoo.data import list_datasets, load_dataset, read_idx
 
 # name -> (train+val size, test size, example shape, classes). Official sizes of each set.
 EXPECTED = {

@@ -16,7 +16,7 @@ import yaml
 
 from dipnet.cli import main
 from dipnet.experiments import sweep_cli
-from dipnet.experiments.sweep import SweepConfig
+from dipnet.experiments.sweep.grid import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

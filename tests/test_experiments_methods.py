@@ -12,11 +12,11 @@ from torch import nn
 
 import dipnet
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import load_dataset
-from dipnet.experiments.methods import get_method, list_methods
-from dipnet.experiments.models import create_model
-from dipnet.experiments.perturb import fgsm, gaussian, perturb_batch
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import load_dataset
+from dipnet.experiments.zoo.methods import get_method, list_methods
+from dipnet.experiments.zoo.models import create_model
+from dipnet.experiments.zoo.perturb import fgsm, gaussian, perturb_batch
 
 torch.set_num_threads(1)
 STOCHASTIC = {"fixed_noise", "dipnet", "rs", "dropout"}  # methods with a sampled prediction

@@ -9,7 +9,7 @@ from torch import nn
 
 import dipnet
 from dipnet.errors import UserError
-from dipnet.experiments.models import count_parameters, create_model, list_models
+from dipnet.experiments.zoo.models import count_parameters, create_model, list_models
 
 torch.set_num_threads(1)
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

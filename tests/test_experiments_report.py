@@ -11,7 +11,7 @@ import re
 import pytest
 
 from dipnet.experiments.report import build_report, flatten_evaluation, load_runs
-from dipnet.experiments.sweep import SweepConfig, run_sweep
+from dipnet.experiments.sweep.grid import SweepConfig, run_sweep
 
 SWEEP = {"dataset": "digits", "model": "mlp", "methods": ["standard", "dipnet"],
          "seeds": [0, 1], "train_perturbations": ["none", "gaussian"],

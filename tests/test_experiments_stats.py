@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dipnet.experiments.stats import (confidence_interval, format_mean_std, format_p,
+from dipnet.experiments.report.stats import (confidence_interval, format_mean_std, format_p,
                                       format_paired_p, is_significant, low_power_note,
                                       paired_test, summarize, wilcoxon_floor)
 
@@ -132,7 +132,7 @@ def test_paired_test_confidence_interval_of_mean_difference():
 
 
 def test_holm_matches_hand_computed_step_down_values():
-    from dipnet.experiments.stats import holm
+    from dipnet.experiments.report.stats import holm
 
     # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
@@ -143,7 +143,7 @@ def test_holm_matches_hand_computed_step_down_values():
 
 
 def test_power_helpers_invert_each_other_and_match_the_textbook_case():
-    from dipnet.experiments.stats import detectable_difference, required_items
+    from dipnet.experiments.report.stats import detectable_difference, required_items
 
     # textbook: p 0.5, 3 points, alpha 0.05, power 0.8 -> 2 * 0.25 * (2.8016 / 0.03)^2 = 4361
     assert required_items(0.5, 0.03) == 4361
@@ -159,7 +159,7 @@ def test_a_constant_difference_of_float32_accuracies_is_not_a_test():
     That is round-off, not spread (the dose-response study once starred it with p 1e-5)."""
     import numpy as np
 
-    from dipnet.experiments.stats import paired_test
+    from dipnet.experiments.report.stats import paired_test
 
     a = [float(np.float32(v)) for v in (0.51, 0.515, 0.52)]
     b = [float(np.float32(v)) for v in (0.53, 0.535, 0.54)]

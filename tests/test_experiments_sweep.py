@@ -12,7 +12,7 @@ import pytest
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.sweep import (SweepConfig, apply_params, expand_grid, is_finished,
+from dipnet.experiments.sweep.grid import (SweepConfig, apply_params, expand_grid, is_finished,
                                       load_sweep_config, parse_param, run_sweep)
 
 TINY = {"dataset": "digits", "model": "mlp", "methods": ["standard", "dipnet"],

@@ -11,9 +11,9 @@ import yaml
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.runs import load_run
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.runs import load_run
+from dipnet.experiments.run.train import run_training
 
 torch.set_num_threads(1)
 FAST = dict(dataset="digits", model="mlp", model_params={"hidden": [64]}, epochs=4,

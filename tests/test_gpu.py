@@ -462,7 +462,7 @@ def test_ddp_through_torchrun_equals_one_process(tmp_path, device, world) -> Non
 
 # ---------------------------------------------------------------------- timm / torchvision
 def _zoo(name: str) -> Callable[[], nn.Module]:
-    from dipnet.experiments.models import create_model
+    from dipnet.experiments.zoo.models import create_model
 
     return lambda: create_model(name, (3, 32, 32), 10)
 

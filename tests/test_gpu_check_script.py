@@ -119,7 +119,7 @@ def test_the_fine_tune_data_file_is_own_data_with_uint8_pixels(tmp_path) -> None
         import bench_finetune_vit
     finally:
         sys.path.pop(0)
-    from dipnet.experiments.data import load_dataset
+    from dipnet.experiments.zoo.data import load_dataset
 
     path = tmp_path / "digits.npz"
     bench_finetune_vit.main(["--prepare", str(path), "--source", "digits", "--train", "100",

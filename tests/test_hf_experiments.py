@@ -282,7 +282,7 @@ def test_learned_arm_moves_its_variances_and_the_frozen_arm_keeps_them(arm):
 
 
 def test_headline_tests_holm_over_vs_standard_and_learned_vs_frozen():
-    from dipnet.experiments.stats import holm, paired_by_seed
+    from dipnet.experiments.report.stats import holm, paired_by_seed
     from dipnet.hf_experiments.common import headline_tests
 
     vals = {"standard": {0: 0.90, 1: 0.92, 2: 0.91},
@@ -335,7 +335,7 @@ def test_text_report_shows_holm_beside_raw_p(tmp_path):
 
 def test_math_power_and_gpu_command():
     from dipnet.cli import build_parser
-    from dipnet.experiments.stats import detectable_difference, required_items
+    from dipnet.experiments.report.stats import detectable_difference, required_items
 
     power = hmath.test_size_power(0.3, 50)
     assert power["detectable"] == pytest.approx(detectable_difference(0.3, 50))

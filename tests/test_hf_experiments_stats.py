@@ -2,7 +2,7 @@
 
 Issue 21: hf_experiments kept its own mean/std (std 0 for one value), an unpaired Welch test
 where every other report pairs by seed, and a second ECE / NLL / Brier. These tests compared
-the copies with `dipnet.experiments.stats` and `dipnet.evaluation.calibration` before they
+the copies with `dipnet.experiments.report.stats` and `dipnet.evaluation.calibration` before they
 went, and now guard that the reports read their numbers from those.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dipnet.evaluation import calibration as evaluation_calibration
-from dipnet.experiments import stats
+from dipnet.experiments.report import stats
 
 pytest.importorskip("transformers")
 from dipnet.hf_experiments import common, math as math_exp, text  # noqa: E402

@@ -276,7 +276,7 @@ def test_the_reader_tells_alias_modules_and_moved_names() -> None:
     assert alias_target(alias) == "dipnet.experiments.report.eval_tables"
     assert alias_target(SRC / PACKAGE / "evaluation" / "suite.py") is None
     assert moved_names(SRC / PACKAGE / "evaluation" / "suite.py")["evaluate_run"] \
-        == "dipnet.experiments.evaluate"
+        == "dipnet.experiments.run.evaluate"
     assert moved_names(SRC / PACKAGE / "objective.py") == {}
 
 

@@ -22,9 +22,9 @@ import torch
 
 from dipnet import fileio
 from dipnet.cli import main
-from dipnet.experiments import train as train_module
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run import train as train_module
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.train import run_training
 
 # The finished run these tests damage, and the helpers of the lifecycle tests (pytest puts the
 # tests folder on sys.path).

@@ -15,13 +15,13 @@ import torch
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments import train as train_mod
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import load_dataset
-from dipnet.experiments.fixed import fixed_gaussian_inputs, reference_dir
-from dipnet.experiments.perturb import fgsm
-from dipnet.experiments.runs import load_run
-from dipnet.experiments.sweep import SweepConfig, expand_grid, run_sweep
+from dipnet.experiments.run import train as train_mod
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import load_dataset
+from dipnet.experiments.zoo.fixed import fixed_gaussian_inputs, reference_dir
+from dipnet.experiments.zoo.perturb import fgsm
+from dipnet.experiments.run.runs import load_run
+from dipnet.experiments.sweep.grid import SweepConfig, expand_grid, run_sweep
 
 torch.set_num_threads(1)
 FAST = dict(dataset="digits", model="mlp", model_params={"hidden": [16]}, epochs=2,
@@ -110,7 +110,7 @@ def test_fixed_fgsm_resumes_identically_and_trains_its_reference_once(tmp_path, 
 
 
 def test_fixed_fgsm_set_is_fgsm_of_the_reference(tmp_path):
-    from dipnet.experiments.train import fixed_training_set
+    from dipnet.experiments.run.train import fixed_training_set
 
     cfg = RunConfig(method="standard", train_perturbation="fgsm", perturbation_mode="fixed",
                     seed=0, perturbation_strength=0.1, **FAST)
@@ -154,7 +154,7 @@ def test_sweep_config_accepts_perturbation_mode_and_shares_one_reference(tmp_pat
 
 
 def test_reference_cache_shares_one_reference_across_parent_folders(tmp_path):
-    from dipnet.experiments.train import fixed_training_set
+    from dipnet.experiments.run.train import fixed_training_set
 
     cache = tmp_path / "refs"
     cfg = RunConfig(method="standard", train_perturbation="fgsm", perturbation_mode="fixed",

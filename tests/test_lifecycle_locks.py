@@ -23,7 +23,7 @@ from dipnet.cli import main
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from dipnet.experiments.locks import FolderLock
+    from dipnet.experiments.run.locks import FolderLock
     locks = [FolderLock.acquire(Path(p)) for p in sys.argv[1:]]
     print("locked", flush=True)
     time.sleep(300)

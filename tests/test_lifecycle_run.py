@@ -18,9 +18,9 @@ import torch
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.runs import load_run
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.runs import load_run
+from dipnet.experiments.run.train import run_training
 
 torch.set_num_threads(1)
 BASE = ["--model", "mlp", "--model-param", "hidden=[16]", "--epochs", "1", "--batch-size", "64",

@@ -13,7 +13,7 @@ import yaml
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.sweep import SweepConfig, apply_params, expand_grid
+from dipnet.experiments.sweep.grid import SweepConfig, apply_params, expand_grid
 
 TINY = {"dataset": "digits", "model": "mlp", "methods": ["standard"], "seeds": [0],
         "run": {"epochs": 1, "num_threads": 1, "batch_size": 64, "mc_samples": 2,

@@ -18,14 +18,14 @@ import pytest
 import yaml
 
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.runs import load_run
-from dipnet.experiments.train import run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.run.runs import load_run
+from dipnet.experiments.run.train import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 EVIL = ("from pathlib import Path\n"
         "Path(__file__).with_name('IMPORTED-' + __name__).write_text('ran')\n"
-        "from dipnet.experiments.models import mlp\n"
+        "from dipnet.experiments.zoo.models import mlp\n"
         "def f(input_shape, num_classes, hidden=(16,)):\n"
         "    return mlp(input_shape, num_classes, hidden)\n")
 FAST = dict(dataset="digits", model_params={"hidden": [16]}, epochs=1, batch_size=64,

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from dipnet import DIPConfig, project, projections  # noqa: E402
 from dipnet.errors import UserError  # noqa: E402
-from dipnet.experiments.models import create_model  # noqa: E402
+from dipnet.experiments.zoo.models import create_model  # noqa: E402
 
 SMALL = dict(patch_size=7, hidden=16, depth=2, heads=2)
 

@@ -106,7 +106,7 @@ def test_the_counted_positions_follow_the_labels_or_count_everything() -> None:
 
 
 def test_unwrap_reaches_the_model_inside_nested_wrappers() -> None:
-    from dipnet.experiments import methods
+    from dipnet.experiments.zoo import methods
     from dipnet.inject import unwrap
 
     model = small_models.mlp(4, 3)

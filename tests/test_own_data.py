@@ -18,7 +18,7 @@ from torch import nn
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.data import dataset_label, load_dataset
+from dipnet.experiments.zoo.data import dataset_label, load_dataset
 
 torch.set_num_threads(1)
 FAST = ["--epochs", "1", "--batch-size", "64", "--threads", "1", "--mc-samples", "2",
@@ -233,7 +233,7 @@ def test_a_factory_named_on_the_command_line_is_the_users_say(tmp_path, monkeypa
 def _fold(model: nn.Module) -> nn.Module:
     """The plain model equal to ``net(normalize(x))``: the normalisation folded into the first
     Linear layer (W' = W / std, b' = b - W' mean, statistics flattened to the input)."""
-    from dipnet.experiments.normalize import NormalizedModel
+    from dipnet.experiments.zoo.normalize import NormalizedModel
 
     assert isinstance(model, NormalizedModel)
     net = copy.deepcopy(model.net)
@@ -251,7 +251,7 @@ def _fold(model: nn.Module) -> nn.Module:
 def test_fgsm_on_a_normalised_run_equals_fgsm_on_the_equivalent_plain_model(tmp_path):
     from dipnet.evaluation.attacks import fgsm
     from dipnet.evaluation.predictors import deterministic_predictor
-    from dipnet.experiments.runs import load_run
+    from dipnet.experiments.run.runs import load_run
 
     data = arrays()
     data["mean"], data["std"] = np.array([0.3]), np.array([0.2])

@@ -41,9 +41,9 @@ FEATURE_EXTRAS = {
     "hf_experiments/text.py": ["text"],
     "hf_experiments/math.py": ["math"],
     "hf_experiments/tokenizers.py": ["math"],
-    "experiments/tracking.py": ["track"],
-    "experiments/backends.py": ["cluster"],
-    "experiments/tune.py": ["tune"],
+    "experiments/run/tracking.py": ["track"],
+    "experiments/sweep/backends.py": ["cluster"],
+    "experiments/sweep/tune.py": ["tune"],
 }
 HEAVY = ("transformers", "scipy", "yaml", "tqdm", "sklearn", "matplotlib", "numpy", "peft",
          "pandas")

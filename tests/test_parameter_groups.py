@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dipnet
-from dipnet.experiments import methods
+from dipnet.experiments.zoo import methods
 
 import small_models
 

@@ -97,8 +97,8 @@ def test_the_run_setting_compile_wraps_the_training_module() -> None:
     import torch._inductor.config as inductor_config
 
     from dipnet.errors import UserError
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.methods import compile_for_training
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.zoo.methods import compile_for_training
 
     net = mlp()
     with inductor_config.patch(fallback_random=False):
@@ -154,8 +154,8 @@ def test_a_model_compiled_in_eval_mode_samples_under_dipnet_sampling() -> None:
 def test_the_training_loop_calls_the_compiled_module(tmp_path, monkeypatch) -> None:
     """`compile: true` reaches the harness: the loop trains through compile_for_training's
     module (a stand-in here, so the test does not pay for inductor)."""
-    from dipnet.experiments import train as train_mod
-    from dipnet.experiments.config import RunConfig
+    from dipnet.experiments.run import train as train_mod
+    from dipnet.experiments.run.config import RunConfig
 
     seen = {}
 

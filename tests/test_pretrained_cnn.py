@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dipnet.errors import UserError
-from dipnet.experiments.data import load_dataset
-from dipnet.experiments.models import create_model
+from dipnet.experiments.zoo.data import load_dataset
+from dipnet.experiments.zoo.models import create_model
 
 pytest.importorskip("ccexam")
 

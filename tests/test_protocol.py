@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 import dipnet
-from dipnet.experiments import train as train_module
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import load_dataset
-from dipnet.experiments.fixed import fixed_gaussian_inputs
-from dipnet.experiments.rundir import inspect_run_folder
+from dipnet.experiments.run import train as train_module
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import load_dataset
+from dipnet.experiments.zoo.fixed import fixed_gaussian_inputs
+from dipnet.experiments.run.rundir import inspect_run_folder
 
 torch.set_num_threads(1)
 FAST = dict(dataset="digits", model="mlp", model_params={"hidden": [16]}, epochs=2,

@@ -8,7 +8,7 @@ import pytest
 
 from dipnet.experiments.report import scorecard
 from dipnet.experiments.report import build_report
-from dipnet.experiments.stats import holm
+from dipnet.experiments.report.stats import holm
 from report_synthetic import write_sweep
 
 
@@ -99,7 +99,7 @@ def test_the_report_opens_with_the_scorecard(tmp_path):
 
 
 def test_a_compare_without_evaluation_says_robustness_was_not_measured(tmp_path, capsys):
-    from dipnet.experiments.sweep import SweepResult
+    from dipnet.experiments.sweep.grid import SweepResult
     from dipnet.experiments.sweep_cli import _print_summary
 
     write_sweep(tmp_path / "plain", lambda m, s, p: 0.8 + 0.01 * s)

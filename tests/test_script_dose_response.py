@@ -33,7 +33,7 @@ def test_learned_and_frozen_arms_differ_only_in_learning(study):
     learned = study.make_config("mlp", "none", "dipnet", dict(study.arms()[1][2]), 0, out)
     frozen = study.make_config("mlp", "none", "fixed_noise", dict(study.arms()[2][2]), 0, out)
     assert study.arms()[1][0] == "dipnet@0.1" and study.arms()[2][0] == "fixed_noise@0.1"
-    from dipnet.experiments.methods import get_method
+    from dipnet.experiments.zoo.methods import get_method
 
     a = get_method(learned.method, **learned.resolved_method_params()).dip_config
     b = get_method(frozen.method, **frozen.resolved_method_params()).dip_config

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from dipnet.evaluation.settings import get_settings
-from dipnet.experiments.sweep import evaluation_is_current
+from dipnet.experiments.sweep.grid import evaluation_is_current
 
 
 def _write(run_dir, suite, settings):

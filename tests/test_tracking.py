@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dipnet.cli import main
-from dipnet.experiments.tracking import final_scalars, scalars
+from dipnet.experiments.run.tracking import final_scalars, scalars
 
 ARGS = ["train", "--dataset", "digits", "--set", "model.hidden=[16]", "--method", "dipnet",
         "--epochs", "1", "--batch-size", "64", "--threads", "1", "--mc-samples", "2",

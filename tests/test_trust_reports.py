@@ -19,7 +19,7 @@ import yaml
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.data import load_dataset
+from dipnet.experiments.zoo.data import load_dataset
 from dipnet.experiments.report import build_report
 from report_synthetic import write_sweep
 

@@ -18,7 +18,7 @@ import yaml
 
 from dipnet.cli import main
 from dipnet.errors import UserError
-from dipnet.experiments.sweep import SweepConfig, expand_grid, load_sweep_config, plan_sweep
+from dipnet.experiments.sweep.grid import SweepConfig, expand_grid, load_sweep_config, plan_sweep
 from test_protocol import _accuracies, _garbage_test_set  # the tests folder is on sys.path
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None,
@@ -86,8 +86,8 @@ def test_tune_writes_a_sweep_config_that_compare_runs(tuned, tmp_path):
 def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monkeypatch):
     import optuna
 
-    from dipnet.experiments import train
-    from dipnet.experiments.train import load_checkpoint
+    from dipnet.experiments.run import train
+    from dipnet.experiments.run.train import load_checkpoint
 
     def no_test(*args, **kwargs):
         raise AssertionError("a trial evaluated the test split")
@@ -119,7 +119,7 @@ def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monk
 def test_a_pruned_trial_stops_at_the_epoch_the_pruner_says(tmp_path):
     """A threshold no accuracy reaches prunes every trial after its first epoch; a method none
     of whose trials completed is one line, and trials.csv says what happened."""
-    from dipnet.experiments.train import load_checkpoint
+    from dipnet.experiments.run.train import load_checkpoint
 
     out = tmp_path / "t"
     code = _tune(out, "--set", "pruner.kind=threshold", "--set", "pruner.lower=1.1",
@@ -135,7 +135,7 @@ def test_a_pruned_trial_stops_at_the_epoch_the_pruner_says(tmp_path):
 def test_the_default_pruner_is_the_median_pruner():
     import optuna
 
-    from dipnet.experiments.tune import TuneConfig, _make_pruner
+    from dipnet.experiments.sweep.tune import TuneConfig, _make_pruner
 
     cfg = TuneConfig(SweepConfig.from_dict({"dataset": "digits", "model": "mlp",
                                             "methods": ["standard"]}), budget=4)
@@ -166,8 +166,8 @@ def test_robust_and_mix_objectives_select_on_attacked_validation_points(tmp_path
     """--objective robust tells Optuna the PGD accuracy on validation points, recomputed here
     from the trial's checkpoint by the same function; mix is the weighted sum of the two
     columns; the choice follows the objective, not the clean accuracy."""
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.tune_objective import robust_validation_accuracy
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.sweep.objective import robust_validation_accuracy
 
     out = tmp_path / "r"
     extra = ("--objective", "robust", "--set", "objective.points=60", "--set",
@@ -257,7 +257,7 @@ def test_a_rerun_resumes_and_a_larger_budget_adds_only_new_trials(tuned, tmp_pat
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match="holds a tune with other settings"):
         from dipnet.cli import build_parser
-        from dipnet.experiments.tune import tune
+        from dipnet.experiments.sweep.tune import tune
         from dipnet.experiments.tune_cli import _tune_from_args
 
         args = build_parser().parse_args([*BASE, "--method", "standard,sam", "--budget", "3",
@@ -288,7 +288,7 @@ def test_bad_tune_settings_are_one_line_before_anything_is_written(extra, messag
 
 def test_fixed_settings_are_not_searched_and_reach_every_trial():
     from dipnet.cli import build_parser
-    from dipnet.experiments.tune import search_space, trial_config
+    from dipnet.experiments.sweep.tune import search_space, trial_config
     from dipnet.experiments.tune_cli import _tune_from_args
 
     args = build_parser().parse_args([*BASE, "--method", "sam,dipnet", "--budget", "2",

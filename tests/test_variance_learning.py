@@ -11,7 +11,7 @@ from torch import nn
 
 import dipnet
 from dipnet.errors import UserError
-from dipnet.experiments.methods import get_method
+from dipnet.experiments.zoo.methods import get_method
 
 import small_models
 

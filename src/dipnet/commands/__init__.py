@@ -15,7 +15,7 @@ report          dipnet.experiments.sweep_cli:report_command           experiment
 demo            dipnet.experiments.sweep_cli:demo_command             experiments
 tune            dipnet.experiments.tune_cli:tune_command              tune
 evaluate        dipnet.evaluation.cli:run_evaluate_command            eval
-certify         dipnet.experiments.certified:run_certify_command      eval
+certify         dipnet.experiments.run.certified:run_certify_command      eval
 text-classify   dipnet.hf_experiments.cli:text_command                text
 math            dipnet.hf_experiments.cli:math_command                math
 ==============  ====================================================  ===========

@@ -1,5 +1,5 @@
 """``dipnet certify``: its options (the command itself is
-`dipnet.experiments.certified.run_certify_command`)."""
+`dipnet.experiments.run.certified.run_certify_command`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dipnet.evaluation.cli import _floats
 from dipnet.evaluation.settings import DEFAULT_RADII
 from dipnet.commands import grammar
 
-RUN = "dipnet.experiments.certified:run_certify_command"
+RUN = "dipnet.experiments.run.certified:run_certify_command"
 EXTRA = "eval"
 
 

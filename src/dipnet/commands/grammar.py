@@ -88,12 +88,12 @@ def positive_int(text: str) -> int:
 
 def parse_seeds(text: str) -> list[int]:
     """'3' -> [0, 1, 2]; '0,5,7' -> [0, 5, 7] (``--seeds`` of every command); the rule itself
-    is `dipnet.experiments.seeds.parse_seeds`, which the harness uses too.
+    is `dipnet.experiments.run.seeds.parse_seeds`, which the harness uses too.
 
     Raises:
         UserError: not a count >= 1 or a comma list of integers >= 0.
     """
-    from dipnet.experiments.seeds import parse_seeds as parse  # light: no torch
+    from dipnet.experiments.run.seeds import parse_seeds as parse  # light: no torch
 
     return parse(text)
 

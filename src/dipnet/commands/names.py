@@ -1,6 +1,6 @@
 """Names shown in ``--help``, kept as plain tuples so that building the parser imports nothing.
 
-The registries they mirror (`dipnet.experiments.data.list_datasets` and friends) import torch;
+The registries they mirror (`dipnet.experiments.zoo.data.list_datasets` and friends) import torch;
 tests/test_cli_startup.py checks that every tuple here equals its registry, so a new data set,
 model or method that is not added here fails a test instead of going missing from ``--help``.
 A name that is not listed still works: the commands check names against the registries when
@@ -9,24 +9,24 @@ they run, and their errors list what the registry holds.
 
 from __future__ import annotations
 
-#: `dipnet.experiments.data.list_datasets()`
+#: `dipnet.experiments.zoo.data.list_datasets()`
 DATASETS = ("animal_mnist", "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "mnist1d")
-#: `dipnet.experiments.models.list_models()`
+#: `dipnet.experiments.zoo.models.list_models()`
 MODELS = ("ccexam_cnn", "hf_vit", "mlp", "resnet", "resnet20", "resnet8", "vit")
-#: `dipnet.experiments.sweep.METHODS` (report order; the registry's sorted list is the same set)
+#: `dipnet.experiments.sweep.grid.METHODS` (report order; the registry's sorted list is the same set)
 METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
            "cutout", "fixed_noise")
-#: `dipnet.experiments.config.PERTURBATIONS` / `PERTURBATION_MODES` / `OPTIMIZERS` / `LR_SCHEDULES`
+#: `dipnet.experiments.run.config.PERTURBATIONS` / `PERTURBATION_MODES` / `OPTIMIZERS` / `LR_SCHEDULES`
 PERTURBATIONS = ("none", "gaussian", "fgsm")
 PERTURBATION_MODES = ("fresh", "fixed")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-#: `dipnet.experiments.sweep.EVALUATE_SUITES`
+#: `dipnet.experiments.sweep.grid.EVALUATE_SUITES`
 EVALUATE_SUITES = ("quick", "full", "none")
 #: `dipnet.evaluation.suite.SUITES` and `PARTS`
 EVAL_SUITES = ("full", "quick")
 EVAL_PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
-#: `dipnet.experiments.tracking.REPORT_TO`: Hugging Face's ``report_to`` names
+#: `dipnet.experiments.run.tracking.REPORT_TO`: Hugging Face's ``report_to`` names
 REPORT_TO = ("tensorboard", "mlflow")
 #: `dipnet.hf_experiments.text.METHODS` / `dipnet.hf_experiments.math.METHODS`
 TEXT_METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")

@@ -193,7 +193,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     limit_openmp_spinning()
     import torch
 
-    from dipnet.experiments.evaluate import evaluate_run
+    from dipnet.experiments.run.evaluate import evaluate_run
 
     if args.out is not None and len(args.run_dirs) > 1:
         raise UserError("--out names one file but several run folders were given; drop --out "

@@ -9,12 +9,12 @@ Everything here is a consumer of the core library (`dipnet.project`, `dipnet.DIP
 Registries: `data.register_dataset`, `models.register_model`, `methods.register_method`.
 """
 
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import DatasetSplits, Split, list_datasets, load_dataset, register_dataset
-from dipnet.experiments.methods import Method, get_method, list_methods, register_method
-from dipnet.experiments.models import create_model, list_models, register_model
-from dipnet.experiments.runs import LoadedRun, load_run
-from dipnet.experiments.train import evaluate_split, run_training
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import DatasetSplits, Split, list_datasets, load_dataset, register_dataset
+from dipnet.experiments.zoo.methods import Method, get_method, list_methods, register_method
+from dipnet.experiments.zoo.models import create_model, list_models, register_model
+from dipnet.experiments.run.runs import LoadedRun, load_run
+from dipnet.experiments.run.train import evaluate_split, run_training
 
 __all__ = [
     "DatasetSplits", "LoadedRun", "Method", "RunConfig", "Split", "create_model",

@@ -29,8 +29,8 @@ from dipnet import trust
 from dipnet._util.nested import set_nested
 from dipnet.commands.overrides import Override, parse_overrides, unknown_scope
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import require_dataset_code_allowed
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import require_dataset_code_allowed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def apply_run_overrides(data: dict[str, Any], overrides: Iterable[Override],
         UserError: a key the run does not have, ``eval.*`` (train does not evaluate), or a
             ``METHOD.KEY`` naming another method than the run's.
     """
-    from dipnet.experiments.methods import list_methods
+    from dipnet.experiments.zoo.methods import list_methods
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     later: list[Override] = []
@@ -135,7 +135,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     Plans the run first (every setting, the folder): a finished run with the same settings is
     reported in one line (exit 0); anything else goes to `run_training`.
     """
-    from dipnet.experiments.train import DistInfo, plan_run, run_training
+    from dipnet.experiments.run.train import DistInfo, plan_run, run_training
 
     cfg = config_from_args(args)
     if args.config:

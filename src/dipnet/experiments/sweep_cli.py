@@ -1,6 +1,6 @@
 """`dipnet compare`, `dipnet report` and `dipnet demo`: sweeps and their report.
 
-The logic lives in :mod:`dipnet.experiments.sweep` (the grid, resuming) and
+The logic lives in :mod:`dipnet.experiments.sweep.grid` (the grid, resuming) and
 :mod:`dipnet.experiments.report` (tables, tests, plots); this module parses options and glues
 them together (the options themselves are defined in `dipnet.commands.sweep`). :func:`compare`
 and :func:`run_demo` are importable for tests and notebooks.
@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from dipnet import trust
-from dipnet.experiments.seeds import parse_seeds
+from dipnet.experiments.run.seeds import parse_seeds
 from dipnet._util.nested import set_nested
 from dipnet.commands.overrides import Override, parse_overrides, unknown_scope
 from dipnet.commands.sweep import DEFAULT_DEMO_OUT
 from dipnet.errors import UserError
-from dipnet.experiments.data import require_dataset_code_allowed
-from dipnet.experiments.sweep import SweepConfig, SweepResult, load_sweep_config, run_sweep
+from dipnet.experiments.zoo.data import require_dataset_code_allowed
+from dipnet.experiments.sweep.grid import SweepConfig, SweepResult, load_sweep_config, run_sweep
 
 if TYPE_CHECKING:  # the report pulls in scipy and matplotlib: imported when it is built
     from dipnet.experiments.report.build import ReportPaths
@@ -128,8 +128,8 @@ def apply_sweep_overrides(base: dict[str, Any], overrides: Iterable[Override]) -
     Raises:
         UserError: an unknown key, or ``method.KEY`` that no listed method has.
     """
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.methods import get_method, list_methods
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.zoo.methods import get_method, list_methods
 
     sweep_fields = {f.name for f in dataclasses.fields(SweepConfig)} - {
         "run", "method_params", "evaluation_params"}
@@ -255,7 +255,7 @@ def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
 
 def default_out(sweep: SweepConfig) -> Path:
     """``runs/<name>``, or ``runs/compare-<dataset>-<model>`` for a sweep without a name."""
-    from dipnet.experiments.data import dataset_label
+    from dipnet.experiments.zoo.data import dataset_label
 
     name = sweep.name or f"compare-{dataset_label(sweep.dataset)}-{sweep.model}"
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

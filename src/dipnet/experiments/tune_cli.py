@@ -1,7 +1,7 @@
 """``dipnet tune``'s command line: the `TuneConfig` of its options, and the command itself.
 
 `tune_command` is what ``dipnet tune`` runs (`dipnet.commands.tune` names it); the tuning is
-`dipnet.experiments.tune`. (These names were in `tune`, which still forwards them.)
+`dipnet.experiments.sweep.tune`. (These names were in `tune`, which still forwards them.)
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from dipnet import trust
 from dipnet.commands.overrides import parse_overrides
 from dipnet.errors import UserError
-from dipnet.experiments.data import dataset_label, require_dataset_code_allowed
-from dipnet.experiments.sweep import SweepConfig, load_sweep_config
+from dipnet.experiments.zoo.data import dataset_label, require_dataset_code_allowed
+from dipnet.experiments.sweep.grid import SweepConfig, load_sweep_config
 from dipnet.experiments.sweep_cli import _csv_list, _positive_int, apply_backend_options, apply_sweep_overrides
-from dipnet.experiments.tune import TuneConfig, _params_text, tune
-from dipnet.experiments.tune_objective import describe as describe_objective
+from dipnet.experiments.sweep.tune import TuneConfig, _params_text, tune
+from dipnet.experiments.sweep.objective import describe as describe_objective
 
 
 def _tune_from_args(args: argparse.Namespace) -> TuneConfig:

@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterator
 
-from dipnet.experiments.seeds import parse_seeds
+from dipnet.experiments.run.seeds import parse_seeds
 from dipnet.commands.hf import FIELD_METHOD, MATH_FIELDS, TEXT_FIELDS, scalar_type
 from dipnet.commands.overrides import parse_overrides
 from dipnet.errors import UserError

@@ -15,8 +15,8 @@ from transformers import Trainer
 
 from dipnet.config import DIPConfig
 from dipnet.errors import UserError
-from dipnet.experiments.rng import seed_everything  # noqa: F401  (text and math import it from here)
-from dipnet.experiments.stats import format_mean_std, holm, paired_by_seed, summarize
+from dipnet.experiments.run.rng import seed_everything  # noqa: F401  (text and math import it from here)
+from dipnet.experiments.report.stats import format_mean_std, holm, paired_by_seed, summarize
 from dipnet.inject import project, variance_parameters
 
 
@@ -135,7 +135,7 @@ def headline_tests(values: Mapping[str, Mapping[Any, float]]) -> list[dict[str, 
 def headline_table(tests: Sequence[Mapping[str, Any]], scale: float = 100.0,
                    unit: str = "pp") -> list[str]:
     """Markdown lines of `headline_tests`: difference with its 95 % CI, raw and Holm p."""
-    from dipnet.experiments.stats import format_p, format_paired_p
+    from dipnet.experiments.report.stats import format_p, format_paired_p
 
     lines = [f"| comparison | difference ({unit}, paired by seed) | 95 % CI | pairs | p (paired t) "
              "| p (Holm) |", "| --- | --- | --- | --- | --- | --- |"]
@@ -156,7 +156,7 @@ write_text = atomic_write_text
 
 
 def summary_of(values: Iterable[float | None]) -> dict[str, Any]:
-    """`dipnet.experiments.stats.summarize` of the values as a dict (n, mean, sample std, SEM,
+    """`dipnet.experiments.report.stats.summarize` of the values as a dict (n, mean, sample std, SEM,
     t interval; the spread is NaN for one value, a failed run (None / NaN) is left out), plus
     ``values`` themselves."""
     vals = list(values)

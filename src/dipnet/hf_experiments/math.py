@@ -38,8 +38,8 @@ from torch import nn
 from dipnet.errors import UserError
 from dipnet.fileio import atomic_path
 from dipnet.inject import projections, remove, variances
-from dipnet.experiments.sweep import git_commit
-from dipnet.experiments.stats import (detectable_difference, format_paired_p, paired_by_seed,
+from dipnet.experiments.sweep.grid import git_commit
+from dipnet.experiments.report.stats import (detectable_difference, format_paired_p, paired_by_seed,
                                  required_items, summarize)
 from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
@@ -510,7 +510,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     lines += ["", "## Headline tests (accuracy; Holm-corrected together)", "",
               "Every arm against standard, and learned against frozen variances at the same "
               "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
-              "all of them (`dipnet.experiments.stats.holm`).", "",
+              "all of them (`dipnet.experiments.report.stats.holm`).", "",
               *headline_table(headline)]
     lines += _power_lines(power)
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")

@@ -46,8 +46,8 @@ from dipnet.errors import UserError
 from dipnet.fileio import atomic_path
 from dipnet.inject import projections, variances
 from dipnet.evaluation.calibration import calibration_metrics
-from dipnet.experiments.sweep import git_commit
-from dipnet.experiments.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
+from dipnet.experiments.sweep.grid import git_commit
+from dipnet.experiments.report.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
                                  paired_by_seed)
 from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
@@ -575,7 +575,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
     lines += ["", "## Headline tests (clean accuracy; Holm-corrected together)", "",
               "Every arm against standard, and learned against frozen variances at the same "
               "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
-              "all of them (`dipnet.experiments.stats.holm`).", "",
+              "all of them (`dipnet.experiments.report.stats.holm`).", "",
               *headline_table(headline)]
     write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     _plot(out_dir, summary, methods, rates)

@@ -9,7 +9,7 @@
     eval_figures  the test-time evaluation figures of the sweep report
     style         the figure style every plot shares
 
-The statistics are `dipnet.experiments.stats` (shared with the Hugging Face experiments).
+The statistics are `dipnet.experiments.report.stats` (shared with the Hugging Face experiments).
 The names of `build` are importable from here, as they were from the old single module
 ``dipnet.experiments.report``; the old modules beside it (``report_plots``, ``scorecard``, ...)
 still name these.

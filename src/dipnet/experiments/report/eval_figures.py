@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dipnet.experiments.stats import summarize
+from dipnet.experiments.report.stats import summarize
 from dipnet.experiments.report.eval_tables import annotate_percent_cells
 from dipnet.experiments.report.style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
                     method_marker, panel_grid, prediction_style, save_figure)

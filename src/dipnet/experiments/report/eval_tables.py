@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from dipnet.experiments.stats import format_mean_std, format_p, paired_by_seed, summarize
+from dipnet.experiments.report.stats import format_mean_std, format_p, paired_by_seed, summarize
 
 Series = tuple[str, str]  # (method, prediction)
 

@@ -52,15 +52,15 @@ from torch.utils.data import DistributedSampler
 
 from dipnet.errors import UserError, describe_os_error
 from dipnet.fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import DatasetSplits, Split, check_dataset_name, load_dataset
-from dipnet.experiments.fixed import fixed_training_inputs, reference_config, reference_dir
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.methods import Method, compile_for_training, get_method
-from dipnet.experiments.models import count_parameters, create_model, list_models
-from dipnet.experiments.perturb import perturb_batch
-from dipnet.experiments.rng import get_rng_state, kept_rng, noise_seed, seed_everything, set_rng_state
-from dipnet.experiments.rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import DatasetSplits, Split, check_dataset_name, load_dataset
+from dipnet.experiments.zoo.fixed import fixed_training_inputs, reference_config, reference_dir
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.zoo.methods import Method, compile_for_training, get_method
+from dipnet.experiments.zoo.models import count_parameters, create_model, list_models
+from dipnet.experiments.zoo.perturb import perturb_batch
+from dipnet.experiments.run.rng import get_rng_state, kept_rng, noise_seed, seed_everything, set_rng_state
+from dipnet.experiments.run.rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
                      inspect_run_folder, read_metrics, restore_aside, set_aside)
 
 __all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan",
@@ -324,7 +324,7 @@ class RunPlan:
 
 def _check_param_names(cfg: RunConfig) -> None:
     """Refuse method parameters the method does not have, naming the methods that do."""
-    from dipnet.experiments.methods import list_methods
+    from dipnet.experiments.zoo.methods import list_methods
 
     if cfg.method not in list_methods():
         get_method(cfg.method)  # the registry's own "unknown method" error
@@ -357,7 +357,7 @@ def validate_run(cfg: RunConfig, local_rank: int = 0) -> torch.device:
     _check_param_names(cfg)
     get_method(cfg.method, **cfg.resolved_method_params())  # bad values
     check_dataset_name(cfg.dataset)
-    from dipnet.experiments.tracking import check_trackers
+    from dipnet.experiments.run.tracking import check_trackers
 
     check_trackers(cfg.report_to)  # a missing tracker package stops here, not after training
     if ":" not in cfg.model and cfg.model not in list_models():
@@ -385,7 +385,7 @@ def plan_run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
     out = Path(out_dir)
     device = validate_run(cfg, local_rank)
     check_out_path(out)
-    from dipnet.experiments.tracking import check_tracker_targets
+    from dipnet.experiments.run.tracking import check_tracker_targets
 
     check_tracker_targets(cfg, out)  # a tracker that cannot start stops here, nothing written
     state = inspect_run_folder(out, cfg)
@@ -418,7 +418,7 @@ def build_model(cfg: RunConfig, method: Method, input_shape: tuple[int, ...],
     Raises:
         UserError: the model cannot be built with these parameters for this input.
     """
-    from dipnet.experiments.normalize import resolve_normalization, with_normalization
+    from dipnet.experiments.zoo.normalize import resolve_normalization, with_normalization
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, input_shape, num_classes, **cfg.model_params)
@@ -451,7 +451,7 @@ def prepare_model_and_data(cfg: RunConfig, device: torch.device) -> Prepared:
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
                         cfg.max_train, cfg.max_val)
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
-    from dipnet.experiments.normalize import resolve_normalization
+    from dipnet.experiments.zoo.normalize import resolve_normalization
 
     normalize = resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
     model, base_params = build_model(cfg, method, data.input_shape, data.num_classes,
@@ -525,7 +525,7 @@ def run_training(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = F
         command: the command line recorded in metrics.json (default: sys.argv).
         on_epoch: called (rank 0 only) with each epoch's history row once its checkpoint is
             saved; an exception it raises stops the run there, resumable from that checkpoint
-            (`dipnet.experiments.tune` reports validation accuracy to Optuna and stops pruned
+            (`dipnet.experiments.sweep.tune` reports validation accuracy to Optuna and stops pruned
             trials, and every trial before the test split is touched).
     Returns:
         The metrics dict (also written to ``out_dir/metrics.json``). A finished run with the
@@ -626,7 +626,7 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
 
     log = _make_logger(out, main)
     say = (lambda msg: (log.info(msg))) if main else (lambda msg: None)
-    from dipnet.experiments.tracking import Trackers, open_trackers
+    from dipnet.experiments.run.tracking import Trackers, open_trackers
 
     trackers = Trackers([])
     try:
@@ -910,7 +910,7 @@ def _finish(out: Path, model: nn.Module, metrics: dict[str, Any], trackers: Any,
 
 
 def _normalization(cfg: RunConfig, data: DatasetSplits) -> dict[str, list] | None:
-    from dipnet.experiments.normalize import resolve_normalization
+    from dipnet.experiments.zoo.normalize import resolve_normalization
 
     return resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
 

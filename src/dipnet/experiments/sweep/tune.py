@@ -50,13 +50,13 @@ import yaml
 from dipnet import trust
 from dipnet.errors import UserError
 from dipnet.fileio import atomic_write_text
-from dipnet.experiments import backends
-from dipnet.experiments.config import takes_dip_settings
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.rundir import check_out_path
-from dipnet.experiments.sweep import SweepConfig, expand_grid
-from dipnet.experiments.tune_objective import describe as describe_objective
-from dipnet.experiments.tune_objective import final_value, objective_settings
+from dipnet.experiments.sweep import backends
+from dipnet.experiments.run.config import takes_dip_settings
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.run.rundir import check_out_path
+from dipnet.experiments.sweep.grid import SweepConfig, expand_grid
+from dipnet.experiments.sweep.objective import describe as describe_objective
+from dipnet.experiments.sweep.objective import final_value, objective_settings
 
 __all__ = ["TuneConfig", "TuneResult", "METHOD_SPACES", "LR_SPACE", "search_space", "tune"]
 
@@ -292,9 +292,9 @@ def _run_trial(cfg_dict: dict[str, Any], run_dir: str, journal: str, study_name:
     for the accuracy objective). Raises UserError when the data set has no validation split.
     """
     objective = objective or {"kind": "accuracy"}
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.rundir import CHECKPOINT_DIR
-    from dipnet.experiments.train import load_checkpoint, run_training
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.run.rundir import CHECKPOINT_DIR
+    from dipnet.experiments.run.train import load_checkpoint, run_training
 
     optuna = _optuna()
     run_cfg = RunConfig.from_dict(cfg_dict)
@@ -333,7 +333,7 @@ def _run_trial(cfg_dict: dict[str, Any], run_dir: str, journal: str, study_name:
             return {"state": end.state, "values": values}
         robust = None
         if objective["kind"] != "accuracy":
-            from dipnet.experiments.tune_objective import robust_validation_accuracy
+            from dipnet.experiments.sweep.objective import robust_validation_accuracy
 
             robust = robust_validation_accuracy(cfg_dict, out, objective)
         clean = values[max(values)]
@@ -368,9 +368,9 @@ def _plan(cfg: TuneConfig, out: Path) -> dict[str, dict[str, tuple[float, float,
     backends.require(cfg.sweep.backend)
     # each method's run at both ends of its space: bad values, the data, every model, built
     # in memory as a sweep's plan does (nothing written)
-    from dipnet.experiments.data import load_dataset
-    from dipnet.experiments.sweep import _check_builds
-    from dipnet.experiments.train import validate_run
+    from dipnet.experiments.zoo.data import load_dataset
+    from dipnet.experiments.sweep.grid import _check_builds
+    from dipnet.experiments.run.train import validate_run
 
     probes = [trial_config(cfg, m, {k: v[end] for k, v in space.items()})
               for m, space in spaces.items() for end in (0, 1)]
@@ -392,7 +392,7 @@ def _plan(cfg: TuneConfig, out: Path) -> dict[str, dict[str, tuple[float, float,
             before = None
         now = json.loads(json.dumps(cfg.identity()))
         if not isinstance(before, dict) or before.get("identity") != now:
-            from dipnet.experiments.rundir import diff_text, nested_diff
+            from dipnet.experiments.run.rundir import diff_text, nested_diff
 
             diff = nested_diff(before.get("identity"), now) if isinstance(before, dict) else []
             what = f"saved vs requested: {diff_text(diff)}" if diff else f"see {settings}"
@@ -628,7 +628,7 @@ def _tuning_block(cfg: TuneConfig, rows: list[dict[str, Any]], best: dict[str, d
 def _finish(cfg: TuneConfig, out: Path, rows: list[dict[str, Any]],
             best: dict[str, dict[str, Any]],
             spaces: dict[str, dict[str, tuple[float, float, bool]]]) -> TuneResult:
-    from dipnet.experiments.data import dataset_label
+    from dipnet.experiments.zoo.data import dataset_label
 
     base = cfg.sweep.to_dict()
     method_params = copy.deepcopy(base["method_params"])

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
+from dipnet.experiments.run.config import RunConfig
 
 CHECKPOINT_DIR = "checkpoint"
 #: What a run writes; the ``.lock`` file is not among them (``--overwrite`` sets aside all but it).

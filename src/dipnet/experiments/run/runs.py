@@ -13,10 +13,10 @@ from torch import nn
 
 from dipnet import trust
 from dipnet.errors import UserError
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import DatasetSplits, load_dataset, require_dataset_code_allowed
-from dipnet.experiments.methods import Method, get_method
-from dipnet.experiments.models import create_model
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import DatasetSplits, load_dataset, require_dataset_code_allowed
+from dipnet.experiments.zoo.methods import Method, get_method
+from dipnet.experiments.zoo.models import create_model
 
 
 @dataclass
@@ -92,7 +92,7 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
                             "written by an older dipnet); load it with load_data=True.")
     model = create_model(config.model, input_shape, num_classes, **config.model_params)
     # the normalisation training used (recorded in metrics.json); older runs had none
-    from dipnet.experiments.normalize import resolve_normalization, with_normalization
+    from dipnet.experiments.zoo.normalize import resolve_normalization, with_normalization
 
     normalize = (metrics["normalize"] if "normalize" in metrics else resolve_normalization(
         config.normalize, data.normalize if data is not None else None, input_shape))

@@ -5,7 +5,7 @@ dipnet and fixed_noise; for rs and input_noise, the run's own sigma through a fr
 projection, `dipnet.certify.with_input_noise` in the module) and certifies the evaluation
 suite's fixed random subset of the test set with `dipnet.certify`. Every arm is certified by
 the same code. The run folder is locked while it works and the JSON is written atomically.
-(Formerly `dipnet.experiments.certified`, which still names this module.)
+(Formerly `dipnet.experiments.run.certified`, which still names this module.)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dipnet.errors import UserError
 from dipnet.evaluation.settings import DEFAULT_RADII, SUITES
 from dipnet.evaluation.suite import _device, _subset_index, atomic_write_json, check_out_path
 from dipnet.threads import limit_openmp_spinning
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.runs import load_run
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.run.runs import load_run
 
 SCHEMA_VERSION = 1
 #: Methods whose training noise is N(0, sigma^2) at the input, sigma in their parameters.

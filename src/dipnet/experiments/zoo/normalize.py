@@ -4,7 +4,7 @@ A model that expects standardised inputs gets ``(x - mean) / std`` inside it, so
 outside the model keeps working in [0, 1] pixel units: the data, the training perturbations, the
 methods' input noise, every attack (epsilon stays in pixel units) and every corruption. The
 normalisation comes from the run's ``normalize`` setting or, when that is not set, from the
-``mean`` / ``std`` arrays of a user's .npz file (`dipnet.experiments.data.DatasetSplits`).
+``mean`` / ``std`` arrays of a user's .npz file (`dipnet.experiments.zoo.data.DatasetSplits`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dipnet.experiments.data import check_normalization
+from dipnet.experiments.zoo.data import check_normalization
 
 
 class InputNormalization(nn.Module):
@@ -64,7 +64,7 @@ def resolve_normalization(setting: dict[str, Any] | None, data_normalize: dict |
 
     Raises:
         UserError: statistics whose shape does not fit ``input_shape`` (see
-            `dipnet.experiments.data.check_normalization`).
+            `dipnet.experiments.zoo.data.check_normalization`).
     """
     chosen = setting if setting else data_normalize
     if not chosen:

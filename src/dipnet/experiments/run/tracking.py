@@ -1,6 +1,6 @@
 """Experiment tracking: ``--report-to tensorboard|mlflow|none`` (Hugging Face's ``report_to``).
 
-Every epoch's history row (`dipnet.experiments.train`) goes to the chosen trackers as scalars:
+Every epoch's history row (`dipnet.experiments.run.train`) goes to the chosen trackers as scalars:
 ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``, ``lr``, the loss parts
 (``train/nll``, ``train/barrier``, ``train/stability`` for dipnet), timings, and the per-layer
 variance statistics (``variance/<layer>/mean``, ``.../min``, ...); at the end the test numbers
@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 from dipnet._util.modules import module_installed
 from dipnet.errors import UserError
 from dipnet.fileio import atomic_write_json
-from dipnet.experiments.config import REPORT_TO, RunConfig
+from dipnet.experiments.run.config import REPORT_TO, RunConfig
 
 __all__ = ["REPORT_TO", "check_trackers", "check_tracker_targets", "open_trackers", "scalars",
            "final_scalars", "Trackers"]
@@ -89,7 +89,7 @@ def check_tracker_targets(cfg: RunConfig, out: str | os.PathLike) -> None:
     Raises:
         UserError: one line naming the tracker, the place and the fix.
     """
-    from dipnet.experiments.rundir import check_out_path
+    from dipnet.experiments.run.rundir import check_out_path
 
     out = Path(out)
     for name in cfg.report_to:

@@ -25,8 +25,8 @@ from dipnet.evaluation.suite import (SCHEMA_VERSION, EvalData, _device, atomic_w
                                 check_k_memory, check_out_path, evaluate_predictions,
                                 get_settings, model_weights, run_predictors)
 from dipnet.predict import check_count
-from dipnet.experiments.data import load_dataset, load_extra_set
-from dipnet.experiments.runs import load_run
+from dipnet.experiments.zoo.data import load_dataset, load_extra_set
+from dipnet.experiments.run.runs import load_run
 
 
 @functools.lru_cache(maxsize=8)

@@ -71,7 +71,7 @@ class DatasetSplits:
         info: provenance (where the files were read from, licence, notes).
         normalize: the input normalisation a user's file ships (``{"mean": [...], "std":
             [...]}``), or None; the model gets it as its first layer unless the run sets its
-            own ``normalize`` (`dipnet.experiments.normalize`).
+            own ``normalize`` (`dipnet.experiments.zoo.normalize`).
     """
 
     name: str

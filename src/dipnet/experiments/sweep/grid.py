@@ -12,7 +12,7 @@ builds every (model, method) pair once and compares every run folder with its ru
 nothing; then the sweep folder is locked (``OUT/.lock``; a second ``compare`` on it gets one
 line), looked at again, and only then is ``sweep.yaml`` written and training started. Each run
 locks its own folder as well (different files, never waited on: no deadlock). The runs execute
-through a backend (`dipnet.experiments.backends`): local worker processes that die with the
+through a backend (`dipnet.experiments.sweep.backends`): local worker processes that die with the
 sweep (`locks.die_with_parent`), Ray tasks or submitit (Slurm) jobs, all running the same
 `_train_one` into the same folders.
 """
@@ -37,23 +37,23 @@ from dipnet import trust
 from dipnet._util.nested import set_nested
 from dipnet.errors import UserError, describe_os_error
 from dipnet.fileio import atomic_write_text, is_disk_error
-from dipnet.experiments import backends
-from dipnet.experiments.config import dip_methods, takes_dip_settings
-from dipnet.experiments.locks import FolderLock
-from dipnet.experiments.rundir import check_out_path, inspect_run_folder
+from dipnet.experiments.sweep import backends
+from dipnet.experiments.run.config import dip_methods, takes_dip_settings
+from dipnet.experiments.run.locks import FolderLock
+from dipnet.experiments.run.rundir import check_out_path, inspect_run_folder
 
 __all__ = ["SweepConfig", "SweepResult", "SweepPlan", "METHODS", "PERTURBATIONS",
            "PERTURBATION_MODES", "EVALUATE_SUITES", "expand_grid", "plan_sweep", "run_sweep",
            "load_sweep_config", "parse_param", "is_finished", "provenance"]
 
 #: The paper's methods first, in report order, then any other method the engine registers
-#: (see dipnet.experiments.methods; e.g. the fixed-noise control).
+#: (see dipnet.experiments.zoo.methods; e.g. the fixed-noise control).
 _CORE_METHODS = ("standard", "dipnet", "sam", "rs", "input_noise", "dropout", "mixup", "cutmix",
                  "cutout")
 
 
 def _registered_methods() -> tuple[str, ...]:
-    from dipnet.experiments.methods import list_methods
+    from dipnet.experiments.zoo.methods import list_methods
 
     return _CORE_METHODS + tuple(m for m in list_methods() if m not in _CORE_METHODS)
 
@@ -90,7 +90,7 @@ class SweepConfig:
         evaluation_params: overrides of the evaluation suite's sizes (``SuiteSettings`` fields
             of dipnet.evaluation.suite, e.g. ``{attack_points: 200}``), for tight budgets.
         name: a label for the report title.
-        backend: where the runs execute (`dipnet.experiments.backends`): empty or
+        backend: where the runs execute (`dipnet.experiments.sweep.backends`): empty or
             ``{name: local}`` (processes on this machine), ``{name: ray, address: auto}``,
             ``{name: submitit, slurm_partition: gpu, timeout_min: 120}``; docs/cluster.md.
             Changes no result.
@@ -287,9 +287,9 @@ def apply_params(sweep: SweepConfig, params: Iterable[str]) -> SweepConfig:
 
 def _run_config_cls():
     try:
-        from dipnet.experiments.config import RunConfig
+        from dipnet.experiments.run.config import RunConfig
     except ImportError as err:  # the engine is a sibling module; without it nothing can run
-        raise UserError(f"the training engine (dipnet.experiments.config) is not available "
+        raise UserError(f"the training engine (dipnet.experiments.run.config) is not available "
                         f"({err}): reinstall dipnet") from None
     return RunConfig
 
@@ -362,7 +362,7 @@ class SweepResult:
 def _train_one(cfg_dict: dict[str, Any], run_dir: str) -> tuple[str, str | None]:
     """Worker entry point (top level so a process pool can pickle it)."""
     RunConfig = _run_config_cls()
-    from dipnet.experiments.train import run_training
+    from dipnet.experiments.run.train import run_training
     try:
         run_training(RunConfig.from_dict(cfg_dict), Path(run_dir), progress=False)
         return run_dir, None
@@ -427,7 +427,7 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[str, str | None]:
     """Worker entry point: evaluate one run (top level so a process pool can pickle it)."""
-    from dipnet.experiments.evaluate import evaluate_run
+    from dipnet.experiments.run.evaluate import evaluate_run
     try:
         evaluate_run(run_dir, suite=suite, progress=False, **_tuples(overrides))
         return run_dir, None
@@ -520,10 +520,10 @@ def _check_builds(configs: Sequence[Any]) -> None:
     Raises UserError for missing data or a model / method that cannot be built, before the
     sweep writes anything. The caller's RNG state is kept (building seeds the RNG).
     """
-    from dipnet.experiments.data import load_dataset
-    from dipnet.experiments.methods import get_method
-    from dipnet.experiments.rng import kept_rng
-    from dipnet.experiments.train import build_model
+    from dipnet.experiments.zoo.data import load_dataset
+    from dipnet.experiments.zoo.methods import get_method
+    from dipnet.experiments.run.rng import kept_rng
+    from dipnet.experiments.run.train import build_model
 
     shapes: dict[str, tuple[tuple[int, ...], int, int]] = {}
     built: set[str] = set()
@@ -593,7 +593,7 @@ def plan_sweep(sweep: SweepConfig, out_dir: str | os.PathLike[str]) -> SweepPlan
     Raises:
         UserError: the first problem found, as one line naming it and the fix.
     """
-    from dipnet.experiments.train import validate_run
+    from dipnet.experiments.run.train import validate_run
 
     out = Path(out_dir)
     check_out_path(out)

@@ -122,8 +122,8 @@ def robust_validation_accuracy(cfg_dict: dict[str, Any], run_dir: str | Path,
 
     from dipnet.evaluation.attacks import run_attack
     from dipnet.evaluation.suite import _bounds, run_predictors
-    from dipnet.experiments.config import RunConfig
-    from dipnet.experiments.train import load_checkpoint, prepare_model_and_data, resolve_device
+    from dipnet.experiments.run.config import RunConfig
+    from dipnet.experiments.run.train import load_checkpoint, prepare_model_and_data, resolve_device
 
     cfg = RunConfig.from_dict(cfg_dict)
     ckpt = load_checkpoint(Path(run_dir))

@@ -19,7 +19,7 @@ PERTURBATION_MODES: tuple[str, ...] = ("fresh", "fixed")
 # Paper Table 1: Gaussian noise sigma 0.2 and FGSM epsilon 0.2, both on [0, 1] pixels.
 DEFAULT_PERTURBATION_STRENGTH = 0.2
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
-#: Experiment trackers (Hugging Face's ``report_to`` names); see `dipnet.experiments.tracking`.
+#: Experiment trackers (Hugging Face's ``report_to`` names); see `dipnet.experiments.run.tracking`.
 REPORT_TO: tuple[str, ...] = ("tensorboard", "mlflow")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
@@ -29,7 +29,7 @@ class RunConfig:
     """Everything that decides the outcome of one run (and a few knobs that do not).
 
     Data:
-        dataset: a registered data set (``dipnet.experiments.data.list_datasets()``), or the
+        dataset: a registered data set (``dipnet.experiments.zoo.data.list_datasets()``), or the
             user's own: a ``.npz`` file or ``package.module:factory`` (docs/cli.md).
         data_dir: where the data set's files are; None searches the default places.
         val_fraction: fraction of the training split held out for validation, in [0, 1).
@@ -63,7 +63,7 @@ class RunConfig:
             current model anew for every mini-batch; ``"fixed"``: the training set perturbed
             ONCE before training (Gaussian from a generator seeded by (split_seed, seed); FGSM
             against a clean standard reference model trained first), then used as a fixed
-            data set. See `dipnet.experiments.fixed`.
+            data set. See `dipnet.experiments.zoo.fixed`.
         compile: train through ``torch.compile`` (inductor, with ATen's random number
             generator; docs/cost.md). Changes the noise stream, so a run resumes only with the
             same setting. On a GPU it pays; on a CPU measure first. Default false.
@@ -80,7 +80,7 @@ class RunConfig:
         num_threads: torch CPU threads; None leaves torch's default.
         report_to: experiment trackers that get the per-epoch metrics: a list of
             ``tensorboard`` / ``mlflow`` (also given as ``"tensorboard,mlflow"``, ``"all"`` or
-            ``"none"``); see `dipnet.experiments.tracking`.
+            ``"none"``); see `dipnet.experiments.run.tracking`.
         reference_cache: the folder caching the clean reference models of fixed-mode FGSM;
             None = ``<out>/../_reference`` (shared by the runs of one sweep). Set it to share
             references between runs kept in different parent folders.
@@ -197,7 +197,7 @@ class RunConfig:
     def run_name(self) -> str:
         """A stable directory name: ``{dataset}-{model}-{method}-{perturbation}-s{seed}``, with
         ``-fixed`` after the perturbation in fixed mode (fresh names stay as they were)."""
-        from dipnet.experiments.data import dataset_label
+        from dipnet.experiments.zoo.data import dataset_label
 
         model = self.model.replace(":", "_").replace("/", "_").replace(".", "_")
         pert = self.train_perturbation
@@ -297,7 +297,7 @@ class RunConfig:
 def takes_dip_settings(method: str) -> bool:
     """Whether ``method``'s parameters include every `DIPConfig` field (dipnet, and controls
     built on its projections, such as fixed_noise), so that the run field ``dip`` applies."""
-    from dipnet.experiments.methods import get_method, list_methods
+    from dipnet.experiments.zoo.methods import get_method, list_methods
 
     if method not in _TAKES_DIP:
         if method not in list_methods():
@@ -311,7 +311,7 @@ _TAKES_DIP: dict[str, bool] = {}
 
 def dip_methods() -> list[str]:
     """The registered methods that take ``dip`` settings (see `takes_dip_settings`)."""
-    from dipnet.experiments.methods import list_methods
+    from dipnet.experiments.zoo.methods import list_methods
 
     return [m for m in list_methods() if takes_dip_settings(m)]
 

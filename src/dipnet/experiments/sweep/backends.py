@@ -52,7 +52,7 @@ from dipnet import trust
 from dipnet._util.modules import module_installed
 from dipnet.errors import UserError
 from dipnet.fileio import atomic_write_text
-from dipnet.experiments.locks import die_with_parent
+from dipnet.experiments.run.locks import die_with_parent
 
 #: The exit status of a task process that stopped because its driver is gone.
 EXIT_ORPHANED = 3

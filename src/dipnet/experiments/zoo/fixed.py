@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dipnet.experiments.config import RunConfig
-from dipnet.experiments.data import Split
-from dipnet.experiments.perturb import fgsm
+from dipnet.experiments.run.config import RunConfig
+from dipnet.experiments.zoo.data import Split
+from dipnet.experiments.zoo.perturb import fgsm
 
 #: The settings that decide the reference model's weights (and so its cache folder's hash).
 REFERENCE_FIELDS = ("dataset", "model", "model_params", "epochs", "seed", "batch_size", "lr",
@@ -90,7 +90,7 @@ def fixed_training_inputs(cfg: RunConfig, train: Split, device: torch.device,
     """The fixed perturbed training inputs of ``cfg`` (``perturbation_mode == "fixed"``).
 
     Training the FGSM reference is the training loop's work
-    (`dipnet.experiments.train.fixed_training_set` trains or reuses it, then calls this).
+    (`dipnet.experiments.run.train.fixed_training_set` trains or reuses it, then calls this).
 
     Args:
         cfg: the run (train_perturbation gaussian or fgsm).
@@ -103,7 +103,7 @@ def fixed_training_inputs(cfg: RunConfig, train: Split, device: torch.device,
     Raises:
         ValueError: another train_perturbation, or FGSM without a reference.
     """
-    from dipnet.experiments.runs import load_run
+    from dipnet.experiments.run.runs import load_run
 
     ref_dir: Path | None = None
     ref_acc = None
