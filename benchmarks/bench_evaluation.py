@@ -201,7 +201,7 @@ def _train_runs(demo: bool) -> list[tuple[Path, dict[str, Any]]]:
     run_training(cfg, path, progress=False, command="bench_evaluation")
     runs.append((path, {}))
     if demo:
-        from dipnet.experiments.sweep_cli import DEMO_SWEEP
+        from dipnet.cli.sweep import DEMO_SWEEP
 
         params = {k: tuple(v) if isinstance(v, list) else v
                   for k, v in DEMO_SWEEP["evaluation_params"].items()}
@@ -337,7 +337,7 @@ def bench_eval(runs: list[tuple[Path, dict[str, Any]]], rounds: int, baseline: s
         # One `dipnet demo` worker's share: the demo evaluates its runs (methods x seeds x
         # training perturbations) in `jobs` worker processes; each method's seed-0 run stands
         # for all of that method's runs (same model and settings, so the same cost).
-        from dipnet.experiments.sweep_cli import DEMO_SWEEP
+        from dipnet.cli.sweep import DEMO_SWEEP
 
         n_runs = (len(DEMO_SWEEP["methods"]) * len(DEMO_SWEEP["seeds"])
                   * len(DEMO_SWEEP["train_perturbations"]))

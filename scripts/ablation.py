@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from dipnet.experiments.run.config import RunConfig
-from dipnet.fileio import atomic_write_text
+from dipnet._util.fileio import atomic_write_text
 from dipnet.experiments.report.stats import format_mean_std, format_p, paired_test, summarize
 from dipnet.experiments.run.train import run_training
 

@@ -41,7 +41,7 @@ from dipnet.experiments.run.rundir import read_metrics
 from dipnet.experiments.report.stats import holm, paired_test, summarize
 from dipnet.experiments.sweep.grid import git_commit
 from dipnet.experiments.run.train import run_training
-from dipnet.fileio import atomic_write_json, atomic_write_text
+from dipnet._util.fileio import atomic_write_json, atomic_write_text
 
 #: Scaled for a 2-core CPU shared with other work (see the study page for what each costs).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -33,7 +33,7 @@ from typing import Any
 from dipnet import DIPConfig
 from dipnet.experiments.report.scorecard import BASELINE, CLEAN, COLUMNS
 from dipnet.experiments.report.stats import holm, paired_test, summarize
-from dipnet.fileio import atomic_write_json, atomic_write_text
+from dipnet._util.fileio import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"

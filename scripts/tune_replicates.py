@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dipnet.experiments.report.stats import paired_test, summarize
-from dipnet.fileio import atomic_write_json, atomic_write_text
+from dipnet._util.fileio import atomic_write_json, atomic_write_text
 
 #: The dose-response study's MLP preset (scripts/dose_response.py), so the two studies agree.
 BASE = ["--dataset", "fashion_mnist", "--model", "mlp", "--set", "model.hidden=[512,512]",

@@ -31,7 +31,7 @@ import torch
 import dipnet
 from dipnet.experiments.zoo.data import load_dataset
 from dipnet.experiments.zoo.models import create_model
-from dipnet.fileio import atomic_write_json
+from dipnet._util.fileio import atomic_write_json
 
 # name -> (DIPConfig fields, variance learning rate or None for the weights' lr)
 CANDIDATES: dict[str, tuple[dict[str, Any], float | None]] = {

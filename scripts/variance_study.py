@@ -47,7 +47,7 @@ from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.run.rundir import read_metrics
 from dipnet.experiments.report.stats import paired_test
 from dipnet.experiments.run.train import run_training
-from dipnet.fileio import atomic_write_json, atomic_write_text
+from dipnet._util.fileio import atomic_write_json, atomic_write_text
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Training from scratch (the headline set-up).

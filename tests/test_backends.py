@@ -318,7 +318,7 @@ def test_a_missing_backend_package_names_the_cluster_extra(tmp_path, capsys, mon
 
 def test_backend_options_land_in_the_sweep_and_a_new_backend_replaces_the_files(tmp_path):
     from dipnet.cli import build_parser
-    from dipnet.experiments.sweep_cli import _sweep_from_args
+    from dipnet.cli.sweep import _sweep_from_args
 
     def sweep_of(*argv):
         return _sweep_from_args(build_parser().parse_args(["compare", *argv]))

@@ -134,7 +134,7 @@ def test_the_report_shows_certified_beside_empirical_and_checks_it(tmp_path):
 
 
 def test_the_default_radii_hold_every_pgd_l2_epsilon_of_the_suites():
-    from dipnet.commands.certify import DEFAULT_RADII
+    from dipnet.cli.certify import DEFAULT_RADII
     from dipnet.evaluation.settings import SUITES
 
     assert {e for s in SUITES.values() for e in s.l2_eps} <= set(DEFAULT_RADII)

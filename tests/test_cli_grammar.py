@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from dipnet.cli import build_parser, main
-from dipnet.commands import hf as hf_commands
-from dipnet.commands.grammar import NOTICES
+from dipnet.cli import hf as hf_commands
+from dipnet.cli.grammar import NOTICES
 from dipnet.errors import UserError
 
 PARSER = build_parser()
@@ -78,7 +78,7 @@ def test_quiet_is_the_same_as_no_progress():
 
 
 def test_train_set_keys_reach_the_run_config():
-    from dipnet.experiments.cli import config_from_args
+    from dipnet.cli.train import config_from_args
 
     cfg = config_from_args(parse(
         "train", "--method", "dipnet", "--set", "dip.m=2", "--set", "model.hidden=[512, 256]",
@@ -92,7 +92,7 @@ def test_train_set_keys_reach_the_run_config():
 
 
 def test_old_key_value_options_are_the_same_as_set():
-    from dipnet.experiments.cli import config_from_args
+    from dipnet.cli.train import config_from_args
 
     old = parse("train", "--method", "rs", "--param", "sigma=0.3", "--model-param",
                 "hidden=[32]", "--dip", "m=2")
@@ -106,7 +106,7 @@ def test_old_key_value_options_are_the_same_as_set():
 
 
 def test_flags_win_over_the_config_file_and_set_over_both(tmp_path):
-    from dipnet.experiments.cli import config_from_args
+    from dipnet.cli.train import config_from_args
 
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump({"epochs": 9, "lr": 0.5, "seed": 3}))
@@ -148,13 +148,13 @@ def test_a_deprecation_notice_is_printed_once_the_command_ran(tmp_path, capsys):
 
 # ---------------------------------------------------------------------- compare
 def sweep_of(*argv: str):
-    from dipnet.experiments.sweep_cli import _sweep_from_args
+    from dipnet.cli.sweep import _sweep_from_args
 
     return _sweep_from_args(parse("compare", "--dataset", "digits", *argv))
 
 
 def test_compare_has_a_default_model_and_output_folder():
-    from dipnet.experiments.sweep_cli import default_out
+    from dipnet.cli.sweep import default_out
 
     sweep = sweep_of("--methods", "standard")
     assert sweep.model == "mlp"
@@ -205,7 +205,7 @@ def _fake_settings(fields):
 
 
 def hf_settings(command: str, *argv: str):
-    from dipnet.hf_experiments.cli import _check_applicable, settings_from_args
+    from dipnet.cli.hf import _check_applicable, settings_from_args
 
     fields = hf_commands.TEXT_FIELDS if command == "text-classify" else hf_commands.MATH_FIELDS
     args = parse(command, *argv)
@@ -239,7 +239,7 @@ def test_hf_seeds_take_a_count_or_a_list_like_compare(command):
 
 
 def test_math_methods_are_named_as_in_train_and_compare(tmp_path, capsys):
-    from dipnet.commands.names import MATH_METHODS, METHODS
+    from dipnet.cli.names import MATH_METHODS, METHODS
 
     assert "standard" in MATH_METHODS and "sft" not in MATH_METHODS
     assert set(MATH_METHODS) <= set(METHODS)
@@ -253,7 +253,7 @@ def test_math_methods_are_named_as_in_train_and_compare(tmp_path, capsys):
 def test_no_progress_silences_bars_and_trainer_log_lines(capfd):
     from tqdm.auto import tqdm
 
-    from dipnet.hf_experiments.cli import _quiet
+    from dipnet.cli.hf import _quiet
 
     with _quiet(True):
         for _ in tqdm(range(3), desc="math runs"):
@@ -276,7 +276,7 @@ def test_demo_help_names_exactly_the_methods_the_demo_runs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     listed = re.search(r"methods: ([a-z_, ]+)\.", text).group(1).split(", ")
     assert listed == demo["methods"]
-    from dipnet.commands.names import METHODS
+    from dipnet.cli.names import METHODS
 
     for other in set(METHODS) - set(demo["methods"]):
         assert not re.search(rf"\b{other}\b", text), other

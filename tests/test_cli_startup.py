@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from dipnet import cli
-from dipnet.commands import hf as hf_commands
-from dipnet.commands import names
+from dipnet.cli import hf as hf_commands
+from dipnet.cli import names
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "scipy", "sklearn", "matplotlib", "yaml", "tqdm", "numpy",
@@ -65,7 +65,7 @@ def test_help_answers_well_under_a_second_and_a_half(argv):
 
 
 def test_version_prints_the_package_version(capsys):
-    from dipnet._version import installed_version
+    from dipnet._util.version import installed_version
 
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
@@ -96,7 +96,7 @@ def test_a_missing_extra_is_one_line_naming_it(argv, extra, monkeypatch, capsys,
 
 
 def test_a_module_missing_deeper_down_is_one_line_too(monkeypatch, capsys):
-    from dipnet.experiments import sweep_cli
+    from dipnet.cli import sweep as sweep_cli
 
     def needs_markdown(args):
         raise ModuleNotFoundError("No module named 'markdown_it'", name="markdown_it")
@@ -125,7 +125,7 @@ def test_the_names_in_help_equal_the_registries():
     assert names.EVALUATE_SUITES == sweep.EVALUATE_SUITES
     assert names.EVAL_PARTS == PARTS and names.EVAL_SUITES == tuple(sorted(SUITES))
     assert names.REPORT_TO == config.REPORT_TO
-    from dipnet.experiments.sweep_cli import DEMO_SWEEP
+    from dipnet.cli.sweep import DEMO_SWEEP
 
     assert names.DEMO_METHODS == tuple(DEMO_SWEEP["methods"])
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from dipnet.cli import main
-from dipnet.experiments import sweep_cli
+from dipnet.cli import sweep as sweep_cli
 from dipnet.experiments.sweep.grid import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]

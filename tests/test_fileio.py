@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dipnet import fileio
+from dipnet._util import fileio
 
 
 def test_a_finished_block_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 import dipnet  # noqa: E402
-from dipnet.hf_experiments import math as hmath  # noqa: E402
-from dipnet.hf_experiments import text  # noqa: E402
-from dipnet.hf_experiments.tokenizers import char_tokenizer  # noqa: E402
+from dipnet.experiments.hf import math as hmath  # noqa: E402
+from dipnet.experiments.hf import text  # noqa: E402
+from dipnet.experiments.hf.tokenizers import char_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -200,7 +200,7 @@ def test_math_cli_end_to_end_tiny_model(tmp_path):
 
 # ---------------------------------------------------------------------- arms under today's recipe
 def test_projected_methods_run_once_per_placement():
-    from dipnet.hf_experiments.common import expand_arms
+    from dipnet.experiments.hf.common import expand_arms
 
     arms = expand_arms(["standard", "dipnet", "fixed_noise", "rs"], ["blocks", "layers"],
                        text.METHODS)
@@ -219,14 +219,14 @@ def test_projected_methods_run_once_per_placement():
 ])
 def test_bad_arms_are_one_clear_error(methods, placements, fragment):
     from dipnet.errors import UserError
-    from dipnet.hf_experiments.common import expand_arms
+    from dipnet.experiments.hf.common import expand_arms
 
     with pytest.raises(UserError, match=fragment):
         expand_arms(methods, placements, text.METHODS)
 
 
 def test_dip_config_is_todays_recipe_learned_or_frozen():
-    from dipnet.hf_experiments.common import dip_config
+    from dipnet.experiments.hf.common import dip_config
 
     s = text.TextSettings(dip_init_scale=0.2, dip_variance_lr=0.05)
     learned, frozen = dip_config("dipnet@layers", s), dip_config("fixed_noise@layers", s)
@@ -241,7 +241,7 @@ def _fit_tiny(arm, steps=6):
     """Train the tiny BERT as ``arm`` for a few steps; returns (start, end) variances."""
     from transformers import TrainingArguments
 
-    from dipnet.hf_experiments.common import dip_trainer
+    from dipnet.experiments.hf.common import dip_trainer
 
     model = _tiny_bert().train()
     g = torch.Generator().manual_seed(0)
@@ -283,7 +283,7 @@ def test_learned_arm_moves_its_variances_and_the_frozen_arm_keeps_them(arm):
 
 def test_headline_tests_holm_over_vs_standard_and_learned_vs_frozen():
     from dipnet.experiments.report.stats import holm, paired_by_seed
-    from dipnet.hf_experiments.common import headline_tests
+    from dipnet.experiments.hf.common import headline_tests
 
     vals = {"standard": {0: 0.90, 1: 0.92, 2: 0.91},
             "dipnet@blocks": {0: 0.93, 1: 0.94, 2: 0.95},

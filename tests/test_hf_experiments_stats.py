@@ -20,7 +20,7 @@ from dipnet.evaluation import calibration as evaluation_calibration
 from dipnet.experiments.report import stats
 
 pytest.importorskip("transformers")
-from dipnet.hf_experiments import common, math as math_exp, text  # noqa: E402
+from dipnet.experiments.hf import common, math as math_exp, text  # noqa: E402
 
 
 def test_the_text_calibration_is_the_evaluation_calibration() -> None:

@@ -265,9 +265,9 @@ def test_the_layers_are_named_by_folder() -> None:
     assert layer("dipnet.objective") == "core"
     assert layer("dipnet._util.nested") == "core"
     assert layer("dipnet.evaluation.suite") == "evaluation"
-    assert layer("dipnet.hf_experiments.text") == "harness"
-    assert [layer(m) for m in ("dipnet.cli", "dipnet.commands.train", "dipnet.experiments.cli",
-                               "dipnet.evaluation.cli", "dipnet.experiments.sweep_cli")] \
+    assert layer("dipnet.experiments.hf.text") == "harness"
+    assert [layer(m) for m in ("dipnet.cli", "dipnet.cli.train", "dipnet.cli.train",
+                               "dipnet.cli.evaluate", "dipnet.cli.sweep")] \
         == ["cli"] * 5
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dipnet import fileio
+from dipnet._util import fileio
 from dipnet.cli import main
 from dipnet.experiments.run import train as train_module
 from dipnet.experiments.run.config import RunConfig

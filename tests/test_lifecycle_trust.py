@@ -90,7 +90,7 @@ def test_train_config_file_naming_code_needs_the_users_say(code_run, tmp_path):
 def python_m_path(tmp_path, monkeypatch):
     """This process as `python -m dipnet` leaves it: working folder = tmp_path, taken off
     sys.path by dipnet.__main__ (in-process, to spare a second interpreter start)."""
-    from dipnet import trust
+    from dipnet._util import trust
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])

@@ -37,10 +37,10 @@ FEATURE_EXTRAS = {
     "certify.py": ["eval"],
     "experiments/": ["experiments"],
     "hf.py": ["hf"],
-    "hf_experiments/": ["text", "math"],
-    "hf_experiments/text.py": ["text"],
-    "hf_experiments/math.py": ["math"],
-    "hf_experiments/tokenizers.py": ["math"],
+    "experiments/hf/": ["text", "math"],
+    "experiments/hf/text.py": ["text"],
+    "experiments/hf/math.py": ["math"],
+    "experiments/hf/tokenizers.py": ["math"],
     "experiments/run/tracking.py": ["track"],
     "experiments/sweep/backends.py": ["cluster"],
     "experiments/sweep/tune.py": ["tune"],
@@ -170,7 +170,7 @@ def test_ranges_in_pyproject_and_exact_pins_in_requirements_agree() -> None:
 
 def test_version_comes_from_the_package_metadata(monkeypatch) -> None:
     import dipnet
-    from dipnet import _version
+    from dipnet._util import version as _version
 
     assert dipnet.__version__ == md.version("dipnet") == _version.VERSION, (
         "the installed metadata is stale: reinstall with .venv/bin/pip install --no-deps -e .")
@@ -324,7 +324,7 @@ def test_the_readme_library_example_runs_after_a_core_only_install(core_env: Pat
 
 
 def PYPROJECT_VERSION() -> str:  # noqa: N802 (reads like the constant it stands for)
-    from dipnet._version import VERSION
+    from dipnet._util.version import VERSION
 
     return VERSION
 

@@ -100,7 +100,7 @@ def test_the_report_opens_with_the_scorecard(tmp_path):
 
 def test_a_compare_without_evaluation_says_robustness_was_not_measured(tmp_path, capsys):
     from dipnet.experiments.sweep.grid import SweepResult
-    from dipnet.experiments.sweep_cli import _print_summary
+    from dipnet.cli.sweep import _print_summary
 
     write_sweep(tmp_path / "plain", lambda m, s, p: 0.8 + 0.01 * s)
     _print_summary(build_report(tmp_path / "plain"), SweepResult(tmp_path / "plain"))

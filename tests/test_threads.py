@@ -15,7 +15,7 @@ import pytest
 
 from dipnet import cli
 from dipnet.errors import UserError
-from dipnet.threads import SPINCOUNT, limit_openmp_spinning
+from dipnet._util.threads import SPINCOUNT, limit_openmp_spinning
 
 
 def test_set_before_torch_is_imported() -> None:
@@ -48,7 +48,7 @@ def test_main_sets_it_before_running_a_command(monkeypatch, tmp_path) -> None:
 
 
 def test_the_evaluate_command_sets_it_first(monkeypatch) -> None:
-    from dipnet.evaluation import cli as evaluation_cli
+    from dipnet.cli import evaluate as evaluation_cli
 
     calls: list[int] = []
     monkeypatch.setattr(evaluation_cli, "limit_openmp_spinning", lambda: calls.append(1))
@@ -62,10 +62,10 @@ def test_a_fresh_dipnet_process_sets_it_before_torch_loads() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     # The train command's implementation replaced by one that reports what torch would see.
     probe = ("import os, sys, types; from dipnet import cli; "
-             "fake = types.ModuleType('dipnet.experiments.cli'); "
+             "fake = types.ModuleType('dipnet.cli.train'); "
              "fake.run_train_command = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), "
              "os.environ.get('OMP_WAIT_POLICY')) or 0; "
-             "sys.modules['dipnet.experiments.cli'] = fake; "
+             "sys.modules['dipnet.cli.train'] = fake; "
              "sys.exit(cli.main(['train', '--dataset', 'digits']))")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                          timeout=120)

@@ -258,7 +258,7 @@ def test_a_rerun_resumes_and_a_larger_budget_adds_only_new_trials(tuned, tmp_pat
     with pytest.raises(UserError, match="holds a tune with other settings"):
         from dipnet.cli import build_parser
         from dipnet.experiments.sweep.tune import tune
-        from dipnet.experiments.tune_cli import _tune_from_args
+        from dipnet.cli.tune import _tune_from_args
 
         args = build_parser().parse_args([*BASE, "--method", "standard,sam", "--budget", "3",
                                           "--epochs", "2", "--out", str(out)])
@@ -289,7 +289,7 @@ def test_bad_tune_settings_are_one_line_before_anything_is_written(extra, messag
 def test_fixed_settings_are_not_searched_and_reach_every_trial():
     from dipnet.cli import build_parser
     from dipnet.experiments.sweep.tune import search_space, trial_config
-    from dipnet.experiments.tune_cli import _tune_from_args
+    from dipnet.cli.tune import _tune_from_args
 
     args = build_parser().parse_args([*BASE, "--method", "sam,dipnet", "--budget", "2",
                                       "--set", "sam.rho=0.1", "--set", "dip.m=2",

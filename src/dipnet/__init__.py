@@ -16,7 +16,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 # `import dipnet` runs only this file: every name below is imported from its submodule on first
-# use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet.trust` do not
+# use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet._util.trust` do not
 # pay for torch (2-4 s), and `dipnet.DIPConfig` still works as before.
 _LAZY: dict[str, str] = {name: module for module, names in {
     "certify": ("Certificate", "certify", "smoothed_predict"),
@@ -87,7 +87,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
     from dipnet.projection import GaussianProjection, ProjectionShapeError
     from dipnet.targeting import Target, TargetError, resolve_targets
 
-    from dipnet._version import __version__
+    from dipnet._util.version import __version__
 
 
 def __getattr__(name: str) -> Any:

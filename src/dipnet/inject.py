@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dipnet.config import DIPConfig
-from dipnet.fileio import atomic_write_safetensors
+from dipnet._util.fileio import atomic_write_safetensors
 from dipnet.misuse import Guard
 from dipnet.parameterization import VarianceMap
 from dipnet.projection import ATTR, GaussianProjection

@@ -510,7 +510,7 @@ class DIPLoss(nn.Module):
 
 
 def _check_finite_inputs(inputs: Batch) -> None:
-    from dipnet.inputs import check_finite_inputs
+    from dipnet._util.inputs import check_finite_inputs
 
     check_finite_inputs(inputs, "DIPLoss")
 

@@ -22,7 +22,7 @@ from dipnet.objective import (
     check_copies_fit,
     repeat_batch,
 )
-from dipnet.inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
+from dipnet._util.inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
 
 
 @dataclass

@@ -24,9 +24,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from dipnet._version import __version__
+from dipnet._util.version import __version__
 from dipnet.config import DIPConfig, DIPConfigError
-from dipnet.fileio import atomic_path, atomic_write_json, atomic_write_safetensors
+from dipnet._util.fileio import atomic_path, atomic_write_json, atomic_write_safetensors
 from dipnet.inject import (
     _CONFIG_ATTR,
     VARIANCE_KEY,

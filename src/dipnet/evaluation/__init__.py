@@ -15,7 +15,7 @@ __all__ = ["Predictor", "deterministic_predictor", "sampled_predictor"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `dipnet.evaluation.cli` (the parser) imports without torch.
+    # Lazy, so that `dipnet.cli.evaluate` (the parser) imports without torch.
     if name in __all__:
         from dipnet.evaluation import predictors
 

@@ -30,7 +30,7 @@ import torch
 
 from dipnet._util.cache import cache_dir
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_path
+from dipnet._util.fileio import atomic_path
 from dipnet.evaluation.predictors import Predictor, accuracy, predict_log_probs
 
 # All 18 usable corruptions of the package (glass_blur is too slow, see above).

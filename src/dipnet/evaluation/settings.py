@@ -1,7 +1,7 @@
 """The evaluation suite's settings: parts, attacks, the quick and full suites (no torch).
 
 Kept apart from `dipnet.evaluation.suite` so that building the command line's parser
-(`dipnet.evaluation.cli`) imports neither torch nor any measuring code.
+(`dipnet.cli.evaluate`) imports neither torch nor any measuring code.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dipnet import fileio
+from dipnet._util import fileio
 from dipnet.errors import UserError
 from dipnet.objective import available_bytes
 from dipnet.evaluation.attacks import robust_accuracy_curve

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_write_text
+from dipnet._util.fileio import atomic_write_text
 from dipnet.experiments.report.stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
 from dipnet.experiments.sweep.grid import METHODS, PERTURBATIONS
 from dipnet.experiments.report import eval_figures as report_eval

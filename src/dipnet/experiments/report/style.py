@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
-from dipnet.fileio import atomic_path
+from dipnet._util.fileio import atomic_path
 
 __all__ = ["method_colour", "method_marker", "axis_floor", "layer_colours", "prediction_style", "panel_grid", "save_figure",
            "mark_truncated_axis", "legend_below", "integer_epochs", "pyplot", "MAX_FIGURE_WIDTH_IN", "DPI", "MAX_FIGURE_WIDTH_PX"]

@@ -10,7 +10,6 @@ the same code. The run folder is locked while it works and the JSON is written a
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -25,7 +24,6 @@ from dipnet.certify import Certificate, certify, with_input_noise
 from dipnet.errors import UserError
 from dipnet.evaluation.settings import DEFAULT_RADII, SUITES
 from dipnet.evaluation.suite import _device, _subset_index, atomic_write_json, check_out_path
-from dipnet.threads import limit_openmp_spinning
 from dipnet.experiments.run.locks import FolderLock
 from dipnet.experiments.run.runs import load_run
 
@@ -212,20 +210,3 @@ def format_summary(result: dict[str, Any]) -> str:
         f"alpha={result['alpha']:g}, internal={result['internal']}",
         f"time: {t['seconds']:.1f} s ({t['seconds_per_example']:.3f} s per example)"])
 
-
-def run_certify_command(args: argparse.Namespace) -> int:
-    """``dipnet certify RUN_DIR``: certify, write certify.json, print a summary; returns 0."""
-    limit_openmp_spinning()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = certify_run(args.run_dir, n=args.n, n0=args.n0, alpha=args.alpha,
-                         points=args.points, seed=args.seed, radii=args.radii,
-                         internal=args.internal,
-                         from_first_projection=args.from_first_projection, sigma=args.sigma,
-                         batch_size=args.batch_size, device=args.device,
-                         data_dir=args.data_dir, out=args.out, progress=not args.no_progress)
-    target = Path(args.out) if args.out else Path(args.run_dir) / "certify.json"
-    print(f"{result['dataset']} / {result['model']} / {result['method']} (seed "
-          f"{result['seed']}): {target}")
-    print(format_summary(result))
-    return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from dipnet.config import DIPConfig, DIPConfigError
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_write_text
+from dipnet._util.fileio import atomic_write_text
 
 PERTURBATIONS: tuple[str, ...] = ("none", "gaussian", "fgsm")
 #: fresh: a new draw / attack for every mini-batch; fixed: the training set perturbed once.

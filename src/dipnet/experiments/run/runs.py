@@ -11,7 +11,7 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import nn
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet.errors import UserError
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.zoo.data import DatasetSplits, load_dataset, require_dataset_code_allowed
@@ -51,7 +51,7 @@ def load_run(run_dir: str | os.PathLike, data_dir: str | None = None,
             rebuilt from the ``input_shape`` / ``num_classes`` recorded in metrics.json.
         allow_code: allow a config naming its model as ``package.module:factory`` (importing
             that module runs it). Without it such a run is refused unless this process already
-            allowed that factory (`dipnet.trust`: ``--allow-code``, a ``--model`` flag).
+            allowed that factory (`dipnet._util.trust`: ``--allow-code``, a ``--model`` flag).
     Returns:
         `LoadedRun`.
     Raises:

@@ -45,7 +45,7 @@ from urllib.parse import urlparse
 
 from dipnet._util.modules import module_installed
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_write_json
+from dipnet._util.fileio import atomic_write_json
 from dipnet.experiments.run.config import REPORT_TO, RunConfig
 
 __all__ = ["REPORT_TO", "check_trackers", "check_tracker_targets", "open_trackers", "scalars",

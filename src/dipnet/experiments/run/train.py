@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from dipnet.errors import UserError, describe_os_error
-from dipnet.fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
+from dipnet._util.fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.zoo.data import DatasetSplits, Split, check_dataset_name, load_dataset
 from dipnet.experiments.zoo.fixed import fixed_training_inputs, reference_config, reference_dir

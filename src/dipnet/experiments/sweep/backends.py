@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet._util.modules import module_installed
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_write_text
+from dipnet._util.fileio import atomic_write_text
 from dipnet.experiments.run.locks import die_with_parent
 
 #: The exit status of a task process that stopped because its driver is gone.

@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet._util.nested import set_nested
 from dipnet.errors import UserError, describe_os_error
-from dipnet.fileio import atomic_write_text, is_disk_error
+from dipnet._util.fileio import atomic_write_text, is_disk_error
 from dipnet.experiments.sweep import backends
 from dipnet.experiments.run.config import dip_methods, takes_dip_settings
 from dipnet.experiments.run.locks import FolderLock
@@ -377,7 +377,7 @@ def _failure(err: Exception) -> str:
     meet too, stops the sweep instead.
 
     Raises:
-        UserError: for `dipnet.fileio.is_disk_error` errors (naming the path).
+        UserError: for `dipnet._util.fileio.is_disk_error` errors (naming the path).
     """
     if is_disk_error(err):
         raise UserError(describe_os_error(err)) from None  # type: ignore[arg-type]

@@ -47,9 +47,9 @@ from typing import Any
 
 import yaml
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_write_text
+from dipnet._util.fileio import atomic_write_text
 from dipnet.experiments.sweep import backends
 from dipnet.experiments.run.config import takes_dip_settings
 from dipnet.experiments.run.locks import FolderLock

@@ -29,10 +29,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet._util.cache import cache_dir
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_path
+from dipnet._util.fileio import atomic_path
 
 # The repository's data folder (scripts/setup.sh fills it); meaningful for an editable install.
 REPO_DATA = Path(__file__).resolve().parents[3] / "data"
@@ -607,7 +607,7 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 
 
 def _from_factory(ref: str) -> dict[str, np.ndarray]:
-    from dipnet.trust import load_factory
+    from dipnet._util.trust import load_factory
 
     factory = load_factory(ref, "data set")
     try:

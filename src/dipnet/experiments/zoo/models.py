@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet.errors import UserError
 
 Factory = Callable[..., nn.Module]

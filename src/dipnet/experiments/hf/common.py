@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from dipnet.fileio import atomic_write_json, atomic_write_text
+from dipnet._util.fileio import atomic_write_json, atomic_write_text
 from transformers import Trainer
 
 from dipnet.config import DIPConfig

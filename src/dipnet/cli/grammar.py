@@ -4,7 +4,7 @@
   (``dip.m``, ``model.hidden``, ``method.sigma``, ``eval.attack_points``, a bare run field such
   as ``lr``), the value is YAML (``2``, ``0.5``, ``[512, 512]``, ``{mean: 0.5, std: 0.25}``).
   Parsing the values needs PyYAML, so it happens when the command runs
-  (`dipnet.commands.overrides`), never while the parser is built.
+  (`dipnet.cli.overrides`), never while the parser is built.
 - ``--threads N``, ``--device auto|cpu|cuda|cuda:N`` (default auto), ``--no-progress`` (alias
   ``--quiet``), ``--out PATH`` mean the same in every command that has them.
 - The old spellings (``--param``, ``--dip``, ``--model-param``, ``--num-threads``,
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 from typing import Any, Sequence
+
+from dipnet.errors import UserError
 
 #: Namespace attribute holding the ``--set`` items as (option as typed, text, key prefix).
 OVERRIDES = "overrides"
@@ -87,15 +89,23 @@ def positive_int(text: str) -> int:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2]; '0,5,7' -> [0, 5, 7] (``--seeds`` of every command); the rule itself
-    is `dipnet.experiments.run.seeds.parse_seeds`, which the harness uses too.
+    """'3' -> [0, 1, 2]; '0,5,7' -> [0, 5, 7] (``--seeds`` of every command).
 
     Raises:
         UserError: not a count >= 1 or a comma list of integers >= 0.
     """
-    from dipnet.experiments.run.seeds import parse_seeds as parse  # light: no torch
-
-    return parse(text)
+    try:
+        parts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a count or a comma list of integers: write "
+                        f"e.g. --seeds 3 or --seeds 0,1,2") from None
+    if len(parts) == 1 and "," not in str(text):
+        if parts[0] < 1:
+            raise UserError(f"--seeds must be at least 1, got {parts[0]}")
+        return list(range(parts[0]))
+    if any(p < 0 for p in parts):
+        raise UserError(f"--seeds {text!r} has a negative seed: seeds are integers >= 0")
+    return parts
 
 
 def add_set(p: argparse.ArgumentParser, examples: str) -> None:

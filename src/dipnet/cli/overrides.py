@@ -1,7 +1,7 @@
 """``--set KEY=VALUE`` items, parsed when a command runs (values are YAML).
 
-Each command decides what its keys mean (`dipnet.experiments.cli` for train, `sweep_cli` for
-compare, `dipnet.evaluation.cli` for evaluate, `dipnet.hf_experiments.cli` for the Hugging Face
+Each command decides what its keys mean (`dipnet.cli.train` for train, `sweep_cli` for
+compare, `dipnet.cli.evaluate` for evaluate, `dipnet.cli.hf` for the Hugging Face
 experiments); this module only splits and parses, with one-line errors, and offers the helpers
 they share (`suite_settings`; dotted keys are set with `dipnet._util.nested.set_nested`).
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from dipnet.errors import UserError
-from dipnet.commands.grammar import OVERRIDES
+from dipnet.cli.grammar import OVERRIDES
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,19 @@
-"""``dipnet certify``: its options (the command itself is
-`dipnet.experiments.run.certified.run_certify_command`)."""
+"""``dipnet certify``: its options, and the command (the certification of a run folder is
+`dipnet.experiments.run.certified.certify_run`, imported when the command runs)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Callable
 
-from dipnet.evaluation.cli import _floats
+from dipnet.cli.evaluate import _floats
 from dipnet.evaluation.settings import DEFAULT_RADII
-from dipnet.commands import grammar
+from dipnet.cli import grammar
+from dipnet._util.threads import limit_openmp_spinning
 
-RUN = "dipnet.experiments.run.certified:run_certify_command"
+RUN = "dipnet.cli.certify:run_certify_command"
 EXTRA = "eval"
 
 
@@ -82,3 +84,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grammar.add_threads(p)
     grammar.add_progress(p)
     p.set_defaults(run=RUN, extra=EXTRA)
+
+
+def run_certify_command(args: argparse.Namespace) -> int:
+    """``dipnet certify RUN_DIR``: certify, write certify.json, print a summary; returns 0."""
+    limit_openmp_spinning()
+    import torch
+
+    from dipnet.experiments.run.certified import certify_run, format_summary
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = certify_run(args.run_dir, n=args.n, n0=args.n0, alpha=args.alpha,
+                         points=args.points, seed=args.seed, radii=args.radii,
+                         internal=args.internal,
+                         from_first_projection=args.from_first_projection, sigma=args.sigma,
+                         batch_size=args.batch_size, device=args.device,
+                         data_dir=args.data_dir, out=args.out, progress=not args.no_progress)
+    target = Path(args.out) if args.out else Path(args.run_dir) / "certify.json"
+    print(f"{result['dataset']} / {result['model']} / {result['method']} (seed "
+          f"{result['seed']}): {target}")
+    print(format_summary(result))
+    return 0

@@ -43,13 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_path
+from dipnet._util.fileio import atomic_path
 from dipnet.inject import projections, variances
 from dipnet.evaluation.calibration import calibration_metrics
 from dipnet.experiments.sweep.grid import git_commit
 from dipnet.experiments.report.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
                                  paired_by_seed)
-from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
                      split_arm, summary_of, write_json, write_text)
 

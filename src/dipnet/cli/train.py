@@ -1,7 +1,7 @@
 """`dipnet train`: one training run from flags, ``--set`` overrides and/or a YAML config.
 
-The options are defined in `dipnet.commands.train` (no heavy imports); this module runs the
-command. Precedence: ``--config`` file < flags < ``--set`` items. What the ``--set`` keys of
+The options are defined without heavy imports (``dipnet train --help`` needs no torch); the
+harness is imported when the command runs. Precedence: ``--config`` file < flags < ``--set`` items. What the ``--set`` keys of
 ``train`` mean (docs/cli.md):
 
     KEY=V            a run field (``lr``, ``epochs``, ``normalize``, ``report_to``...)
@@ -23,21 +23,99 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet._util.nested import set_nested
-from dipnet.commands.overrides import Override, parse_overrides, unknown_scope
+from dipnet.cli import grammar
+from dipnet.cli.names import DATASETS, LR_SCHEDULES, METHODS, MODELS, OPTIMIZERS, PERTURBATION_MODES, \
+    PERTURBATIONS
+from dipnet.cli.overrides import Override, parse_overrides, unknown_scope
 from dipnet.errors import UserError
-from dipnet.experiments.run.config import RunConfig
-from dipnet.experiments.zoo.data import require_dataset_code_allowed
+
+if TYPE_CHECKING:  # the harness imports torch: loaded when the command runs
+    from dipnet.experiments.run.config import RunConfig
+
+RUN = "dipnet.cli.train:run_train_command"
+EXTRA = "experiments"
+
+DATASET_HELP = (f"data set: {', '.join(DATASETS)}; or your own: a .npz file (arrays x_train, "
+                "y_train, x_test, y_test; optional x_val, y_val, mean, std) or "
+                "package.module:factory (see docs/cli.md)")
+MODEL_HELP = f"model: {', '.join(MODELS)}, or package.module:factory"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand (defined in `dipnet.commands.train`)."""
-    from dipnet.commands import train
-
-    train.register(subparsers)
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser(
+        "train", help="train one model with one method on one data set",
+        description="Train one run and write config.yaml, metrics.json, train.log, checkpoints "
+                    "and model.safetensors into --out. Every setting is checked, the data "
+                    "loaded and the model built before anything in --out changes; the folder is "
+                    "then locked against other dipnet processes. An interrupted run resumes "
+                    "from its last checkpoint; a finished one is reused only if its settings "
+                    "are the same (otherwise refused, naming the differences) unless "
+                    "--overwrite. Flags override the values of --config, and --set overrides "
+                    "both. Under `torchrun --nproc_per_node=N -m dipnet train ...` it trains "
+                    "data-parallel (DDP).")
+    p.add_argument("--config", metavar="FILE", help="YAML run config (e.g. a run's config.yaml); "
+                   "flags given on the command line override its values")
+    p.add_argument("--dataset", help=DATASET_HELP + " (default digits)")
+    p.add_argument("--model", help=MODEL_HELP + " (default mlp)")
+    p.add_argument("--method", help=f"training method: {', '.join(METHODS)} (default standard)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, batch order and noise "
+                   "(default 0)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default runs/<run name>, "
+                   "e.g. runs/digits-mlp-dipnet-none-s0)")
+    p.add_argument("--batch-size", type=int, help="global mini-batch size (default 128)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="learning-rate schedule over epochs (default cosine)")
+    p.add_argument("--train-perturbation", choices=PERTURBATIONS,
+                   help="perturb the training inputs as in the paper's Table 1: none, gaussian "
+                        "(sigma 0.2) or fgsm (epsilon 0.2); per batch or once, see "
+                        "--perturbation-mode (default none)")
+    p.add_argument("--perturbation-strength", type=float, metavar="S",
+                   help="sigma / epsilon of --train-perturbation (default the paper's 0.2)")
+    p.add_argument("--perturbation-mode", choices=PERTURBATION_MODES,
+                   help="fresh: perturb every mini-batch anew (default); fixed: perturb the "
+                        "training set once before training (Gaussian seeded by the seed; FGSM "
+                        "against a clean standard reference model trained first and cached in "
+                        "OUT/../_reference/)")
+    p.add_argument("--max-train", type=int, metavar="N",
+                   help="use only N training examples (for small CPU budgets)")
+    p.add_argument("--val-fraction", type=float, help="fraction of the training split held out "
+                   "for validation (default 0.1; not used when the data has its own x_val)")
+    p.add_argument("--max-val", type=int, metavar="N", help="evaluate validation on at most N "
+                   "held-out examples (default all)")
+    p.add_argument("--mc-samples", type=int, metavar="K", help="trajectories averaged by Monte "
+                   "Carlo predictions (default 8)")
+    p.add_argument("--no-eval-mc", dest="eval_mc", action="store_const", const=False,
+                   help="skip the extra Monte Carlo test accuracy of methods that predict "
+                        "deterministically (dipnet, dropout); saves mc_samples test passes")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files "
+                   "(default: data/, $DIPNET_DATA and the system locations; see "
+                   "docs/experiments.md)")
+    grammar.add_set(p, "--set dip.m=2, --set model.hidden=[512,512], --set method.sigma=0.5, "
+                       "--set lr=0.01, --set 'normalize={mean: [0.5], std: [0.25]}'")
+    grammar.add_old_override(p, "--param", "method.", "a method parameter", "sigma=0.5")
+    grammar.add_old_override(p, "--dip", "dip.", "a DIPConfig field of --method dipnet", "m=2")
+    grammar.add_old_override(p, "--model-param", "model.", "a model parameter",
+                             "'hidden=[512,512]'")
+    grammar.add_threads(p)
+    grammar.add_device(p)
+    grammar.add_report_to(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a finished or partial run in --out and train again (only "
+                        "once the new run's data and model are ready)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow a --config file to name user code as its model or data set "
+                        "(package.module:factory); without it such a file is refused")
+    grammar.add_progress(p)
+    p.set_defaults(run=RUN, extra=EXTRA)
 
 
 # CLI flag -> RunConfig field, for the plain ones.
@@ -65,6 +143,7 @@ def apply_run_overrides(data: dict[str, Any], overrides: Iterable[Override],
         UserError: a key the run does not have, ``eval.*`` (train does not evaluate), or a
             ``METHOD.KEY`` naming another method than the run's.
     """
+    from dipnet.experiments.run.config import RunConfig
     from dipnet.experiments.zoo.methods import list_methods
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -108,6 +187,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     Raises:
         UserError: a bad config file, flag value or ``--set`` item.
     """
+    from dipnet.experiments.run.config import RunConfig
+
     data: dict[str, Any] = RunConfig.load(args.config).to_dict() if args.config else {}
     for flag, name in _FLAG_FIELDS.items():
         value = getattr(args, flag, None)
@@ -136,6 +217,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     reported in one line (exit 0); anything else goes to `run_training`.
     """
     from dipnet.experiments.run.train import DistInfo, plan_run, run_training
+    from dipnet.experiments.zoo.data import require_dataset_code_allowed
 
     cfg = config_from_args(args)
     if args.config:

@@ -36,12 +36,12 @@ import torch
 from torch import nn
 
 from dipnet.errors import UserError
-from dipnet.fileio import atomic_path
+from dipnet._util.fileio import atomic_path
 from dipnet.inject import projections, remove, variances
 from dipnet.experiments.sweep.grid import git_commit
 from dipnet.experiments.report.stats import (detectable_difference, format_paired_p, paired_by_seed,
                                  required_items, summarize)
-from dipnet.hf_experiments.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
+from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
                      expand_arms, fmt, headline_table, headline_tests, seed_everything,
                      split_arm, summary_of, write_json, write_text)
 
@@ -196,7 +196,7 @@ def load_model(s: MathSettings) -> tuple[nn.Module, Any]:
     elif s.model == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from dipnet.hf_experiments.tokenizers import char_tokenizer
+        from dipnet.experiments.hf.tokenizers import char_tokenizer
 
         tok = char_tokenizer()
         torch.manual_seed(0)

@@ -28,10 +28,10 @@ EVAL_SUITES = ("full", "quick")
 EVAL_PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
 #: `dipnet.experiments.run.tracking.REPORT_TO`: Hugging Face's ``report_to`` names
 REPORT_TO = ("tensorboard", "mlflow")
-#: `dipnet.hf_experiments.text.METHODS` / `dipnet.hf_experiments.math.METHODS`
+#: `dipnet.experiments.hf.text.METHODS` / `dipnet.experiments.hf.math.METHODS`
 TEXT_METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")
 MATH_METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
-#: `dipnet.experiments.sweep_cli.DEMO_SWEEP["methods"]` (and configs/demo.yaml)
+#: `dipnet.cli.sweep.DEMO_SWEEP["methods"]` (and configs/demo.yaml)
 DEMO_METHODS = ("standard", "dipnet", "fixed_noise", "rs")
 #: How long `dipnet demo` takes, as the README measured it (tests/test_cli_grammar.py keeps the
 #: two equal).

@@ -1,10 +1,30 @@
 """The `dipnet` command line: one parser for every subcommand, built without heavy imports.
 
-The options of every subcommand are defined in `dipnet.commands` (argparse and the standard
-library only), so ``dipnet --help``, ``dipnet COMMAND --help`` and ``dipnet --version`` answer
-at once and work on a core-only install. A subcommand's implementation (``"module:function"``)
-is imported only when it runs, after a check, without importing anything, that the modules of
-its pip extra are installed: a missing one is ONE line naming the extra to install.
+One module per command, each holding its options (argparse and the standard library only) and
+its implementation, whose heavy imports (torch, the harness) happen inside the functions that
+run. ``dipnet --help``, ``dipnet COMMAND --help`` and ``dipnet --version`` therefore answer at
+once and work on a core-only install. A subcommand's implementation (``"module:function"``) is
+called only after a check, without importing anything, that the modules of its pip extra are
+installed: a missing one is ONE line naming the extra to install.
+
+==============  ==========================================  ===========
+command         implementation                              extra
+==============  ==========================================  ===========
+train           dipnet.cli.train:run_train_command          experiments
+compare         dipnet.cli.sweep:compare_command            experiments
+report          dipnet.cli.sweep:report_command             experiments
+demo            dipnet.cli.sweep:demo_command               experiments
+tune            dipnet.cli.tune:tune_command                tune
+evaluate        dipnet.cli.evaluate:run_evaluate_command    eval
+certify         dipnet.cli.certify:run_certify_command      eval
+text-classify   dipnet.cli.hf:text_command                  text
+math            dipnet.cli.hf:math_command                  math
+==============  ==========================================  ===========
+
+The grammar shared by all of them (``--set`` overrides, ``--threads``, ``--device``,
+``--no-progress``, ``--out``, ``--seeds`` and the deprecated old spellings) lives in
+`dipnet.cli.grammar` and `dipnet.cli.overrides`; the names shown in ``--help`` (data sets,
+models, methods) in `dipnet.cli.names`.
 
 Errors a user can cause end as ONE line (``dipnet: error: ...``, exit 2): `UserError`, the
 core's configuration errors, every OSError (named path, errno text) and a missing optional
@@ -19,12 +39,21 @@ import importlib
 import sys
 from typing import Any, Sequence
 
-from dipnet import trust
+from dipnet._util import trust
 from dipnet._util.modules import module_installed
-from dipnet.commands import COMMAND_MODULES
-from dipnet.commands.grammar import NOTICES
+from dipnet.cli.grammar import NOTICES
 from dipnet.errors import UserError, describe_os_error
-from dipnet.threads import limit_openmp_spinning
+from dipnet._util.threads import limit_openmp_spinning
+
+#: The modules that register subcommands, in the order ``dipnet --help`` lists them.
+COMMAND_MODULES = (
+    "dipnet.cli.train",     # train
+    "dipnet.cli.sweep",     # compare, report, demo
+    "dipnet.cli.tune",      # tune
+    "dipnet.cli.evaluate",  # evaluate
+    "dipnet.cli.certify",   # certify
+    "dipnet.cli.hf",        # text-classify, math
+)
 
 #: The modules each pip extra provides, checked with `importlib.util.find_spec` (no import)
 #: before a subcommand of that extra runs. Kept in step with pyproject.toml's extras.
@@ -73,7 +102,7 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        from dipnet._version import installed_version
+        from dipnet._util.version import installed_version
 
         print(f"dipnet {installed_version()}")
         parser.exit()

@@ -1,4 +1,6 @@
-"""`dipnet evaluate RUN_DIR`: run the evaluation suite on trained runs and print a summary."""
+"""``dipnet evaluate RUN_DIR``: its options, and the command that runs the evaluation suite on
+trained runs and prints a summary. The parser imports only the suite's settings
+(`dipnet.evaluation.settings`: no torch); tests/test_cli_startup.py keeps it so."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from dipnet.commands.grammar import positive_int
+from dipnet.cli.grammar import positive_int
 from dipnet.errors import UserError
-from dipnet.threads import limit_openmp_spinning
+from dipnet._util.threads import limit_openmp_spinning
 from dipnet.evaluation.settings import ATTACK_NAMES, PARTS, SUITES
+
+RUN = "dipnet.cli.evaluate:run_evaluate_command"
+EXTRA = "eval"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -108,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "OMP_WAIT_POLICY is set)")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="hide the progress bars (--quiet is the same)")
-    p.set_defaults(func=run_evaluate_command)
+    p.set_defaults(func=run_evaluate_command, run=RUN, extra=EXTRA)
 
 
 def _fmt(v: Any, scale: float = 100.0, digits: int = 1) -> str:
@@ -183,7 +188,7 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
         UserError: an item without ``=``, or a value that is not valid YAML.
     """
     # the command line's one --set grammar (docs/cli.md): KEY or eval.KEY
-    from dipnet.commands.overrides import parse_item, suite_settings
+    from dipnet.cli.overrides import parse_item, suite_settings
 
     return suite_settings([parse_item("--set", item) for item in items or []], "dipnet evaluate")
 
