@@ -133,7 +133,7 @@ def test_the_names_in_help_equal_the_registries():
 def _settings_fields(module: str, cls: str) -> tuple[list[tuple[str, str, object]], tuple]:
     """(name, annotation, default) of a settings dataclass, read from its source (importing it
     would import transformers: 10 s), and the module's METHODS tuple."""
-    tree = ast.parse((ROOT / "src" / "dipnet" / "hf_experiments" / f"{module}.py").read_text())
+    tree = ast.parse((ROOT / "src" / "dipnet" / "experiments" / "hf" / f"{module}.py").read_text())
     methods = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                    and any(getattr(t, "id", "") == "METHODS" for t in n.targets))
     body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body

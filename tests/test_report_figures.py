@@ -61,7 +61,7 @@ def test_method_colours_are_fixed_by_name():
     import subprocess
     import sys
 
-    code = ("from dipnet.experiments import report_style; "
+    code = ("from dipnet.experiments.report import style as report_style; "
             "print(report_style.method_colour('my_method'))")
     colours = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env={**os.environ, "PYTHONHASHSEED": seed}

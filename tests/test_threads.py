@@ -61,11 +61,9 @@ def test_the_evaluate_command_sets_it_first(monkeypatch) -> None:
 def test_a_fresh_dipnet_process_sets_it_before_torch_loads() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     # The train command's implementation replaced by one that reports what torch would see.
-    probe = ("import os, sys, types; from dipnet import cli; "
-             "fake = types.ModuleType('dipnet.cli.train'); "
-             "fake.run_train_command = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), "
+    probe = ("import os, sys; from dipnet import cli; import dipnet.cli.train as train; "
+             "train.run_train_command = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), "
              "os.environ.get('OMP_WAIT_POLICY')) or 0; "
-             "sys.modules['dipnet.cli.train'] = fake; "
              "sys.exit(cli.main(['train', '--dataset', 'digits']))")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                          timeout=120)

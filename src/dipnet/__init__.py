@@ -36,7 +36,7 @@ _LAZY: dict[str, str] = {name: module for module, names in {
                    "summary_dict"),
     "projection": ("GaussianProjection", "ProjectionShapeError"),
     "targeting": ("Target", "TargetError", "resolve_targets"),
-    "_version": ("__version__",),
+    "_util.version": ("__version__",),
 }.items() for name in names}
 
 if TYPE_CHECKING:  # what type checkers and IDEs read

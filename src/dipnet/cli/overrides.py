@@ -1,6 +1,6 @@
 """``--set KEY=VALUE`` items, parsed when a command runs (values are YAML).
 
-Each command decides what its keys mean (`dipnet.cli.train` for train, `sweep_cli` for
+Each command decides what its keys mean (`dipnet.cli.train` for train, `dipnet.cli.sweep` for
 compare, `dipnet.cli.evaluate` for evaluate, `dipnet.cli.hf` for the Hugging Face
 experiments); this module only splits and parses, with one-line errors, and offers the helpers
 they share (`suite_settings`; dotted keys are set with `dipnet._util.nested.set_nested`).

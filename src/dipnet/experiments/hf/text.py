@@ -103,7 +103,7 @@ def default_data_dir() -> str:
     if root:
         return os.path.join(root, "spam-assassin")
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "..", "data", "spam-assassin"))
+    return os.path.normpath(os.path.join(here, "..", "..", "..", "..", "data", "spam-assassin"))
 
 
 def email_text(raw: str) -> str:
@@ -337,8 +337,7 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
     """Fine-tune one model as ``arm`` (a method, or ``dipnet@blocks``-style for the projected
     ones) with ``seed``; return its metrics (JSON-able)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     method, _ = split_arm(arm)
     seed_everything(seed)
@@ -347,12 +346,35 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
     extra = {"hidden_dropout_prob": s.dropout} if method == "dropout" else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
     emb_std = float(model.get_input_embeddings().weight.detach().std())
+    res = _fine_tune(arm, seed, s, model, tokenizer, texts, labels, idx["train"], emb_std)
 
-    train_texts = training_texts(texts, idx["train"], seed, s.train_char_rate)
+    model.eval()
+    test_texts = [texts[i] for i in idx["test"]]
+    y = np.array([labels[i] for i in idx["test"]])
+    t1 = time.time()
+    res.update(_clean_and_noisy(model, tokenizer, test_texts, y, s, method in STOCHASTIC))
+    res.update(_embedding_attacks(model, tokenizer, test_texts, y, s, emb_std,
+                                  method in STOCHASTIC))
+    if projections(model):
+        v = torch.cat([x.flatten() for x in variances(model).values()])
+        res["variance"] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    res["eval_time_s"] = time.time() - t1
+    return res
+
+
+def _fine_tune(arm: str, seed: int, s: TextSettings, model: Any, tokenizer: Any,
+               texts: list[str], labels: list[int], train_idx: list[int],
+               emb_std: float) -> dict[str, Any]:
+    """Train ``model`` as ``arm`` with the HF Trainer (DIPTrainer, SAM or plain); returns the
+    run's training record (method, seed, steps, time, loss log, embedding std)."""
+    from transformers import Trainer, TrainingArguments
+
+    method, _ = split_arm(arm)
+    train_texts = training_texts(texts, train_idx, seed, s.train_char_rate)
     enc = encode(tokenizer, train_texts, s.max_length)
     train_ds = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
                  "token_type_ids": enc["token_type_ids"][i] if "token_type_ids" in enc else None,
-                 "labels": torch.tensor(labels[j])} for i, j in enumerate(idx["train"])]
+                 "labels": torch.tensor(labels[j])} for i, j in enumerate(train_idx)]
     train_ds = [{k: v for k, v in d.items() if v is not None} for d in train_ds]
     steps = max(1, math.ceil(len(train_ds) * s.epochs / s.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
@@ -378,16 +400,15 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
         trainer.train()
         train_time = time.time() - t0
         logs = [h for h in trainer.state.log_history if "loss" in h]
+    return {"method": arm, "seed": seed, "train_steps": steps, "train_time_s": train_time,
+            "train_log": logs, "emb_std": emb_std}
 
-    model.eval()
-    test_texts = [texts[i] for i in idx["test"]]
-    y = np.array([labels[i] for i in idx["test"]])
-    t1 = time.time()
-    res: dict[str, Any] = {"method": arm, "seed": seed, "train_steps": steps,
-                           "train_time_s": train_time, "train_log": logs,
-                           "emb_std": emb_std}
-    res["det"] = calibration(predict_probs(model, tokenizer, test_texts, s, 0), y)
-    stochastic = method in STOCHASTIC
+
+def _clean_and_noisy(model: Any, tokenizer: Any, test_texts: list[str], y: np.ndarray,
+                     s: TextSettings, stochastic: bool) -> dict[str, Any]:
+    """Calibration of the deterministic (and, for a stochastic method, the Monte Carlo)
+    prediction, and accuracy under each character-noise rate."""
+    res: dict[str, Any] = {"det": calibration(predict_probs(model, tokenizer, test_texts, s, 0), y)}
     if stochastic and s.mc_k > 0:
         res["mc"] = calibration(predict_probs(model, tokenizer, test_texts, s, s.mc_k), y)
     res["char_noise"] = {}
@@ -396,7 +417,13 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
                  for i, t in enumerate(test_texts)]
         res["char_noise"][str(rate)] = calibration(predict_probs(model, tokenizer, noisy, s, 0),
                                                    y)["acc"]
-    # Embedding-space PGD on the first attack_n test e-mails.
+    return res
+
+
+def _embedding_attacks(model: Any, tokenizer: Any, test_texts: list[str], y: np.ndarray,
+                       s: TextSettings, emb_std: float, stochastic: bool) -> dict[str, Any]:
+    """Embedding-space PGD (L2 and Linf; EOT for a stochastic method) on the first
+    ``attack_n`` test e-mails; returns the robust accuracies."""
     n = min(s.attack_n, len(test_texts))
     att: dict[str, list[bool]] = {"l2": [], "linf": []}
     att_mc: list[bool] = []
@@ -415,15 +442,10 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
         if stochastic and s.eot_k > 0 and s.mc_k > 0:
             att_mc += pgd_embedding_attack(model, enc_b, yb, "l2", eps_l2, s.attack_steps,
                                            eot_k=s.eot_k, eval_k=s.mc_k).cpu().tolist()
-    res["attack_n"] = n
-    res["pgd_l2_acc"] = float(np.mean(att["l2"]))
-    res["pgd_linf_acc"] = float(np.mean(att["linf"]))
+    res: dict[str, Any] = {"attack_n": n, "pgd_l2_acc": float(np.mean(att["l2"])),
+                           "pgd_linf_acc": float(np.mean(att["linf"]))}
     if att_mc:
         res["eot_pgd_l2_mc_acc"] = float(np.mean(att_mc))
-    if projections(model):
-        v = torch.cat([x.flatten() for x in variances(model).values()])
-        res["variance"] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
-    res["eval_time_s"] = time.time() - t1
     return res
 
 
@@ -486,40 +508,62 @@ def _getters(rates: list[float]) -> dict[str, Any]:
 
 
 def write_report(out_dir: str) -> list[dict[str, Any]]:
-    """Aggregate the finished runs into results.json, results.md and results.png."""
+    """Aggregate the finished runs into results.json, results.md and results.png.
+
+    Returns the runs read. Raises UserError when no run has finished.
+    """
     runs = _load_runs(out_dir)
     if not runs:
         raise UserError(f"no finished runs under {out_dir}/per_run; run the experiment first.")
     methods = arm_order((r["method"] for r in runs), METHODS)
     rates = sorted({float(k) for r in runs for k in r["char_noise"]})
+    summary, headline = _summarize(runs, methods, rates)
+    s0 = runs[0]["settings"]
+    write_json(os.path.join(out_dir, "results.json"), {"summary": summary, "settings": s0,
+                                                       "runs": len(runs), "headline": headline})
+    lines = _result_tables(runs, summary, methods, rates) + _test_tables(
+        summary, methods, rates, headline)
+    write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+    _plot(out_dir, summary, methods, rates)
+    return runs
 
-    def by_seed(m: str, getter: Any) -> dict[int, float]:
-        out = {}
-        for r in runs:
-            if r["method"] != m:
-                continue
-            try:
-                out[r["seed"]] = float(getter(r))
-            except (KeyError, TypeError):
-                pass
-        return out
 
+def _by_seed(runs: list[dict[str, Any]], m: str, getter: Any) -> dict[int, float]:
+    """seed -> ``getter(run)`` of method ``m``'s runs (runs without that value left out)."""
+    out = {}
+    for r in runs:
+        if r["method"] != m:
+            continue
+        try:
+            out[r["seed"]] = float(getter(r))
+        except (KeyError, TypeError):
+            pass
+    return out
+
+
+def _summarize(runs: list[dict[str, Any]], methods: list[str],
+               rates: list[float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per method and metric: the summary over seeds and the paired test against standard;
+    and the Holm-corrected headline tests."""
     getters = _getters(rates)
     summary: dict[str, Any] = {}
     for m in methods:
         summary[m] = {}
         for key, g in getters.items():
-            vals = by_seed(m, g)
+            vals = _by_seed(runs, m, g)
             summary[m][key] = summary_of(vals.values())
             if m != "standard" and "standard" in methods and key not in ("train_time_s",
                                                                           "variance_mean"):
                 summary[m][key]["paired_vs_standard"] = paired_by_seed(
-                    vals, by_seed("standard", g)).to_dict()
-    s0 = runs[0]["settings"]
-    headline = headline_tests({m: by_seed(m, getters["acc"]) for m in methods})
-    write_json(os.path.join(out_dir, "results.json"), {"summary": summary, "settings": s0,
-                                                       "runs": len(runs), "headline": headline})
+                    vals, _by_seed(runs, "standard", g)).to_dict()
+    headline = headline_tests({m: _by_seed(runs, m, getters["acc"]) for m in methods})
+    return summary, headline
 
+
+def _result_tables(runs: list[dict[str, Any]], summary: dict[str, Any], methods: list[str],
+                   rates: list[float]) -> list[str]:
+    """The report's header, accuracy / calibration table and robustness table (lines)."""
+    s0 = runs[0]["settings"]
     pct = 100.0
     lines = [
         "# Spam classification: all-MiniLM-L6-v2 fine-tuned on SpamAssassin",
@@ -560,8 +604,14 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
               "e-mails, perturbing the token-embedding output (real tokens only); L2 budget "
               "relative to each e-mail's embedding norm, Linf budget in units of the embedding "
               "entries' standard deviation. EOT: the attack's loss is the NLL of the mean of "
-              f"{s0['eot_k']} sampled softmaxes, scored with the {s0['mc_k']}-sample prediction.",
-              "", "## p-values (paired t-test by seed, vs standard)", "",
+              f"{s0['eot_k']} sampled softmaxes, scored with the {s0['mc_k']}-sample prediction."]
+    return lines
+
+
+def _test_tables(summary: dict[str, Any], methods: list[str], rates: list[float],
+                 headline: dict[str, Any]) -> list[str]:
+    """The p-value table (paired by seed, vs standard) and the headline tests (lines)."""
+    lines = ["", "## p-values (paired t-test by seed, vs standard)", "",
               "| method | acc | ECE | " + " | ".join(f"char {r:g}" for r in rates)
               + " | PGD L2 | PGD Linf |",
               "| --- | --- | --- | " + " | ".join("---" for _ in rates) + " | --- | --- |"]
@@ -577,9 +627,7 @@ def write_report(out_dir: str) -> list[dict[str, Any]]:
               "placement (dipnet@p - fixed_noise@p), paired by seed; Holm's correction over "
               "all of them (`dipnet.experiments.report.stats.holm`).", "",
               *headline_table(headline)]
-    write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
-    _plot(out_dir, summary, methods, rates)
-    return runs
+    return lines
 
 
 def _condition(s0: dict[str, Any]) -> str:

@@ -8,20 +8,18 @@
     eval_tables   the test-time evaluation section's tables (and its own figures)
     eval_figures  the test-time evaluation figures of the sweep report
     style         the figure style every plot shares
+    stats         the one statistics module (shared with the Hugging Face experiments)
 
-The statistics are `dipnet.experiments.report.stats` (shared with the Hugging Face experiments).
-The names of `build` are importable from here, as they were from the old single module
-``dipnet.experiments.report``; the old modules beside it (``report_plots``, ``scorecard``, ...)
-still name these.
+The names of `build` are importable from here, imported when first used (so that importing
+`style` or `stats` does not pull in the whole report).
 """
 
 from __future__ import annotations
 
-from dipnet._util.moved import forward_moved
+from dipnet._util.lazy import lazy_names
 
-#: The names of the old single-module ``dipnet.experiments.report``, now in `build`; nothing
-#: in src/dipnet imports them from here (tests/test_import_graph.py checks).
-_MOVED = {
+#: The names exported from `build`.
+_LAZY = {
     "RESULTS_SCHEMA_VERSION": "dipnet.experiments.report.build",
     "BASELINE": "dipnet.experiments.report.build",
     "RUN_METRICS": "dipnet.experiments.report.build",
@@ -36,6 +34,6 @@ _MOVED = {
     "ReportPaths": "dipnet.experiments.report.build",
     "build_report": "dipnet.experiments.report.build",
 }
-__getattr__ = forward_moved(__name__, _MOVED)
+__getattr__ = lazy_names(__name__, _LAZY)
 __all__ = ["RunRecord", "load_runs", "build_results", "build_report", "flatten_evaluation",
            "summary_table", "markdown_to_html", "ReportPaths", "RESULTS_SCHEMA_VERSION"]

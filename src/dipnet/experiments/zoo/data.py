@@ -35,7 +35,7 @@ from dipnet.errors import UserError
 from dipnet._util.fileio import atomic_path
 
 # The repository's data folder (scripts/setup.sh fills it); meaningful for an editable install.
-REPO_DATA = Path(__file__).resolve().parents[3] / "data"
+REPO_DATA = Path(__file__).resolve().parents[4] / "data"
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SETUP_HINT = "run scripts/setup.sh, or pass --data-dir DIR"
 
