@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                               "weights": "runs/pretrained/hf_vit_mnist/model.safetensors"},
                 max_train=5000, epochs=8, batch_size=128, lr=1e-3, lr_schedule="cosine",
                 mc_samples=8, eval_mc=False, num_threads=1, device="cpu"),
-    # A seconds-long smoke preset for the script's own test (tests/test_script_dose_response.py).
+    # A seconds-long smoke preset for the script's own test (tests/project/test_script_dose_response.py).
     "digits": dict(dataset="digits", model="mlp", model_params={"hidden": [32]}, epochs=2,
                    batch_size=64, lr=3e-3, mc_samples=4, eval_mc=False, num_threads=1,
                    device="cpu"),

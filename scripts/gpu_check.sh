@@ -59,12 +59,12 @@ if [ "$SMOKE" = 1 ]; then
   FP32_SECTIONS=hf; BF16_SECTIONS=hf
   SCALE=4  # a shared CPU compiles and trains slowly: the limits are the GPU's times four
   FT="--size tiny --steps 3 --warmup 1 --batch 8"; PYTEST_MARK="not gpu"
-  PYTEST_PATHS=tests/test_gpu.py; PYTEST_K=regenerate_by_default
+  PYTEST_PATHS=tests/core/test_gpu.py; PYTEST_K=regenerate_by_default
 else
   DEV=cuda; BF16="--bf16"; HF_EAGER=base; HF_COMPILE=small; BACKEND=inductor; ROUNDS="--repeats 7 --number 4"
   FP32_SECTIONS=hf,offload,memory,floor; BF16_SECTIONS=hf,memory
   SCALE=1
-  FT="--size small --steps 200 --warmup 20 --batch 256"; PYTEST_MARK="gpu"; PYTEST_PATHS=tests/test_gpu.py; PYTEST_K=""
+  FT="--size small --steps 200 --warmup 20 --batch 256"; PYTEST_MARK="gpu"; PYTEST_PATHS=tests/core/test_gpu.py; PYTEST_K=""
 fi
 BUDGET="${BUDGET:-$((460 * SCALE))}"
 DATA_ARG=""
@@ -93,7 +93,7 @@ if [ -n "$ONLY" ]; then
 fi
 body() { declare -f "stage_$1" | sed -n 3p | sed 's/^ *//; s/;$//'; }
 
-NEEDED=(scripts/gpu_check.sh tests/test_gpu.py tests/test_perf_noise.py tests/test_hf_trainer.py
+NEEDED=(scripts/gpu_check.sh tests/core/test_gpu.py tests/core/test_perf_noise.py tests/core/test_hf_trainer.py
         benchmarks/bench_overhead.py benchmarks/bench_finetune_vit.py benchmarks/gpu_summary.py
         src/dipnet/__init__.py src/dipnet/noise.py src/dipnet/hf.py pyproject.toml)
 

@@ -56,7 +56,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
       || log "WARNING: could not install dataset-fashion-mnist; Fashion-MNIST runs will ask for --data-dir"
   fi
 fi
-# Chromium (headless): tests/test_report_html.py renders report.html with it (skipped without).
+# Chromium (headless): tests/experiments/report/test_report_html.py renders report.html with it (skipped without).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
    && ! command -v google-chrome >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"

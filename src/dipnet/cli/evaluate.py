@@ -1,6 +1,6 @@
 """``dipnet evaluate RUN_DIR``: its options, and the command that runs the evaluation suite on
 trained runs and prints a summary. The parser imports only the suite's settings
-(`dipnet.evaluation.settings`: no torch); tests/test_cli_startup.py keeps it so."""
+(`dipnet.evaluation.settings`: no torch); tests/cli/test_cli_startup.py keeps it so."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The fields mirror `dipnet.experiments.hf.text.TextSettings` and
 `dipnet.experiments.hf.math.MathSettings` (which import transformers, so they are not read
-here); tests/test_cli_startup.py checks names, types and defaults against the dataclasses. Two
+here); tests/cli/test_cli_startup.py checks names, types and defaults against the dataclasses. Two
 defaults differ on purpose: ``--out`` is ``runs/<command>`` (outputs never go into the
 repository by default) and ``--device`` is ``auto`` as in every other command.
 

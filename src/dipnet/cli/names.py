@@ -1,7 +1,7 @@
 """Names shown in ``--help``, kept as plain tuples so that building the parser imports nothing.
 
 The registries they mirror (`dipnet.experiments.zoo.data.list_datasets` and friends) import torch;
-tests/test_cli_startup.py checks that every tuple here equals its registry, so a new data set,
+tests/cli/test_cli_startup.py checks that every tuple here equals its registry, so a new data set,
 model or method that is not added here fails a test instead of going missing from ``--help``.
 A name that is not listed still works: the commands check names against the registries when
 they run, and their errors list what the registry holds.
@@ -33,6 +33,6 @@ TEXT_METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")
 MATH_METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
 #: `dipnet.cli.sweep.DEMO_SWEEP["methods"]` (and configs/demo.yaml)
 DEMO_METHODS = ("standard", "dipnet", "fixed_noise", "rs")
-#: How long `dipnet demo` takes, as the README measured it (tests/test_cli_grammar.py keeps the
+#: How long `dipnet demo` takes, as the README measured it (tests/cli/test_cli_grammar.py keeps the
 #: two equal).
 DEMO_TIME = "87-103 s on 2 idle cores"

@@ -689,7 +689,7 @@ def _eval_table(results: dict[str, Any], dataset: str, model: str, pert: str) ->
 
 # --- markdown -> self-contained HTML ---------------------------------------------------------
 # Wide tables scroll inside their own box and long words wrap, so the page itself is never
-# wider than the window (tests/test_report_html.py checks this in headless Chromium).
+# wider than the window (tests/experiments/report/test_report_html.py checks this in headless Chromium).
 _HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:1em 0;font-size:0.88em;display:block;max-width:100%;
