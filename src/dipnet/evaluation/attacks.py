@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dipnet.evaluation.predictors import Predictor
+from dipnet.evaluation.settings import GRADIENT_ATTACKS
 
 NORMS = ("linf", "l2")
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = GRADIENT_ATTACKS  # the registry's white-box attacks (dipnet.evaluation.settings)
 Bounds = tuple[float, float] | None
 
 

@@ -14,11 +14,61 @@ from typing import Any
 from dipnet.errors import UserError
 
 PARTS = ("clean", "calibration", "attacks", "corruptions", "noise", "ood", "smoothness")
-STRONG_ATTACKS = ("apgd-ce", "apgd-dlr", "square")  # dipnet.evaluation.strong_attacks (ART)
-ATTACK_NAMES = ("fgsm", "pgd") + STRONG_ATTACKS
 #: The L2 radii at which certify.json reports certified accuracy (model-input units); they
 #: include every PGD L2 epsilon of the quick and full suites, for the report's check.
 DEFAULT_RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """What the suite, the CLI and the report know of one attack (the registry's entry).
+
+    Attributes:
+        name: the name in ``--attacks`` and in evaluation.json.
+        title: how the report's tables and figures name it.
+        family: ``"gradient"`` (white-box, `dipnet.evaluation.attacks.robust_accuracy_curve`,
+            run at every ``linf_eps`` / ``l2_eps``) or ``"strong"`` (the ART attacks of
+            `dipnet.evaluation.strong_attacks.strong_accuracy_curve`, run at
+            ``strong_linf_eps`` / ``strong_l2_eps`` on ``strong_points``).
+        needs_images: the attack works on (N, C, H, W) images only; the suite skips it, with
+            a note, on other inputs.
+    """
+
+    name: str
+    title: str
+    family: str
+    needs_images: bool = False
+
+
+#: The attack registry, in the order the CLI lists and the report shows them. Adding an attack
+#: is its function (in `attacks` or `strong_attacks`, dispatched there by name) and one
+#: `_register_attack` line below (the name tuples are derived once, at import); the suite
+#: plans it by its family, the CLI offers it and the report titles it from here.
+ATTACKS: dict[str, AttackInfo] = {}
+
+
+def _register_attack(name: str, title: str, family: str, *, needs_images: bool = False) -> None:
+    """Add an attack to `ATTACKS` (see `AttackInfo` for the fields).
+
+    Raises:
+        ValueError: an unknown family, or a name registered already.
+    """
+    if family not in ("gradient", "strong"):
+        raise ValueError(f"attack family must be 'gradient' or 'strong', got {family!r}")
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is registered already")
+    ATTACKS[name] = AttackInfo(name, title, family, needs_images)
+
+
+_register_attack("fgsm", "FGSM", "gradient")
+_register_attack("pgd", "PGD", "gradient")
+_register_attack("apgd-ce", "APGD-CE", "strong")
+_register_attack("apgd-dlr", "APGD-DLR", "strong")
+_register_attack("square", "Square", "strong", needs_images=True)
+
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)
+GRADIENT_ATTACKS: tuple[str, ...] = tuple(n for n, a in ATTACKS.items() if a.family == "gradient")
+STRONG_ATTACKS: tuple[str, ...] = tuple(n for n, a in ATTACKS.items() if a.family == "strong")
 
 
 @dataclass

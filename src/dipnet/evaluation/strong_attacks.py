@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from dipnet.evaluation.attacks import Bounds, _check, _correct, _correct_batched
 from dipnet.evaluation.predictors import Predictor
+from dipnet.evaluation.settings import STRONG_ATTACKS
 
-STRONG_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "square")
 _LOSSES = {"apgd-ce": ["ce"], "apgd-dlr": ["dlr"], "square": ["margin"]}
 
 

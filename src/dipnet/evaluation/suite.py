@@ -32,7 +32,7 @@ from dipnet.evaluation.calibration import calibration_metrics
 from dipnet.evaluation.corruptions import available_corruptions, corruption_accuracy, is_image_shape
 from dipnet.evaluation.ood import ood_detection
 from dipnet.evaluation.predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
-from dipnet.evaluation.settings import ATTACK_NAMES, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
+from dipnet.evaluation.settings import ATTACK_NAMES, ATTACKS, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
 from dipnet.evaluation.smoothness import measure_smoothness
 
 SCHEMA_VERSION = 1
@@ -225,9 +225,12 @@ class _SuiteRun:
                   for norm, eps in (("linf", st.strong_linf_eps), ("l2", st.strong_l2_eps))
                   if eps]
         shape = tuple(self.x.shape[1:])
-        if "square" in st.attacks and not is_image_shape(shape):
-            self.notes.append(f"attacks: square skipped (it needs images; inputs have shape {shape})")
-            strong = [s for s in strong if s[0] != "square"]
+        if not is_image_shape(shape):
+            for name in (a for a in st.attacks if ATTACKS[a].needs_images):
+                self.notes.append(f"attacks: {name} skipped (it needs images; inputs have "
+                                  f"shape {shape})")
+                plan = [s for s in plan if s[0] != name]
+                strong = [s for s in strong if s[0] != name]
         return plan, strong
 
     def attacks(self) -> None:

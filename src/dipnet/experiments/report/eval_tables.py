@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from dipnet.evaluation.settings import ATTACKS
 from dipnet.experiments.report.stats import format_mean_std, format_p, paired_by_seed, summarize
 
 Series = tuple[str, str]  # (method, prediction)
@@ -33,8 +34,7 @@ SMOOTHNESS_MEASURES: tuple[tuple[str, str], ...] = (
     ("weight_hessian_top_eigenvalue", "weight-Hessian top eigenvalue"),
     ("output_variance", "output variance over trajectories"),
 )
-_ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR",
-                  "square": "Square"}
+_ATTACK_TITLES = {name: attack.title for name, attack in ATTACKS.items()}
 _NORM_TITLES = {"linf": "L-inf", "l2": "L2"}
 # Every (attack, norm) panel the suite can produce, in the order the report shows them.
 _ATTACK_PANELS = tuple((a, n, f"{_ATTACK_TITLES[a]}, {_NORM_TITLES[n]}")
