@@ -20,7 +20,7 @@ then measured on the final iterate with fresh, independent noise (k trajectories
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -388,44 +388,67 @@ def robust_accuracy_curve(predictor: Predictor, x: torch.Tensor, y: torch.Tensor
     for eps in epsilons:
         _check(norm, eps)
     batch_size = int(kwargs.pop("batch_size", 500))
-    if clean_log_probs is not None:
-        clean_ok = clean_log_probs.argmax(-1).to(y.device) == y
-    else:
-        clean_ok = _correct_batched(predictor, x, y, batch_size)
-    cum = cumulative and not predictor.stochastic
-    still = clean_ok.clone()
+    clean_ok = clean_correct(predictor, x, y, batch_size, clean_log_probs)
     grads: list[torch.Tensor] | None = None
-    results = []
-    eps_iter: Iterable[float] = epsilons
-    if progress:
-        eps_iter = tqdm(epsilons, desc=f"{attack}-{norm} ({predictor.name})", leave=False)
-    for eps in eps_iter:
-        if eps == 0:
-            ok = clean_ok.clone()
-        elif attack == "fgsm":
+
+    def score(eps: float, still: torch.Tensor | None) -> torch.Tensor:
+        nonlocal grads
+        if attack == "fgsm":
             if grads is None:
                 grads = [_grad(predictor, x[i:i + batch_size], y[i:i + batch_size],
                                kwargs.get("eot_samples"))
                          for i in range(0, x.shape[0], batch_size)]
             # Cumulative: only the points still standing need scoring (the others stay broken).
-            rows = still if cum else None
-            ok = _fgsm_correct(predictor, x, y, grads, norm, eps, kwargs.get("bounds", (0.0, 1.0)),
-                               batch_size, rows)
-        else:
-            det = not predictor.stochastic
-            ok = run_attack(predictor, x, y, attack, norm, eps, batch_size=batch_size,
-                            clean_correct=clean_ok if det else None,
-                            skip=~still if cum else None, **kwargs)
+            return _fgsm_correct(predictor, x, y, grads, norm, eps,
+                                 kwargs.get("bounds", (0.0, 1.0)), batch_size, still)
+        det = not predictor.stochastic
+        return run_attack(predictor, x, y, attack, norm, eps, batch_size=batch_size,
+                          clean_correct=clean_ok if det else None,
+                          skip=~still if still is not None else None, **kwargs)
+
+    eot = (kwargs.get("eot_samples") or predictor.k) if predictor.stochastic else None
+    return [{
+        "attack": attack, "norm": norm, "eps": eps, "prediction": predictor.name,
+        "accuracy": ok.float().mean().item(), "n_points": int(x.shape[0]),
+        "steps": 1 if attack == "fgsm" else int(kwargs.get("steps", 20)),
+        "restarts": 1 if attack == "fgsm" else int(kwargs.get("restarts", 1)),
+        "eot_samples": eot,
+        "losses": ["ce"] if attack == "fgsm" else list(kwargs.get("losses", ("ce",))),
+    } for eps, ok in accuracy_curve(predictor, epsilons, clean_ok, score, cumulative=cumulative,
+                                    progress=f"{attack}-{norm}" if progress else None)]
+
+
+def clean_correct(predictor: Predictor, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  clean_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) bool: the prediction is right at the clean inputs, from ``clean_log_probs`` (N, C)
+    when the caller has them (the suite's clean pass), else predicted in batches."""
+    if clean_log_probs is not None:
+        return clean_log_probs.argmax(-1).to(y.device) == y
+    return _correct_batched(predictor, x, y, batch_size)
+
+
+def accuracy_curve(predictor: Predictor, epsilons: Sequence[float], clean_ok: torch.Tensor,
+                   score: Callable[[float, torch.Tensor | None], torch.Tensor], *,
+                   cumulative: bool = True,
+                   progress: str | None = None) -> list[tuple[float, torch.Tensor]]:
+    """The rule every attack curve follows: ``(eps, correct)`` for each eps, ascending.
+
+    eps = 0 is ``clean_ok``. Otherwise ``score(eps, still)`` returns (N,) bool "still right
+    under attack"; ``still`` is the mask of points not broken yet when the curve is cumulative
+    (deterministic predictions: a point broken at a smaller eps counts as broken at every
+    larger one, and need not be attacked again), None otherwise (a stochastic prediction is
+    attacked at every eps and scored with fresh noise). ``progress``: a tqdm label, or None.
+    """
+    cum = cumulative and not predictor.stochastic
+    still = clean_ok.clone()
+    eps_iter: Iterable[float] = epsilons
+    if progress:
+        eps_iter = tqdm(epsilons, desc=f"{progress} ({predictor.name})", leave=False)
+    out = []
+    for eps in eps_iter:
+        ok = clean_ok.clone() if eps == 0 else score(eps, still if cum else None)
         if cum:
             still = still & ok
             ok = still
-        eot = (kwargs.get("eot_samples") or predictor.k) if predictor.stochastic else None
-        results.append({
-            "attack": attack, "norm": norm, "eps": eps, "prediction": predictor.name,
-            "accuracy": ok.float().mean().item(), "n_points": int(x.shape[0]),
-            "steps": 1 if attack == "fgsm" else int(kwargs.get("steps", 20)),
-            "restarts": 1 if attack == "fgsm" else int(kwargs.get("restarts", 1)),
-            "eot_samples": eot,
-            "losses": ["ce"] if attack == "fgsm" else list(kwargs.get("losses", ("ce",))),
-        })
-    return results
+        out.append((eps, ok))
+    return out

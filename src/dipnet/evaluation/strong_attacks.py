@@ -28,14 +28,13 @@ ART works on numpy arrays and draws its random starts and squares from numpy's g
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from dipnet.evaluation.attacks import Bounds, _check, _correct, _correct_batched
+from dipnet.evaluation.attacks import Bounds, _check, _correct, accuracy_curve, clean_correct
 from dipnet.evaluation.predictors import Predictor
 from dipnet.evaluation.settings import STRONG_ATTACKS
 
@@ -157,38 +156,26 @@ def strong_accuracy_curve(predictor: Predictor, x: torch.Tensor, y: torch.Tensor
         ValueError: as `strong_attack`.
     """
     epsilons = sorted(float(e) for e in epsilons)
-    if clean_log_probs is not None:
-        clean_ok = clean_log_probs.argmax(-1).to(y.device) == y
-    else:
-        clean_ok = _correct_batched(predictor, x, y, batch_size)
-    cum = cumulative and not predictor.stochastic
-    still = clean_ok.clone()
+    clean_ok = clean_correct(predictor, x, y, batch_size, clean_log_probs)
     eot = (eot_samples or predictor.k) if predictor.stochastic else None
-    rows = []
-    eps_iter: Iterable[float] = epsilons
-    if progress:
-        eps_iter = tqdm(epsilons, desc=f"{attack}-{norm} ({predictor.name})", leave=False)
-    for eps in eps_iter:
-        if eps == 0:
-            ok = clean_ok.clone()
-        else:
-            attacked = still if cum else torch.ones_like(still)
-            ok = torch.zeros_like(still)
-            idx = attacked.nonzero().squeeze(1)
-            if idx.numel():
-                adv = strong_attack(predictor, x[idx], y[idx], attack, norm, eps,
-                                    num_classes=num_classes, bounds=bounds, steps=steps,
-                                    queries=queries, eot_samples=eot_samples,
-                                    batch_size=batch_size, seed=seed)
-                ok[idx] = torch.cat([_correct(predictor, adv[i:i + batch_size], y[idx][i:i + batch_size])
-                                     for i in range(0, idx.numel(), batch_size)])
-        if cum:
-            still = still & ok
-            ok = still
-        rows.append({
-            "attack": attack, "norm": norm, "eps": eps, "prediction": predictor.name,
-            "accuracy": ok.float().mean().item(), "n_points": int(x.shape[0]),
-            "steps": queries if attack == "square" else steps, "restarts": 1,
-            "eot_samples": eot, "losses": list(_LOSSES[attack]),
-        })
-    return rows
+
+    def score(eps: float, still: torch.Tensor | None) -> torch.Tensor:
+        attacked = still if still is not None else torch.ones_like(clean_ok)
+        ok = torch.zeros_like(clean_ok)
+        idx = attacked.nonzero().squeeze(1)
+        if idx.numel():
+            adv = strong_attack(predictor, x[idx], y[idx], attack, norm, eps,
+                                num_classes=num_classes, bounds=bounds, steps=steps,
+                                queries=queries, eot_samples=eot_samples,
+                                batch_size=batch_size, seed=seed)
+            ok[idx] = torch.cat([_correct(predictor, adv[i:i + batch_size], y[idx][i:i + batch_size])
+                                 for i in range(0, idx.numel(), batch_size)])
+        return ok
+
+    return [{
+        "attack": attack, "norm": norm, "eps": eps, "prediction": predictor.name,
+        "accuracy": ok.float().mean().item(), "n_points": int(x.shape[0]),
+        "steps": queries if attack == "square" else steps, "restarts": 1,
+        "eot_samples": eot, "losses": list(_LOSSES[attack]),
+    } for eps, ok in accuracy_curve(predictor, epsilons, clean_ok, score, cumulative=cumulative,
+                                    progress=f"{attack}-{norm}" if progress else None)]
