@@ -84,7 +84,7 @@ def certify_run(run_dir: str | os.PathLike, *, n: int = 10_000, n0: int = 100,
         radii: L2 radii of the certified-accuracy curve.
         sigma: smooth a run without projections with N(0, sigma^2); default the run's own
             sigma (rs, input_noise).
-        device, data_dir: as `dipnet.evaluation.suite.evaluate_run`.
+        device, data_dir: as `dipnet.experiments.run.evaluate.evaluate_run`.
         out: write here instead of ``run_dir/certify.json``.
         write: False only returns the dict.
         progress: a progress bar over the points.
