@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn

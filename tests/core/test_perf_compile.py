@@ -154,6 +154,7 @@ def test_a_model_compiled_in_eval_mode_samples_under_dipnet_sampling() -> None:
 def test_the_training_loop_calls_the_compiled_module(tmp_path, monkeypatch) -> None:
     """`compile: true` reaches the harness: the loop trains through compile_for_training's
     module (a stand-in here, so the test does not pay for inductor)."""
+    from dipnet.experiments.run import loop
     from dipnet.experiments.run import train as train_mod
     from dipnet.experiments.run.config import RunConfig
 
@@ -174,7 +175,7 @@ def test_the_training_loop_calls_the_compiled_module(tmp_path, monkeypatch) -> N
         seen["module"] = Counting(net) if seen["compile"] else net
         return seen["module"]
 
-    monkeypatch.setattr(train_mod, "compile_for_training", fake_compile)
+    monkeypatch.setattr(loop, "compile_for_training", fake_compile)
     cfg = RunConfig(dataset="digits", method="standard", epochs=1, max_train=256, compile=True,
                     num_threads=1, device="cpu", eval_mc=False)
     train_mod.run_training(cfg, tmp_path / "run", progress=False)

@@ -216,7 +216,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     Plans the run first (every setting, the folder): a finished run with the same settings is
     reported in one line (exit 0); anything else goes to `run_training`.
     """
-    from dipnet.experiments.run.train import DistInfo, plan_run, run_training
+    from dipnet.experiments.run.distributed import DistInfo
+    from dipnet.experiments.run.train import plan_run, run_training
     from dipnet.experiments.zoo.data import require_dataset_code_allowed
 
     cfg = config_from_args(args)

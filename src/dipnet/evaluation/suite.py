@@ -38,7 +38,7 @@ from dipnet.evaluation.smoothness import measure_smoothness
 SCHEMA_VERSION = 1
 
 __all__ = ["ATTACK_NAMES", "PARTS", "STRONG_ATTACKS", "SUITES", "SuiteSettings", "get_settings",
-           "EvalData", "evaluate_predictions", "evaluate_run", "load_evaluation", "run_predictors",
+           "EvalData", "evaluate_predictions", "load_evaluation", "run_predictors",
            "model_weights", "check_out_path", "SCHEMA_VERSION"]
 
 

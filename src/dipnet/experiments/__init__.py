@@ -14,7 +14,8 @@ from dipnet.experiments.zoo.data import DatasetSplits, Split, list_datasets, loa
 from dipnet.experiments.zoo.methods import Method, get_method, list_methods, register_method
 from dipnet.experiments.zoo.models import create_model, list_models, register_model
 from dipnet.experiments.run.runs import LoadedRun, load_run
-from dipnet.experiments.run.train import evaluate_split, run_training
+from dipnet.experiments.run.metrics import evaluate_split
+from dipnet.experiments.run.train import run_training
 
 __all__ = [
     "DatasetSplits", "LoadedRun", "Method", "RunConfig", "Split", "create_model",

@@ -22,6 +22,7 @@ import torch
 
 from dipnet._util import fileio
 from dipnet.cli import main
+from dipnet.experiments.run import checkpoint
 from dipnet.experiments.run import train as train_module
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.run.train import run_training
@@ -105,7 +106,7 @@ def test_an_interrupted_overwrite_keeps_the_old_run(run_copy, monkeypatch):
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "save_checkpoint", interrupt)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", interrupt)
     cfg = RunConfig.load(run_copy / "config.yaml")
     cfg.seed = 5
     with pytest.raises(KeyboardInterrupt):
@@ -116,14 +117,14 @@ def test_an_interrupted_overwrite_keeps_the_old_run(run_copy, monkeypatch):
 def test_overwrite_deletes_the_old_run_only_once_the_new_one_finished(run_copy, monkeypatch):
     old_metrics = (run_copy / "metrics.json").read_bytes()
     seen: list[list[bytes]] = []
-    real = train_module.save_checkpoint
+    real = checkpoint.save_checkpoint
 
     def spy(out, model, state):
         # During the new run the old result is still on disk, set aside in the folder.
         seen.append([p.read_bytes() for p in run_copy.glob(".previous-run-*/metrics.json")])
         assert not (run_copy / "metrics.json").exists()  # never mistaken for the new run's
         return real(out, model, state)
-    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", spy)
     assert main(["train", *DIGITS, "--method", "standard", "--seed", "3", "--overwrite",
                  "--out", str(run_copy)]) == 0
     assert seen == [[old_metrics]]
@@ -142,7 +143,7 @@ def test_an_overwrite_killed_midway_is_finished_or_replaced_later(run_copy, monk
     def killed(out, model, state):
         raise SystemExit("kill -9")  # not restored by the handler: stands in for a hard kill
     monkeypatch.setattr(train_module, "restore_aside", lambda out, aside: None)
-    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed)
     with pytest.raises(SystemExit):
         run_training(cfg, run_copy, overwrite=True, progress=False)
     monkeypatch.undo()

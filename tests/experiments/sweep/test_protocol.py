@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 import dipnet
+from dipnet.experiments.run import metrics as metrics_module
 from dipnet.experiments.run import train as train_module
+from dipnet.experiments.run.checkpoint import load_checkpoint
+from dipnet.experiments.zoo.methods import Method
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.zoo.data import load_dataset
 from dipnet.experiments.zoo.fixed import fixed_gaussian_inputs
@@ -46,9 +49,9 @@ def _accuracies(folder: Path) -> tuple[float, float]:  # also used by tests/expe
     """(validation, test) accuracy of the last checkpoint in a run folder, recomputed here."""
     cfg = RunConfig.load(folder / "config.yaml")
     prep = train_module.prepare_run(train_module.plan_run(cfg, folder))
-    weights, _ = train_module.load_checkpoint(folder)
+    weights, _ = load_checkpoint(folder)
     prep.model.load_state_dict(weights)
-    return tuple(train_module.evaluate_split(prep.method, prep.model, split)["accuracy"]
+    return tuple(metrics_module.evaluate_split(prep.method, prep.model, split)["accuracy"]
                  for split in (prep.val, prep.test))
 
 
@@ -74,8 +77,8 @@ def test_a_fixed_perturbation_stays_fixed_and_touches_only_the_training_split(
     fixed_rows = {row.numpy().tobytes() for row in fixed.reshape(len(fixed), -1)}
     trained_on: list[torch.Tensor] = []
     evaluated_on: list[torch.Tensor] = []
-    real_step = train_module.Method.train_step
-    real_eval = train_module.evaluate_split
+    real_step = Method.train_step
+    real_eval = metrics_module.evaluate_split
 
     def step(self, model, optimizer, x, y):
         trained_on.append(x.detach().clone())
@@ -84,8 +87,8 @@ def test_a_fixed_perturbation_stays_fixed_and_touches_only_the_training_split(
     def evaluate(method, model, split, *args, **kwargs):
         evaluated_on.append(split.x.detach().clone())
         return real_eval(method, model, split, *args, **kwargs)
-    monkeypatch.setattr(train_module.Method, "train_step", step)
-    monkeypatch.setattr(train_module, "evaluate_split", evaluate)
+    monkeypatch.setattr(Method, "train_step", step)
+    monkeypatch.setattr(metrics_module, "evaluate_split", evaluate)
     train_module.run_training(cfg, tmp_path / "run", progress=False)
     assert len(trained_on) > 2 * (len(fixed) // 64) - 2  # both epochs were seen
     # Every batch of both epochs comes from the one fixed set (no fresh draw on top of it).

@@ -86,13 +86,13 @@ def test_tune_writes_a_sweep_config_that_compare_runs(tuned, tmp_path):
 def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monkeypatch):
     import optuna
 
-    from dipnet.experiments.run import train
-    from dipnet.experiments.run.train import load_checkpoint
+    from dipnet.experiments.run import metrics
+    from dipnet.experiments.run.checkpoint import load_checkpoint
 
     def no_test(*args, **kwargs):
         raise AssertionError("a trial evaluated the test split")
 
-    monkeypatch.setattr(train, "_final_metrics", no_test)
+    monkeypatch.setattr(metrics, "final_metrics", no_test)
     out = tmp_path / "t"
     # A data set whose test split is its validation inputs with every label wrong: a value
     # read from the test split would differ from the validation accuracy checked below.
@@ -119,7 +119,7 @@ def test_trials_report_every_epoch_and_never_touch_the_test_split(tmp_path, monk
 def test_a_pruned_trial_stops_at_the_epoch_the_pruner_says(tmp_path):
     """A threshold no accuracy reaches prunes every trial after its first epoch; a method none
     of whose trials completed is one line, and trials.csv says what happened."""
-    from dipnet.experiments.run.train import load_checkpoint
+    from dipnet.experiments.run.checkpoint import load_checkpoint
 
     out = tmp_path / "t"
     code = _tune(out, "--set", "pruner.kind=threshold", "--set", "pruner.lower=1.1",

@@ -15,6 +15,7 @@ import torch
 
 from dipnet.cli import main
 from dipnet.errors import UserError
+from dipnet.experiments.run import checkpoint
 from dipnet.experiments.run import train as train_mod
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.zoo.data import load_dataset
@@ -88,15 +89,15 @@ def test_fixed_fgsm_resumes_identically_and_trains_its_reference_once(tmp_path, 
     stamp = (ref / "metrics.json").stat().st_mtime_ns
 
     # kill the run after its first epoch's checkpoint, then resume it
-    real_save = train_mod.save_checkpoint
+    real_save = checkpoint.save_checkpoint
 
     def save_then_die(out, model, state):
         path = real_save(out, model, state)
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "runs" / "killed")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     resumed = run_training(cfg, tmp_path / "runs" / "killed")
     assert "resumed from the checkpoint after epoch 1" in (
         tmp_path / "runs" / "killed" / "train.log").read_text()

@@ -941,7 +941,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     fig_dir = out / "figures"
     figs: list[Path] = []
     pairs = sorted({(r.group[0], r.group[1]) for r in records})
-    title = title or (f"DIPNet comparison: " + ", ".join(f"{d} / {m}" for d, m in pairs)
+    title = title or ("DIPNet comparison: " + ", ".join(f"{d} / {m}" for d, m in pairs)
                       if pairs else "DIPNet comparison")
     md = _report_head(title, records, results, sweep_cfg)
     for ds, model in pairs:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from dipnet.experiments.report.stats import ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, holm, is_significant, paired_test
 

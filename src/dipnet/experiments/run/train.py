@@ -29,224 +29,37 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import platform
-import resource
-import shutil
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from dipnet.errors import UserError, describe_os_error
-from dipnet._util.fileio import atomic_torch_save, atomic_write_json, atomic_write_safetensors
+from dipnet._util.fileio import atomic_write_json, atomic_write_safetensors
 from dipnet.experiments.run.config import RunConfig
 from dipnet.experiments.zoo.data import DatasetSplits, Split, check_dataset_name, load_dataset
 from dipnet.experiments.zoo.fixed import fixed_training_inputs, reference_config, reference_dir
+from dipnet.experiments.run import checkpoint
+from dipnet.experiments.run import metrics as run_metrics
+from dipnet.experiments.run.distributed import DistInfo, broadcast, resolve_device
 from dipnet.experiments.run.locks import FolderLock
-from dipnet.experiments.zoo.methods import Method, compile_for_training, get_method
+from dipnet.experiments.run.loop import EpochLoop, epoch_callbacks, run_epochs
+from dipnet.experiments.zoo.methods import Method, get_method
 from dipnet.experiments.zoo.models import count_parameters, create_model, list_models
-from dipnet.experiments.zoo.perturb import perturb_batch
-from dipnet.experiments.run.rng import get_rng_state, kept_rng, noise_seed, seed_everything, set_rng_state
+from dipnet.experiments.run.rng import kept_rng, noise_seed, seed_everything, set_rng_state
 from dipnet.experiments.run.rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
                      inspect_run_folder, read_metrics, restore_aside, set_aside)
 
 __all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan",
-           "Prepared", "read_metrics", "evaluate_split", "save_checkpoint", "load_checkpoint",
-           "RESULT_FILES", "CHECKPOINT_DIR"]
-
-
-# ---------------------------------------------------------------------- distributed set-up
-class DistInfo:
-    """Rank / world size from torchrun's environment; initialises the process group."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.owns_group = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: torch.device) -> None:
-        """Start the process group (gloo on CPU, nccl on CUDA) unless it is running."""
-        if self.enabled and not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)  # object collectives use the current device
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    def barrier(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> cuda (this rank's GPU) if available else cpu; otherwise ``name``.
-
-    Raises:
-        UserError: a CUDA device without CUDA, or a malformed name.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device {name!r} is not a torch device; use auto, cpu, cuda or "
-                        "cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available; use "
-                            "--device cpu.")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
-
-
-# ---------------------------------------------------------------------- memory
-def _reset_peak_rss() -> bool:
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) of this process, so the peak
-    # belongs to this run even when several runs share one process (a sweep).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
-# ---------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_split(method: Method, model: nn.Module, split: Split, batch_size: int = 1000,
-                   k: int = 16, mode: str | None = None) -> dict[str, float]:
-    """Loss (NLL of the predictive probabilities) and accuracy of a prediction on a split.
-
-    Args:
-        method: the run's method (decides how to predict).
-        model: the trained model (put in eval mode, restored afterwards).
-        split: the data, on the model's device.
-        batch_size: examples per pass.
-        k: Monte Carlo trajectories for a sampled prediction.
-        mode: ``"deterministic"``, ``"sampled"`` or None for the method's default.
-    Returns:
-        ``{"loss": ..., "accuracy": ...}`` (NaN for an empty split).
-    """
-    n = len(split)
-    if n == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    was_training = model.training
-    model.eval()
-    nll, correct = 0.0, 0
-    try:
-        for i in range(0, n, batch_size):
-            xb, yb = split.x[i:i + batch_size], split.y[i:i + batch_size]
-            probs = method.predictive_probs(model, xb, k=k, mode=mode)
-            nll += float(-torch.log(probs.gather(1, yb[:, None]).clamp_min(1e-12)).sum())
-            correct += int((probs.argmax(-1) == yb).sum())
-    finally:
-        model.train(was_training)
-    return {"loss": nll / n, "accuracy": correct / n}
-
-
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(out: Path, model: nn.Module, state: dict[str, Any]) -> Path:
-    """Write checkpoint/epoch-NNNN/{model.safetensors,state.pt}, then switch latest.json.
-
-    The pointer is replaced atomically after both files are complete, so a kill at any moment
-    leaves either the previous or the new checkpoint, never a mix. Older epochs are removed.
-
-    Raises:
-        OSError: a file cannot be written (ENOSPC on a full disk); the new epoch's folder is
-            removed and the previous checkpoint stays.
-    """
-    root = out / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{state['epoch']:04d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    try:
-        # fileio's writers turn a full disk into one OSError naming the file
-        atomic_write_safetensors({k: v.detach().contiguous().cpu()
-                                  for k, v in model.state_dict().items()},
-                                 tmp / "model.safetensors")
-        atomic_torch_save(state, tmp / "state.pt")
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint holding space
-        if isinstance(err, OSError) and err.errno is not None:  # name the checkpoint, not a temp
-            raise type(err)(err.errno, err.strerror, str(root / name)) from None
-        raise
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_json(root / "latest.json", {"epoch": state["epoch"], "dir": name})
-    for old in root.iterdir():
-        if old.is_dir() and old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The last checkpoint's (weights, state), or None if there is none.
-
-    Raises:
-        UserError: if the checkpoint is unreadable (names the file and the fix).
-    """
-    pointer = out / CHECKPOINT_DIR / "latest.json"
-    if not pointer.is_file():
-        return None
-    try:
-        info = json.loads(pointer.read_text())
-        ckpt = out / CHECKPOINT_DIR / info["dir"]
-        weights = load_file(str(ckpt / "model.safetensors"))
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure here means a corrupt checkpoint
-        raise UserError(f"the checkpoint in {out / CHECKPOINT_DIR} is corrupt or incomplete "
-                        f"({type(err).__name__}: {err}); delete that folder to restart the "
-                        "run from scratch, or pass --overwrite.") from None
-    return weights, state
+           "Prepared", "read_metrics", "RESULT_FILES", "CHECKPOINT_DIR"]
 
 
 # ---------------------------------------------------------------------- helpers
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
 class _StrictFileHandler(logging.FileHandler):
     """train.log's handler: a failed write (a full disk) stops the run with that OSError,
     instead of logging's traceback on stderr and a run that goes on without its log."""
@@ -273,21 +86,6 @@ def _close_logger(logger: logging.Logger) -> None:
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-
-
-def _lr_factor(cfg: RunConfig, epoch: int) -> float:
-    if cfg.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-    return 1.0
-
-
-def _broadcast(info: DistInfo, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
-    if not info.enabled or not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _describe(err: BaseException) -> str:
@@ -499,7 +297,7 @@ def _take_folder(plan: RunPlan, info: DistInfo, wait: bool) -> tuple[FolderLock 
         if decision[0] != "go" and lock is not None:
             lock.release(tidy=True)
             lock = None
-    decision = _broadcast(info, decision)
+    decision = broadcast(info, decision)
     if decision[0] == "error":
         raise UserError(decision[1])
     info.barrier()
@@ -616,8 +414,8 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
                       command: str | None,
                       on_epoch: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
-    """Phases 4-5: resume or seed, run the epochs (`_run_epochs`, with the end-of-epoch
-    callbacks of `_epoch_callbacks`), then write the results (`_finish`)."""
+    """Phases 4-5: resume or seed, run the epochs (`loop.run_epochs`, with the end-of-epoch
+    callbacks of `loop.epoch_callbacks`), then write the results (`_finish`)."""
     cfg, out, device = plan.cfg, plan.out, plan.device
     main = info.is_main
     train_x, fixed_info = prep.train.x, None
@@ -637,24 +435,24 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
         if main:  # --report-to; a run started from scratch clears its old tracking output
             trackers = open_trackers(cfg, out, fresh=start_epoch == 0)
         # fresh: perturb each batch as it is drawn; fixed: train_x is already the perturbed set
-        loop = _EpochLoop.build(plan, prep, info, optimizer, train_x,
-                                "none" if fixed_info is not None else cfg.train_perturbation,
-                                progress and main)
+        epochs = EpochLoop.build(plan, prep, info, optimizer, train_x,
+                                 "none" if fixed_info is not None else cfg.train_perturbation,
+                                 progress and main)
         extra = prep.method.extra_parameters(prep.model)
         if main and start_epoch == 0:
             say(_start_line(cfg, prep, len(prep.train.y), extra, info.world, device))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rss_reset = _reset_peak_rss()
-        elapsed = _run_epochs(loop, start_epoch, history, elapsed,
-                              lambda bar: _epoch_callbacks(plan, prep.model, optimizer, info,
-                                                           say, bar, trackers, on_epoch))
+        rss_reset = run_metrics.reset_peak_rss()
+        elapsed = run_epochs(epochs, start_epoch, history, elapsed,
+                             lambda bar: epoch_callbacks(plan, prep.model, optimizer, info,
+                                                         say, bar, trackers, on_epoch))
         if not main:
             info.barrier()
             return {}
-        metrics = _final_metrics(cfg, prep.method, prep.model, prep.data, prep.val, prep.test,
-                                 history, elapsed, device, prep.base_params, extra, info,
-                                 command, rss_reset, fixed_info)
+        metrics = run_metrics.final_metrics(
+            cfg, prep.method, prep.model, prep.data, prep.val, prep.test, history, elapsed,
+            device, prep.base_params, extra, info, command, rss_reset, fixed_info)
         _finish(out, prep.model, metrics, trackers, say)
         info.barrier()
         return metrics
@@ -675,7 +473,7 @@ def _resume_or_seed(plan: RunPlan, model: nn.Module, optimizer: torch.optim.Opti
         UserError: a checkpoint that does not fit this run.
     """
     cfg, out = plan.cfg, plan.out
-    resumed = load_checkpoint(out)
+    resumed = checkpoint.load_checkpoint(out)
     if resumed is None:
         seed_everything(noise_seed(cfg.seed, info.rank))  # each rank its own noise
         return 0, [], 0.0
@@ -708,193 +506,6 @@ def _start_line(cfg: RunConfig, prep: Prepared, num_train: int, extra: int, worl
             f"process(es), {device}, perturbation {cfg.train_perturbation}{mode}")
 
 
-@dataclass
-class _EpochLoop:
-    """What every epoch reads, and `train_epoch` / `epoch_row`, which run one."""
-
-    cfg: RunConfig
-    prep: Prepared
-    info: DistInfo
-    device: torch.device
-    optimizer: torch.optim.Optimizer
-    net: nn.Module  # what the batches run through (DDP-wrapped, compiled); prep.model is saved
-    train_x: torch.Tensor
-    per_batch: str  # the perturbation drawn per batch ("none" when the set is fixed)
-    sampler: DistributedSampler
-    per_rank_batch: int
-    show: bool  # progress bars
-
-    @classmethod
-    def build(cls, plan: RunPlan, prep: Prepared, info: DistInfo,
-              optimizer: torch.optim.Optimizer, train_x: torch.Tensor, per_batch: str,
-              show: bool) -> "_EpochLoop":
-        cfg, device, model = plan.cfg, plan.device, prep.model
-        net: nn.Module = model
-        if info.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        # `compile: true`: the loop calls the compiled module; the optimizer and checkpoints
-        # keep the plain model, which shares its parameters.
-        net = compile_for_training(net, cfg)
-        sampler = DistributedSampler(range(len(prep.train.y)), num_replicas=info.world,
-                                     rank=info.rank, shuffle=True, seed=cfg.seed)
-        return cls(cfg, prep, info, device, optimizer, net, train_x, per_batch, sampler,
-                   max(1, math.ceil(cfg.batch_size / info.world)), show)
-
-    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
-        """One pass over this rank's batches of epoch ``epoch`` (0-based).
-
-        Returns:
-            (the summed step outputs, examples seen), summed over every rank.
-        """
-        from tqdm.auto import tqdm
-
-        cfg, method, train_y = self.cfg, self.prep.method, self.prep.train.y
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * _lr_factor(cfg, epoch)
-        self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.device)
-        batches = list(torch.split(order, self.per_rank_batch))
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()  # a batch of one breaks BatchNorm; its example comes back next epoch
-        self.net.train()
-        sums: dict[str, float] = {}
-        seen = 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   leave=False, disable=not self.show, file=sys.stderr, dynamic_ncols=True)
-        for idx in bar:
-            xb, yb = self.train_x[idx], train_y[idx]
-            xb = perturb_batch(self.per_batch, xb, yb, cfg.strength, self.prep.model,
-                               method.predict_logits)
-            parts = method.train_step(self.net, self.optimizer, xb, yb)
-            n = len(idx)
-            seen += n
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + (value if key == "correct" else value * n)
-            if self.show:
-                bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        bar.close()
-        if self.info.enabled:
-            keys = sorted(sums)
-            t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
-                             device=self.device)
-            dist.all_reduce(t)
-            sums = dict(zip(keys, t[:-1].tolist()))
-            seen = int(t[-1].item())
-        return sums, seen
-
-    def epoch_row(self, epoch: int, sums: dict[str, float], seen: int) -> dict[str, Any]:
-        """The history row of epoch ``epoch``: training means, and (rank 0) validation and
-        the method's own statistics. The caller adds the times."""
-        method, model = self.prep.method, self.prep.model
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": sums.get("loss", float("nan")) / max(seen, 1),
-            "train_accuracy": sums.get("correct", 0.0) / max(seen, 1),
-        }
-        for key in sorted(sums):
-            if key not in ("loss", "correct"):
-                row[f"train_{key}"] = sums[key] / max(seen, 1)
-        if self.info.is_main:
-            if len(self.prep.val):
-                v = evaluate_split(method, model, self.prep.val, self.cfg.eval_batch_size,
-                                   self.cfg.mc_samples)
-                row["val_loss"], row["val_accuracy"] = v["loss"], v["accuracy"]
-            row.update(method.epoch_stats(model))
-        return row
-
-    def gather_rng(self) -> list[Any]:
-        """Every rank's RNG state, in rank order (what a checkpoint stores)."""
-        rng = [get_rng_state()]
-        if self.info.enabled:
-            gathered: list[Any] = [None] * self.info.world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        return rng
-
-
-@dataclass
-class _EpochEnd:
-    """What the end of an epoch hands to each callback (`_epoch_callbacks`)."""
-
-    row: dict[str, Any]
-    history: list[dict[str, Any]]
-    elapsed: float  # wall-clock seconds of every epoch so far
-    rng: list[Any]  # every rank's RNG state
-
-
-EpochCallback = Callable[[_EpochEnd], None]
-
-
-def _run_epochs(loop: _EpochLoop, start_epoch: int, history: list[dict[str, Any]],
-                elapsed: float, callbacks: Callable[[Any], list[EpochCallback]]) -> float:
-    """Train epochs ``start_epoch`` .. ``cfg.epochs - 1``, appending a row each to
-    ``history`` and calling the end-of-epoch ``callbacks(epochs_bar)`` after each.
-
-    Returns:
-        the wall-clock seconds of every epoch, the resumed ones included.
-    """
-    from tqdm.auto import tqdm
-
-    cfg = loop.cfg
-    epochs_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.run_name()}",
-                      unit="epoch", disable=not loop.show, file=sys.stderr, dynamic_ncols=True)
-    at_end = callbacks(epochs_bar)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        sums, seen = loop.train_epoch(epoch)
-        train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        row = loop.epoch_row(epoch, sums, seen)
-        row["train_time_s"] = train_time
-        row["epoch_time_s"] = time.perf_counter() - t0
-        # CPU seconds of this process (all its threads): on a shared machine a steadier cost
-        # figure than wall clock, which counts the time other jobs held the cores.
-        row["train_cpu_time_s"] = train_cpu
-        elapsed += row["epoch_time_s"]
-        history.append(row)
-        end = _EpochEnd(row, history, elapsed, loop.gather_rng())
-        for callback in at_end:
-            callback(end)
-        epochs_bar.update(1)
-        loop.info.barrier()
-    epochs_bar.close()
-    return elapsed
-
-
-def _epoch_callbacks(plan: RunPlan, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     info: DistInfo, say: Callable[[str], None], epochs_bar: Any,
-                     trackers: Any, on_epoch: Callable[[dict[str, Any]], None] | None
-                     ) -> list[EpochCallback]:
-    """The end-of-epoch callbacks, in order: the checkpoint, the log line, the progress
-    bar, the trackers (``--report-to``) and the caller's ``on_epoch``. Rank 0 only: the
-    other ranks have none (they hand their RNG state to rank 0 in `gather_rng`)."""
-    if not info.is_main:
-        return []
-    cfg, out = plan.cfg, plan.out
-
-    def checkpoint(end: _EpochEnd) -> None:
-        save_checkpoint(out, model, {"epoch": end.row["epoch"],
-                                     "optimizer": optimizer.state_dict(), "rng": end.rng,
-                                     "history": end.history, "elapsed_s": end.elapsed,
-                                     "world_size": info.world})
-
-    def log_line(end: _EpochEnd) -> None:
-        row = end.row
-        say(f"epoch {row['epoch']}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
-            f"train_acc {row['train_accuracy']:.4f} val_loss "
-            f"{row.get('val_loss', 0):.4f} val_acc {row.get('val_accuracy', 0):.4f} "
-            f"time {row['epoch_time_s']:.2f}s")
-
-    def progress(end: _EpochEnd) -> None:
-        epochs_bar.set_postfix(val_acc=f"{end.row.get('val_accuracy', float('nan')):.3f}")
-
-    callbacks = [checkpoint, log_line, progress, lambda end: trackers.log_epoch(end.row)]
-    if on_epoch is not None:
-        callbacks.append(lambda end: on_epoch(dict(end.row)))
-    return callbacks
-
-
 def _finish(out: Path, model: nn.Module, metrics: dict[str, Any], trackers: Any,
             say: Callable[[str], None]) -> None:
     """Phase 5 (rank 0): the weights, then metrics.json (last: it marks the run finished),
@@ -907,96 +518,3 @@ def _finish(out: Path, model: nn.Module, metrics: dict[str, Any], trackers: Any,
     trackers.finish(metrics)
     say(f"finished: test_accuracy {metrics['test_accuracy']:.4f} "
         f"({metrics['prediction']} prediction), wall clock {metrics['wall_clock_s']:.1f}s")
-
-
-def _normalization(cfg: RunConfig, data: DatasetSplits) -> dict[str, list] | None:
-    from dipnet.experiments.zoo.normalize import resolve_normalization
-
-    return resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
-
-
-def _peak_memory(device: torch.device, rss_reset: bool) -> tuple[float, str]:
-    """(peak memory of this run in MiB, what that figure measures)."""
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated(device) / 2**20,
-                "torch.cuda.max_memory_allocated of this run")
-    return _peak_rss_mb(), ("peak resident set size (VmHWM) of the rank-0 process during this "
-                            "run (data set and Python included)" if rss_reset else
-                            "peak resident set size of the whole process (ru_maxrss)")
-
-
-def _final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: DatasetSplits,
-                   val: Split, test: Split, history: list[dict[str, Any]], elapsed: float,
-                   device: torch.device, base_params: int, extra: int, info: DistInfo,
-                   command: str | None, rss_reset: bool,
-                   fixed_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    k = cfg.mc_samples
-    test_det = evaluate_split(method, model, test, cfg.eval_batch_size, k, "deterministic")
-    want_mc = method.has_sampling and (cfg.eval_mc or method.default_prediction == "sampled")
-    test_mc = (evaluate_split(method, model, test, cfg.eval_batch_size, k, "sampled")
-               if want_mc else None)
-    test_default = test_mc if (method.default_prediction == "sampled" and test_mc) else test_det
-    val_accs = [r["val_accuracy"] for r in history if "val_accuracy" in r]
-    finite = [a for a in val_accs if a == a]  # NaN-free
-    best = int(np.argmax(finite)) if finite else None
-    eval_time = time.perf_counter() - t0
-    peak, peak_kind = _peak_memory(device, rss_reset)
-    variances = method.epoch_stats(model).get("variance_mean")
-    train_epochs = [r["epoch_time_s"] for r in history]
-    return {
-        "status": "finished",
-        "run_name": cfg.run_name(),
-        "dataset": cfg.dataset,
-        "model": cfg.model,
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "train_perturbation": cfg.train_perturbation,
-        "perturbation_strength": cfg.strength if cfg.train_perturbation != "none" else 0.0,
-        "perturbation_mode": cfg.perturbation_mode if cfg.train_perturbation != "none"
-        else "fresh",
-        "fixed_perturbation": fixed_info,
-        "epochs": cfg.epochs,
-        "prediction": method.default_prediction,
-        "mc_samples": k,
-        "test_accuracy": test_default["accuracy"],
-        "test_loss": test_default["loss"],
-        "test_accuracy_deterministic": test_det["accuracy"],
-        "test_accuracy_mc": None if test_mc is None else test_mc["accuracy"],
-        "val_accuracy": val_accs[-1] if val_accs else None,
-        "val_accuracy_best": finite[best] if best is not None else None,
-        "val_accuracy_best_epoch": best + 1 if best is not None else None,
-        "model_selection": "final epoch (no early stopping; the test split selects nothing)",
-        "history": history,
-        "wall_clock_s": elapsed + eval_time,
-        "train_wall_clock_s": elapsed,
-        "time_per_epoch_s": float(np.mean(train_epochs)) if train_epochs else 0.0,
-        "train_time_per_epoch_s": float(np.mean([r["train_time_s"] for r in history]))
-        if history else 0.0,
-        "cpu_time_per_epoch_s": float(np.mean([r["train_cpu_time_s"] for r in history]))
-        if history else 0.0,
-        "num_threads": torch.get_num_threads(),
-        "eval_time_s": eval_time,
-        "peak_memory_mb": peak,
-        "peak_memory_kind": peak_kind,
-        "num_params": base_params,
-        "extra_params": extra,
-        "variances": variances,
-        **method.final_stats(model),
-        "method_params": method.params,
-        "num_train": len(data.train),
-        # what load_run(load_data=False) needs to rebuild the model without the data set
-        "input_shape": list(data.input_shape),
-        "num_classes": int(data.num_classes),
-        # the input normalisation the model was built with (load_run rebuilds it from here)
-        "normalize": _normalization(cfg, data),
-        "num_val": len(val),
-        "num_test": len(test),
-        "world_size": info.world,
-        "device": str(device),
-        "hardware": _hardware(device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "command": command if command is not None else " ".join(sys.argv),
-        "config": cfg.to_dict(),
-    }

@@ -123,7 +123,9 @@ def robust_validation_accuracy(cfg_dict: dict[str, Any], run_dir: str | Path,
     from dipnet.evaluation.attacks import run_attack
     from dipnet.evaluation.suite import _bounds, run_predictors
     from dipnet.experiments.run.config import RunConfig
-    from dipnet.experiments.run.train import load_checkpoint, prepare_model_and_data, resolve_device
+    from dipnet.experiments.run.checkpoint import load_checkpoint
+    from dipnet.experiments.run.distributed import resolve_device
+    from dipnet.experiments.run.train import prepare_model_and_data
 
     cfg = RunConfig.from_dict(cfg_dict)
     ckpt = load_checkpoint(Path(run_dir))

@@ -294,7 +294,8 @@ def _run_trial(cfg_dict: dict[str, Any], run_dir: str, journal: str, study_name:
     objective = objective or {"kind": "accuracy"}
     from dipnet.experiments.run.config import RunConfig
     from dipnet.experiments.run.rundir import CHECKPOINT_DIR
-    from dipnet.experiments.run.train import load_checkpoint, run_training
+    from dipnet.experiments.run.checkpoint import load_checkpoint
+    from dipnet.experiments.run.train import run_training
 
     optuna = _optuna()
     run_cfg = RunConfig.from_dict(cfg_dict)
