@@ -127,7 +127,7 @@ def bench_mc(rounds: int, threads: int, device: str = "cpu") -> list[dict[str, A
 _CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-from dipnet.experiments.run.evaluate import evaluate_run
+from dipnet.experiments.assess.evaluate import evaluate_run
 if sys.argv[4:] == ["no-disk-cache"]:
     import dipnet.evaluation.corruptions as corruptions
     corruptions.DISK_CACHE_BYTES = 0
@@ -141,7 +141,7 @@ print("RESULT" + json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_
 _SWEEP_CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-from dipnet.experiments.run.evaluate import evaluate_run
+from dipnet.experiments.assess.evaluate import evaluate_run
 c0, w0 = time.process_time(), time.perf_counter()
 for run in json.loads(sys.argv[1]):
     evaluate_run(run, "quick", progress=False, write=False, **json.loads(sys.argv[2]))

@@ -147,7 +147,7 @@ def _job(job: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]
     try:
         run_training(cfg, path, progress=False, command="scripts/dose_response.py")
         if not _evaluated(path, settings):
-            from dipnet.experiments.run.evaluate import evaluate_run
+            from dipnet.experiments.assess.evaluate import evaluate_run
 
             evaluate_run(path, suite="quick", device="cpu", progress=False, **settings)
         stamp = Path(path) / "study_commit.txt"

@@ -13,7 +13,7 @@ from dipnet.errors import UserError
 from dipnet.evaluation.ood import ood_detection
 from dipnet.experiments.report.eval_tables import render_section
 from dipnet.evaluation.suite import PARTS, get_settings, load_evaluation, run_predictors
-from dipnet.experiments.run.evaluate import evaluate_run
+from dipnet.experiments.assess.evaluate import evaluate_run
 from dipnet.evaluation.predictors import Predictor
 from dipnet.experiments.run.runs import load_run
 from dipnet.experiments.run.config import RunConfig

@@ -1,5 +1,5 @@
 """``dipnet certify``: its options, and the command (the certification of a run folder is
-`dipnet.experiments.run.certified.certify_run`, imported when the command runs)."""
+`dipnet.experiments.assess.certified.certify_run`, imported when the command runs)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def run_certify_command(args: argparse.Namespace) -> int:
     limit_openmp_spinning()
     import torch
 
-    from dipnet.experiments.run.certified import certify_run, format_summary
+    from dipnet.experiments.assess.certified import certify_run, format_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)

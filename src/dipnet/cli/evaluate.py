@@ -198,7 +198,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     limit_openmp_spinning()
     import torch
 
-    from dipnet.experiments.run.evaluate import evaluate_run
+    from dipnet.experiments.assess.evaluate import evaluate_run
 
     if args.out is not None and len(args.run_dirs) > 1:
         raise UserError("--out names one file but several run folders were given; drop --out "

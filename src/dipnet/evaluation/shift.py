@@ -2,7 +2,7 @@
 
 A shift set is an extra test distribution with the run's inputs and classes (a registered data
 set's test split, or a .npz file): each prediction's accuracy, NLL and ECE on it, labelled with
-the set's own name. `dipnet.experiments.run.evaluate.load_extra_sets` loads and checks the sets.
+the set's own name. `dipnet.experiments.assess.evaluate.load_extra_sets` loads and checks the sets.
 """
 
 from __future__ import annotations

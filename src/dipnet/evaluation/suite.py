@@ -1,7 +1,7 @@
 """The evaluation suite: every measure of this package on one trained model, as one JSON file.
 
 `evaluate_predictions` runs the suite on any predictors and data (the library entry point);
-`dipnet.experiments.run.evaluate.evaluate_run` loads a run written by ``dipnet train`` and writes
+`dipnet.experiments.assess.evaluate.evaluate_run` loads a run written by ``dipnet train`` and writes
 ``evaluation.json`` into its folder (the entry point of ``dipnet evaluate`` and of the sweep;
 still importable from here).
 

@@ -427,7 +427,7 @@ def provenance(command: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _evaluate_one(run_dir: str, suite: str, overrides: dict[str, Any]) -> tuple[str, str | None]:
     """Worker entry point: evaluate one run (top level so a process pool can pickle it)."""
-    from dipnet.experiments.run.evaluate import evaluate_run
+    from dipnet.experiments.assess.evaluate import evaluate_run
     try:
         evaluate_run(run_dir, suite=suite, progress=False, **_tuples(overrides))
         return run_dir, None

@@ -5,7 +5,7 @@ dipnet and fixed_noise; for rs and input_noise, the run's own sigma through a fr
 projection, `dipnet.certify.with_input_noise` in the module) and certifies the evaluation
 suite's fixed random subset of the test set with `dipnet.certify`. Every arm is certified by
 the same code. The run folder is locked while it works and the JSON is written atomically.
-(Formerly `dipnet.experiments.run.certified`, which still names this module.)
+(Formerly `dipnet.experiments.assess.certified`, which still names this module.)
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def certify_run(run_dir: str | os.PathLike, *, n: int = 10_000, n0: int = 100,
         radii: L2 radii of the certified-accuracy curve.
         sigma: smooth a run without projections with N(0, sigma^2); default the run's own
             sigma (rs, input_noise).
-        device, data_dir: as `dipnet.experiments.run.evaluate.evaluate_run`.
+        device, data_dir: as `dipnet.experiments.assess.evaluate.evaluate_run`.
         out: write here instead of ``run_dir/certify.json``.
         write: False only returns the dict.
         progress: a progress bar over the points.
