@@ -16,8 +16,8 @@ import types
 from typing import TYPE_CHECKING, Any
 
 # `import dipnet` runs only this file: every name below is imported from its submodule on first
-# use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet._util.trust` do not
-# pay for torch (2-4 s), and `dipnet.DIPConfig` still works as before.
+# use (PEP 562 module __getattr__). So `dipnet --help`, `dipnet.errors` and `dipnet._util.trust`
+# do not pay for torch (2-4 s), and `dipnet.DIPConfig` still works as before.
 _LAZY: dict[str, str] = {name: module for module, names in {
     "certify": ("Certificate", "certify", "smoothed_predict"),
     "config": ("DIPConfig", "DIPConfigError"),
@@ -76,7 +76,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs read
         stability,
         token_mask,
     )
-    from dipnet.predict import NonFiniteInputError, PredictInputError, Prediction, mc_logits, predict
+    from dipnet.predict import (
+        NonFiniteInputError,
+        PredictInputError,
+        Prediction,
+        mc_logits,
+        predict,
+    )
     from dipnet.pretrained import (
         from_pretrained,
         load_state_dict,

@@ -21,7 +21,8 @@ from dipnet.objective import (
     check_copies_fit,
     repeat_batch,
 )
-from dipnet._util.inputs import NonFiniteInputError, PredictInputError, check_count, check_finite_inputs
+from dipnet._util.inputs import (NonFiniteInputError, PredictInputError, check_count,
+                                 check_finite_inputs)
 
 
 @dataclass

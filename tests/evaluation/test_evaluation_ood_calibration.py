@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import dipnet
-from dipnet.evaluation.calibration import brier_score, calibration_metrics, expected_calibration_error
+from dipnet.evaluation.calibration import (brier_score, calibration_metrics,
+                                           expected_calibration_error)
 from dipnet.evaluation.ood import auroc, ood_detection, ood_scores
 from dipnet.evaluation.predictors import model_predictors
 from test_evaluation_support import digits_split, dipnet_mlp, standard_mlp

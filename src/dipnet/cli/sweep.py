@@ -44,8 +44,8 @@ DEFAULT_DEMO_OUT = "runs/demo"
 #: noise (sigma 0.2; the paper's Table 1 reading, where the variance study found DIPNet's gain),
 #: two seeds, on a fixed 8,000-image training subset, then a trimmed quick evaluation (fewer
 #: attack / corruption / smoothness points than the quick suite). `names.DEMO_TIME` on 2
-#: idle CPU cores (the README's measurement; docs/sweeps.md); configs/demo.yaml is the same sweep as a
-#: file (a test keeps them equal). Every method runs at its defaults: nothing is tuned here
+#: idle CPU cores (the README's measurement; docs/sweeps.md); configs/demo.yaml is the same
+#: sweep as a file (a test keeps them equal). Every method runs at its defaults: nothing is tuned here
 #: (the tuned comparison is docs/results/variance_study/).
 DEMO_SWEEP: dict[str, Any] = {
     "name": "demo",

@@ -1,8 +1,8 @@
 """`dipnet train`: one training run from flags, ``--set`` overrides and/or a YAML config.
 
 The options are defined without heavy imports (``dipnet train --help`` needs no torch); the
-harness is imported when the command runs. Precedence: ``--config`` file < flags < ``--set`` items. What the ``--set`` keys of
-``train`` mean (docs/cli.md):
+harness is imported when the command runs. Precedence: ``--config`` file < flags < ``--set``
+items. What the ``--set`` keys of ``train`` mean (docs/cli.md):
 
     KEY=V            a run field (``lr``, ``epochs``, ``normalize``, ``report_to``...)
     run.KEY=V        the same, spelled with its scope
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from dipnet._util import trust
 from dipnet._util.nested import set_nested
 from dipnet.cli import grammar
-from dipnet.cli.names import DATASETS, LR_SCHEDULES, METHODS, MODELS, OPTIMIZERS, PERTURBATION_MODES, \
-    PERTURBATIONS
+from dipnet.cli.names import (DATASETS, LR_SCHEDULES, METHODS, MODELS, OPTIMIZERS,
+                              PERTURBATION_MODES, PERTURBATIONS)
 from dipnet.cli.overrides import Override, parse_overrides, unknown_scope
 from dipnet.errors import UserError
 

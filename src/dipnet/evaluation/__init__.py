@@ -1,10 +1,11 @@
 """Evaluation of trained models: attacks, corruptions, OOD detection, calibration, smoothness.
 
 Every measure takes a `Predictor` (a deterministic or sampled prediction), so it applies to
-DIPNet and to every baseline alike. `dipnet.experiments.assess.evaluate.evaluate_run(run_dir)` runs the
-whole suite on a trained run and writes ``evaluation.json``; the report's tables and plots of
-many of those are the harness's (`dipnet.experiments.report.eval_tables`). Submodules are
-imported on demand (the corruption backend pulls OpenCV).
+DIPNet and to every baseline alike. The harness's
+`dipnet.experiments.assess.evaluate.evaluate_run(run_dir)` runs the whole suite on a trained run
+and writes ``evaluation.json``; the report's tables and plots of many of those are the
+harness's too (`dipnet.experiments.report.eval_tables`). Submodules are imported on demand (the
+corruption backend pulls OpenCV).
 """
 
 from __future__ import annotations

@@ -31,8 +31,10 @@ from dipnet.evaluation.attacks import robust_accuracy_curve
 from dipnet.evaluation.calibration import calibration_metrics
 from dipnet.evaluation.corruptions import available_corruptions, corruption_accuracy, is_image_shape
 from dipnet.evaluation.ood import ood_detection
-from dipnet.evaluation.predictors import Predictor, PredictionSummary, accuracy, nll, predict_summary
-from dipnet.evaluation.settings import ATTACK_NAMES, ATTACKS, PARTS, STRONG_ATTACKS, SUITES, SuiteSettings, get_settings
+from dipnet.evaluation.predictors import (Predictor, PredictionSummary, accuracy, nll,
+                                          predict_summary)
+from dipnet.evaluation.settings import (ATTACK_NAMES, ATTACKS, PARTS, STRONG_ATTACKS, SUITES,
+                                        SuiteSettings, get_settings)
 from dipnet.evaluation.smoothness import measure_smoothness
 
 SCHEMA_VERSION = 1

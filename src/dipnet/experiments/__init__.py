@@ -10,7 +10,8 @@ Registries: `data.register_dataset`, `models.register_model`, `methods.register_
 """
 
 from dipnet.experiments.run.config import RunConfig
-from dipnet.experiments.zoo.data import DatasetSplits, Split, list_datasets, load_dataset, register_dataset
+from dipnet.experiments.zoo.data import (DatasetSplits, Split, list_datasets, load_dataset,
+                                         register_dataset)
 from dipnet.experiments.zoo.methods import Method, get_method, list_methods, register_method
 from dipnet.experiments.zoo.models import create_model, list_models, register_model
 from dipnet.experiments.run.runs import LoadedRun, load_run

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from dipnet.experiments.report.stats import (confidence_interval, format_mean_std, format_p,
-                                      format_paired_p, is_significant, low_power_note,
-                                      paired_test, summarize, wilcoxon_floor)
+                                             format_paired_p, is_significant, low_power_note,
+                                             paired_test, summarize, wilcoxon_floor)
 
 
 def test_summarize_known_values():

@@ -13,7 +13,7 @@ import pytest
 from dipnet.cli import main
 from dipnet.errors import UserError
 from dipnet.experiments.sweep.grid import (SweepConfig, apply_params, expand_grid, is_finished,
-                                      load_sweep_config, parse_param, run_sweep)
+                                           load_sweep_config, parse_param, run_sweep)
 
 TINY = {"dataset": "digits", "model": "mlp", "methods": ["standard", "dipnet"],
         "seeds": [0, 1], "run": {"epochs": 1, "num_threads": 1, "batch_size": 64,

@@ -5,7 +5,7 @@ dipnet and fixed_noise; for rs and input_noise, the run's own sigma through a fr
 projection, `dipnet.certify.with_input_noise` in the module) and certifies the evaluation
 suite's fixed random subset of the test set with `dipnet.certify`. Every arm is certified by
 the same code. The run folder is locked while it works and the JSON is written atomically.
-(Formerly `dipnet.experiments.assess.certified`, which still names this module.)
+(Formerly ``dipnet.evaluation.certified``.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 The harness's side of ``dipnet evaluate`` and of a sweep's evaluation: it reads run folders
 (`runs.load_run`) and registered data sets (the OOD partners, ``--shift-set`` / ``--ood-set``),
 which the evaluation library itself never imports. (These names were in
-`dipnet.evaluation.suite` and `dipnet.evaluation.shift`, which still forward them.)
+``dipnet.evaluation.suite`` and ``dipnet.evaluation.shift``.)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dipnet.errors import UserError
 from dipnet.evaluation.ood import OOD_PAIRS
 from dipnet.evaluation.shift import shift_accuracy
 from dipnet.evaluation.suite import (SCHEMA_VERSION, EvalData, _device, atomic_write_json,
-                                check_k_memory, check_out_path, evaluate_predictions,
-                                get_settings, model_weights, run_predictors)
+                                     check_k_memory, check_out_path, evaluate_predictions,
+                                     get_settings, model_weights, run_predictors)
 from dipnet.predict import check_count
 from dipnet.experiments.zoo.data import load_dataset, load_extra_set
 from dipnet.experiments.run.runs import load_run

@@ -40,10 +40,11 @@ from dipnet._util.fileio import atomic_path
 from dipnet.inject import projections, remove, variances
 from dipnet.experiments.sweep.grid import git_commit
 from dipnet.experiments.report.stats import (detectable_difference, format_paired_p, paired_by_seed,
-                                 required_items, summarize)
-from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
-                     expand_arms, fmt, headline_table, headline_tests, seed_everything,
-                     split_arm, summary_of, write_json, write_text)
+                                             required_items, summarize)
+from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing,
+                                          arm_order, dip_trainer, expand_arms, fmt, headline_table,
+                                          headline_tests, seed_everything, split_arm, summary_of,
+                                          write_json, write_text)
 
 METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
 #: The difference (accuracy fraction) the issue asks the test set to detect with 80 % power.

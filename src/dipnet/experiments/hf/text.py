@@ -48,10 +48,11 @@ from dipnet.inject import projections, variances
 from dipnet.evaluation.calibration import calibration_metrics
 from dipnet.experiments.sweep.grid import git_commit
 from dipnet.experiments.report.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, format_paired_p,
-                                 paired_by_seed)
-from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing, arm_order, dip_trainer,
-                     expand_arms, fmt, headline_table, headline_tests, seed_everything,
-                     split_arm, summary_of, write_json, write_text)
+                                             paired_by_seed)
+from dipnet.experiments.hf.common import (PROJECTED, SAMTrainer, add_randomized_smoothing,
+                                          arm_order, dip_trainer, expand_arms, fmt, headline_table,
+                                          headline_tests, seed_everything, split_arm, summary_of,
+                                          write_json, write_text)
 
 METHODS = ("standard", "rs", "dipnet", "fixed_noise", "sam", "dropout")
 STOCHASTIC = ("dipnet", "fixed_noise", "rs")  # methods with a Monte Carlo prediction (and EOT)

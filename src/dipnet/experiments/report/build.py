@@ -32,7 +32,8 @@ import yaml
 
 from dipnet.errors import UserError
 from dipnet._util.fileio import atomic_write_text
-from dipnet.experiments.report.stats import format_mean_std, format_paired_p, low_power_note, paired_test, summarize
+from dipnet.experiments.report.stats import (format_mean_std, format_paired_p, low_power_note,
+                                             paired_test, summarize)
 from dipnet.experiments.sweep.grid import METHODS, PERTURBATIONS
 from dipnet.experiments.report import eval_figures as report_eval
 from dipnet.experiments.report import plots as report_plots

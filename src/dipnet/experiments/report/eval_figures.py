@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 
 from dipnet.experiments.report.stats import summarize
 from dipnet.experiments.report.eval_tables import annotate_percent_cells
-from dipnet.experiments.report.style import (axis_floor, legend_below, mark_truncated_axis, method_colour,
-                    method_marker, panel_grid, prediction_style, save_figure)
+from dipnet.experiments.report.style import (axis_floor, legend_below, mark_truncated_axis,
+                                             method_colour, method_marker, panel_grid,
+                                             prediction_style, save_figure)
 
 __all__ = ["readable_metric", "series_of", "plot_attacks", "plot_reliability",
            "plot_noise_accuracy", "plot_ood", "plot_calibration_error", "plot_smoothness",

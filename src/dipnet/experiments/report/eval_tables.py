@@ -1,7 +1,6 @@
 """The report's test-time evaluation section: tables and plots from many evaluation.json files.
 
-(Formerly `dipnet.experiments.report.eval_tables` and `dipnet.experiments.report.eval_tables`, which still
-name this module.)
+(Formerly ``dipnet.evaluation.report`` and ``dipnet.experiments.report_eval_tables``.)
 
 `render_section(evaluations, out_dir)` takes, per method, the evaluation dicts of its seeds
 (one per seed, as written by `evaluate_run`) and returns Markdown that refers to PNGs it writes

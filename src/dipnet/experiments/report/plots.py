@@ -12,8 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dipnet.experiments.report.style import (axis_floor, integer_epochs, legend_below, mark_truncated_axis, method_colour,
-                    panel_grid, save_figure)
+from dipnet.experiments.report.style import (axis_floor, integer_epochs, legend_below,
+                                             mark_truncated_axis, method_colour, panel_grid,
+                                             save_figure)
 
 __all__ = ["plot_accuracy", "plot_forest", "plot_curves", "plot_cost", "histories_by_method",
            "CONDITION_MARKERS"]

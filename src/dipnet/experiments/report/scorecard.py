@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dipnet.experiments.report.stats import ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, holm, is_significant, paired_test
+from dipnet.experiments.report.stats import (ALPHA, MIN_PAIRS_FOR_SIGNIFICANCE, holm,
+                                             is_significant, paired_test)
 
 BASELINE = "standard"
 CLEAN = "none"

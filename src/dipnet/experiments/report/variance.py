@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dipnet.experiments.report.style import (integer_epochs, layer_colours, legend_below, method_colour,
-                    panel_grid, save_figure)
+from dipnet.experiments.report.style import (integer_epochs, layer_colours, legend_below,
+                                             method_colour, panel_grid, save_figure)
 
 __all__ = ["VarianceRun", "read_variance_run", "verdict", "verdict_line", "plot_trajectories",
            "plot_final_histograms", "plot_gradients", "MOVED_THRESHOLD", "SPREAD_THRESHOLD"]

@@ -52,8 +52,9 @@ from dipnet.experiments.run.loop import EpochLoop, epoch_callbacks, run_epochs
 from dipnet.experiments.zoo.methods import Method, get_method
 from dipnet.experiments.zoo.models import count_parameters, create_model, list_models
 from dipnet.experiments.run.rng import kept_rng, noise_seed, seed_everything, set_rng_state
-from dipnet.experiments.run.rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState, check_out_path, drop_aside,
-                     inspect_run_folder, read_metrics, restore_aside, set_aside)
+from dipnet.experiments.run.rundir import (CHECKPOINT_DIR, RESULT_FILES, FolderState,
+                                           check_out_path, drop_aside, inspect_run_folder,
+                                           read_metrics, restore_aside, set_aside)
 
 __all__ = ["run_training", "train_run", "validate_run", "plan_run", "prepare_run", "RunPlan",
            "Prepared", "read_metrics", "RESULT_FILES", "CHECKPOINT_DIR"]
