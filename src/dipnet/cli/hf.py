@@ -2,19 +2,17 @@
 
 The fields mirror `dipnet.experiments.hf.text.TextSettings` and
 `dipnet.experiments.hf.math.MathSettings` (which import transformers, so they are not read
-here); tests/cli/test_cli_startup.py checks names, types and defaults against the dataclasses. Two
-defaults differ on purpose: ``--out`` is ``runs/<command>`` (outputs never go into the
+here); tests/cli/test_cli_startup.py checks names, types and defaults against the
+dataclasses. Two defaults differ on purpose: ``--out`` is ``runs/<command>`` (outputs never go into the
 repository by default) and ``--device`` is ``auto`` as in every other command.
 
 Every option defaults to None ("not given"), so that the command knows which settings the user
-chose: a method's setting given while that method is not among ``--methods`` is an error.
-
-The command turns the options, and the ``--set`` items, into `TextSettings` / `MathSettings` and
-runs the experiment. ``--set KEY=VALUE`` names a field (``lr``, ``lora_r``); a dotted key joins
-with underscores (``dip.m`` is ``dip_m``, ``rs.sigma`` is ``rs_sigma``). A method's setting
-given while that method is not among ``--methods`` is an error, never silently unused.
+chose. The command turns the options, and the ``--set`` items, into `TextSettings` /
+`MathSettings` and runs the experiment (transformers is imported then). ``--set KEY=VALUE``
+names a field (``lr``, ``lora_r``); a dotted key joins with underscores (``dip.m`` is
+``dip_m``, ``rs.sigma`` is ``rs_sigma``). A method's setting given while that method is not
+among ``--methods`` is an error, never silently unused.
 """
-
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from dipnet._util import trust
 from dipnet._util.nested import set_nested
 from dipnet.cli import grammar
+from dipnet.cli.grammar import parse_seeds
 from dipnet.cli.names import (DEMO_METHODS, DEMO_TIME, EVALUATE_SUITES, METHODS, PERTURBATION_MODES,
                               PERTURBATIONS)
 from dipnet.cli.overrides import Override, parse_overrides, unknown_scope
@@ -212,7 +213,6 @@ def apply_backend_options(base: dict[str, Any], args: argparse.Namespace) -> Non
 
 def _sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     """The sweep of a ``compare`` command line: --config < flags < --set."""
-    from dipnet.cli.grammar import parse_seeds
     from dipnet.experiments.sweep.grid import SweepConfig, load_sweep_config
     from dipnet.experiments.zoo.data import require_dataset_code_allowed
 
