@@ -279,7 +279,7 @@ def default_out(sweep: SweepConfig) -> Path:
 def _print_tables(res: dict[str, Any]) -> None:
     """The clean-accuracy table, then the scorecard (robustness included), per data set."""
     from dipnet.experiments.report import scorecard
-    from dipnet.experiments.report.build import summary_table
+    from dipnet.experiments.report.tables import summary_table
 
     for ds, model in sorted({(a["dataset"], a["model"]) for a in res["aggregates"]}):
         print(f"\nClean test accuracy (%), {ds} / {model}, mean ± std over seeds:\n")
