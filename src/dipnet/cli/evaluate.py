@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "OMP_WAIT_POLICY is set)")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="hide the progress bars (--quiet is the same)")
-    p.set_defaults(func=run_evaluate_command, run=RUN, extra=EXTRA)
+    p.set_defaults(run=RUN, extra=EXTRA)
 
 
 def _fmt(v: Any, scale: float = 100.0, digits: int = 1) -> str:
