@@ -21,8 +21,7 @@ from dipnet.experiments.zoo.methods import Method
 if TYPE_CHECKING:
     from dipnet.experiments.run.distributed import DistInfo
 
-__all__ = ["evaluate_split", "final_metrics", "peak_memory", "reset_peak_rss", "hardware",
-           "normalization"]
+__all__ = ["evaluate_split", "final_metrics", "peak_memory", "reset_peak_rss", "hardware"]
 
 
 @torch.no_grad()
@@ -88,12 +87,6 @@ def hardware(device: torch.device) -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def normalization(cfg: RunConfig, data: DatasetSplits) -> dict[str, list] | None:
-    from dipnet.experiments.zoo.normalize import resolve_normalization
-
-    return resolve_normalization(cfg.normalize, data.normalize, data.input_shape)
-
-
 def peak_memory(device: torch.device, rss_reset: bool) -> tuple[float, str]:
     """(peak memory of this run in MiB, what that figure measures)."""
     if device.type == "cuda":
@@ -108,10 +101,12 @@ def final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datase
                    val: Split, test: Split, history: list[dict[str, Any]], elapsed: float,
                    device: torch.device, base_params: int, extra: int, info: DistInfo,
                    command: str | None, rss_reset: bool,
-                   fixed_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                   fixed_info: dict[str, Any] | None = None,
+                   normalize: dict[str, list] | None = None) -> dict[str, Any]:
     """metrics.json of a finished run (rank 0): the test accuracy of its default prediction,
     deterministic and Monte Carlo, validation, history, cost, and everything needed to rebuild
-    the model (`runs.load_run`). The test split is read here and nowhere earlier."""
+    the model (`runs.load_run`; ``normalize`` is the input normalisation the model was built with,
+`train.Prepared.normalize`). The test split is read here and nowhere earlier."""
     t0 = time.perf_counter()
     k = cfg.mc_samples
     test_det = evaluate_split(method, model, test, cfg.eval_batch_size, k, "deterministic")
@@ -171,7 +166,7 @@ def final_metrics(cfg: RunConfig, method: Method, model: nn.Module, data: Datase
         "input_shape": list(data.input_shape),
         "num_classes": int(data.num_classes),
         # the input normalisation the model was built with (load_run rebuilds it from here)
-        "normalize": normalization(cfg, data),
+        "normalize": normalize,
         "num_val": len(val),
         "num_test": len(test),
         "world_size": info.world,

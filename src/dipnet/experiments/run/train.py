@@ -205,6 +205,8 @@ class Prepared:
     val: Split
     test: Split
     base_params: int
+    #: the input normalisation the model was built with (recorded in metrics.json)
+    normalize: dict[str, list] | None = None
 
 
 def build_model(cfg: RunConfig, method: Method, input_shape: tuple[int, ...],
@@ -260,7 +262,7 @@ def prepare_model_and_data(cfg: RunConfig, device: torch.device) -> Prepared:
     # Data-dependent initial state (dipnet's init_scale: variances relative to each layer's
     # activation scale), from the first training examples, BEFORE a checkpoint is loaded.
     method.calibrate(model, train.x[:512])
-    return Prepared(method, model, data, train, val, test, base_params)
+    return Prepared(method, model, data, train, val, test, base_params, normalize)
 
 
 # ---------------------------------------------------------------------- phase 3: take the folder
@@ -453,7 +455,8 @@ def _train_and_finish(plan: RunPlan, prep: Prepared, info: DistInfo, progress: b
             return {}
         metrics = run_metrics.final_metrics(
             cfg, prep.method, prep.model, prep.data, prep.val, prep.test, history, elapsed,
-            device, prep.base_params, extra, info, command, rss_reset, fixed_info)
+            device, prep.base_params, extra, info, command, rss_reset, fixed_info,
+            prep.normalize)
         _finish(out, prep.model, metrics, trackers, say)
         info.barrier()
         return metrics
