@@ -347,15 +347,15 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
     extra = {"hidden_dropout_prob": s.dropout} if method == "dropout" else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
     emb_std = float(model.get_input_embeddings().weight.detach().std())
-    res = _fine_tune(arm, seed, s, model, tokenizer, texts, labels, idx["train"], emb_std)
+    res = _fine_tune(arm, method, seed, s, model, tokenizer, texts, labels, idx["train"], emb_std)
 
     model.eval()
     test_texts = [texts[i] for i in idx["test"]]
     y = np.array([labels[i] for i in idx["test"]])
     t1 = time.time()
-    res.update(_clean_and_noisy(model, tokenizer, test_texts, y, s, method in STOCHASTIC))
-    res.update(_embedding_attacks(model, tokenizer, test_texts, y, s, emb_std,
-                                  method in STOCHASTIC))
+    stochastic = method in STOCHASTIC
+    res.update(_clean_and_noisy(model, tokenizer, test_texts, y, s, stochastic))
+    res.update(_embedding_attacks(model, tokenizer, test_texts, y, s, emb_std, stochastic))
     if projections(model):
         v = torch.cat([x.flatten() for x in variances(model).values()])
         res["variance"] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
@@ -363,14 +363,14 @@ def run_one(arm: str, seed: int, s: TextSettings, texts: list[str], labels: list
     return res
 
 
-def _fine_tune(arm: str, seed: int, s: TextSettings, model: Any, tokenizer: Any,
+def _fine_tune(arm: str, method: str, seed: int, s: TextSettings, model: Any, tokenizer: Any,
                texts: list[str], labels: list[int], train_idx: list[int],
                emb_std: float) -> dict[str, Any]:
-    """Train ``model`` as ``arm`` with the HF Trainer (DIPTrainer, SAM or plain); returns the
-    run's training record (method, seed, steps, time, loss log, embedding std)."""
+    """Train ``model`` as ``arm`` (whose method is ``method``) with the HF Trainer (DIPTrainer,
+    SAM or plain); returns the run's training record (method, seed, steps, time, loss log,
+    embedding std)."""
     from transformers import Trainer, TrainingArguments
 
-    method, _ = split_arm(arm)
     train_texts = training_texts(texts, train_idx, seed, s.train_char_rate)
     enc = encode(tokenizer, train_texts, s.max_length)
     train_ds = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
