@@ -10,15 +10,9 @@ corruption backend pulls OpenCV).
 
 from __future__ import annotations
 
-from typing import Any
+from dipnet._util.lazy import lazy_names
 
 __all__ = ["Predictor", "deterministic_predictor", "sampled_predictor"]
 
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so that `dipnet.cli.evaluate` (the parser) imports without torch.
-    if name in __all__:
-        from dipnet.evaluation import predictors
-
-        return getattr(predictors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Lazy, so that `dipnet.cli.evaluate` (the parser) imports without torch.
+__getattr__ = lazy_names(__name__, {name: "dipnet.evaluation.predictors" for name in __all__})
