@@ -35,4 +35,4 @@ MATH_METHODS = ("standard", "rs", "sam", "dipnet", "fixed_noise")
 DEMO_METHODS = ("standard", "dipnet", "fixed_noise", "rs")
 #: How long `dipnet demo` takes, as the README measured it (tests/cli/test_cli_grammar.py keeps the
 #: two equal).
-DEMO_TIME = "50-103 s on 2 idle cores"
+DEMO_TIME = "48-103 s on 2 idle cores"
